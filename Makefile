@@ -1,0 +1,31 @@
+# Two entry points (see README): `make reproduce` and `make test`. Both create .venv when missing and
+# reinstall only when pyproject.toml or this file changed (the stamp below).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.mtlkit-installed
+# The torch pair served on our machines; environment.yml carries the same pins.
+TORCH  := torch==2.14.1 torchvision==0.29.1
+EXTRAS := notebooks,tests,grading,cluster
+PRESET ?= smoke
+
+.PHONY: install reproduce test clean-runs
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@touch $(STAMP)
+
+reproduce: $(STAMP)
+	$(BIN)/mtlkit data synth all --preset $(PRESET)
+	$(BIN)/mtlkit reproduce --preset $(PRESET)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean-runs:
+	rm -rf runs
