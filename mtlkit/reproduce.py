@@ -85,7 +85,7 @@ def execute(run: Run, out_root: Path, preset: str, device: str, log=print) -> di
         shutil.rmtree(run_dir)  # leftovers of a killed or failed run
     run_dir.mkdir(parents=True)
     params = {"PRESET": preset, "DEVICE": device, "OUT_DIR": str(run_dir.resolve()), **run.params}
-    partial = run_dir / (run.notebook.stem + ".ipynb.partial")
+    partial = run_dir / (run.notebook.stem + ".partial.ipynb")
     start = time.perf_counter()
     status = {"notebook": run.notebook.name, "params": run.params, "preset": preset}
     try:
