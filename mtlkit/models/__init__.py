@@ -67,5 +67,10 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> dict[str
 
 
 def _load_families() -> None:
-    # Importing a family module registers its models; one family per file.
-    from . import tiny  # noqa: F401
+    """Import every module of this package once: each family file registers its models on import."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
