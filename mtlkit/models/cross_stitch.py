@@ -1,0 +1,79 @@
+"""Cross-stitch units (Misra et al., CVPR 2016): learnt linear mixing of the task branches' feature maps.
+
+One unit sits between two stages of ``T`` task branches. Branch ``t`` continues from a mixture of all branches::
+
+    y_t = sum_s alpha[t, s] * x_s        x_s, y_t: [B, C, H, W]
+
+Three forms of ``alpha`` are found in papers and public code; all are offered so a notebook can compare them:
+
+- ``"channelwise"`` (the faithful form, default): one ``T x T`` matrix per channel, ``weight`` [T, T, C].
+- ``"scalar"``: one scalar per (target, source) task pair, ``weight`` [T, T].
+- ``"shared"``: one mixture shared by every target (all branches continue from the same tensor), ``weight`` [T]; this
+  is the form of the MTAN authors' SegNet cross-stitch (lorenmt/mtan), which also initialises it to 1 (a plain sum).
+
+The paper initialises the same-task weight to 0.9 and spreads 0.1 over the other tasks, and trains the units with a
+learning rate about 100x the network's (see ``SegNetCrossStitch.cross_stitch_parameters``).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+__all__ = ["CROSS_STITCH_MODES", "CrossStitchUnit"]
+
+CROSS_STITCH_MODES = ("channelwise", "scalar", "shared")
+
+
+class CrossStitchUnit(nn.Module):
+    """Mix ``num_tasks`` feature maps of ``channels`` channels.
+
+    Args:
+        num_tasks: number of branches T (at least 2).
+        channels: channels C of every branch's feature map at this point.
+        mode: ``"channelwise"`` | ``"scalar"`` | ``"shared"`` (module docstring).
+        same: initial weight of a branch's own features (channelwise/scalar).
+        other: initial total weight of the other branches, spread evenly: ``other / (T - 1)`` each.
+        shared_init: initial weight of every branch in the ``"shared"`` mode (1.0 as in the MTAN authors' code).
+    Shapes: a sequence of T tensors [B,C,H,W] -> a list of T tensors [B,C,H,W].
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        channels: int,
+        mode: str = "channelwise",
+        same: float = 0.9,
+        other: float = 0.1,
+        shared_init: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if mode not in CROSS_STITCH_MODES:
+            raise ValueError(f"unknown cross-stitch mode {mode!r}; valid modes: {', '.join(CROSS_STITCH_MODES)}")
+        if num_tasks < 2:
+            raise ValueError(f"a cross-stitch unit mixes at least 2 task branches, got num_tasks={num_tasks}")
+        self.num_tasks, self.channels, self.mode = num_tasks, channels, mode
+        if mode == "shared":
+            weight = torch.full((num_tasks,), float(shared_init))
+        else:
+            pair = torch.full((num_tasks, num_tasks), other / (num_tasks - 1))
+            pair.fill_diagonal_(same)
+            weight = pair if mode == "scalar" else pair[:, :, None].repeat(1, 1, channels)  # [T,T] or [T,T,C]
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if len(features) != self.num_tasks:
+            raise ValueError(f"cross-stitch unit expects {self.num_tasks} feature maps, got {len(features)}")
+        x = torch.stack(list(features))  # [S,B,C,H,W], S = source task
+        if self.mode == "shared":
+            mixed = torch.einsum("s,sbchw->bchw", self.weight, x)
+            return [mixed] * self.num_tasks
+        if self.mode == "scalar":
+            y = torch.einsum("ts,sbchw->tbchw", self.weight, x)
+        else:
+            y = torch.einsum("tsc,sbchw->tbchw", self.weight, x)
+        return list(y.unbind(0))
+
+    def extra_repr(self) -> str:
+        return f"num_tasks={self.num_tasks}, channels={self.channels}, mode={self.mode!r}"
