@@ -1,0 +1,364 @@
+"""The Trainer: determinism, exact resume after SIGKILL, checkpoint failures, NaN stop, validation of inputs,
+learning rates, logged weights and best-epoch selection (unit preset, tiny model)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mtlkit.checkpoint import load_checkpoint
+from mtlkit.data import get_dataset
+from mtlkit.models import build
+from mtlkit.train import (
+    Callback,
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    Trainer,
+    main,
+    seed_everything,
+    train_single_task,
+)
+
+TASKS = {"semseg": 13, "depth": 1, "normals": 3}
+
+
+def nyu(split: str):
+    return get_dataset("synthetic-nyu", split, preset="unit")
+
+
+def tiny(width: int = 4, tasks=TASKS) -> nn.Module:
+    seed_everything(0)
+    return build("tiny", tasks, width=width)
+
+
+def make(out_dir, model=None, val=True, test=True, **kw) -> Trainer:
+    kw.setdefault("epochs", 2)
+    kw.setdefault("batch_size", 4)
+    kw.setdefault("progress", False)
+    return Trainer(model if model is not None else tiny(), nyu("train"), nyu("val") if val else None,
+                   nyu("test") if test else None, out_dir=out_dir, **kw)
+
+
+def without_timings(metrics: dict) -> dict:
+    m = json.loads(json.dumps(metrics))
+    m.pop("timings")
+    m["config"].pop("out_dir")
+    return m
+
+
+# ---------------------------------------------------------------------------------------- determinism/resume
+def test_two_runs_are_identical(tmp_path):
+    a = make(tmp_path / "a").fit()
+    b = make(tmp_path / "b").fit()
+    assert without_timings(a) == without_timings(b)
+    on_disk = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert without_timings(on_disk) == without_timings(a)
+    assert a["finished"] and a["test"] is not None
+    assert {"python", "torch", "mtlkit"} <= set(a["versions"])
+    assert a["parameters"]["total"] == sum(p.numel() for p in tiny().parameters())
+    assert len(a["timings"]["epoch_seconds"]) == 2
+    # every checkpoint loads with weights_only=True
+    for name in ("last.pt", "prev.pt", "best.pt"):
+        assert "model" in load_checkpoint(tmp_path / "a" / name)
+
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from mtlkit.data import get_dataset
+    from mtlkit.models.tiny import TinyMTLNet  # not build(): the registry would import every family (timm)
+    from mtlkit.train import Trainer, seed_everything
+
+    out, kill_after = sys.argv[1], int(sys.argv[2])
+
+    def killer(trainer, epoch, record):
+        if epoch == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    seed_everything(0)
+    model = TinyMTLNet({"semseg": 13, "depth": 1, "normals": 3}, width=4)
+    data = [get_dataset("synthetic-nyu", s, preset="unit") for s in ("train", "val", "test")]
+    Trainer(model, *data, out_dir=out, epochs=4, batch_size=4, weighting="dwa", scheduler="poly", lr=3e-3,
+            progress=False, callbacks=[killer]).fit()
+""")
+
+
+def _child(script: Path, out: Path, kill_after: int) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(script), str(out), str(kill_after)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait(proc: subprocess.Popen) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    nyu("train"), nyu("val"), nyu("test")  # build the data cache before two processes read it
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    full_proc = _child(script, tmp_path / "full", -1)
+    killed_proc = _child(script, tmp_path / "resumed", 1)  # dies right after the 2nd epoch's checkpoint
+    code, err = _wait(full_proc)
+    assert code == 0, err
+    code, err = _wait(killed_proc)
+    assert code == -signal.SIGKILL, err
+    partial = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert not partial["finished"] and len(partial["epochs"]) == 2
+    code, err = _wait(_child(script, tmp_path / "resumed", -1))
+    assert code == 0, err
+    assert "resuming" in err and "epoch 3/4" in err
+    a = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert len(b["epochs"]) == 4 and b["finished"]
+    assert without_timings(a) == without_timings(b)
+    # DWA's weights changed in epochs 2 and 3 (so the resumed run restored the weighting state, not just the model)
+    assert b["epochs"][3]["weights"] != {"semseg": 1.0, "depth": 1.0, "normals": 1.0}
+
+
+def test_corrupt_last_checkpoint_falls_back_to_prev(tmp_path, capsys):
+    first = make(tmp_path / "run").fit()
+    last = tmp_path / "run" / "last.pt"
+    last.write_bytes(last.read_bytes()[:100])  # truncated, as after a crash of the disk rather than of us
+    capsys.readouterr()
+    second = make(tmp_path / "run", epochs=2).fit()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "is corrupt" in line]
+    assert len(lines) == 1 and "prev.pt" in lines[0] and "last.pt" in lines[0]
+    assert "resuming" in err and "epoch 2/2" in err  # prev.pt holds epoch 1 of 2, so epoch 2 is trained again
+    # re-training epoch 2 from prev.pt reproduces it exactly
+    assert without_timings(second) == without_timings(first)
+
+
+def test_checkpoint_of_another_model_fails_before_training(tmp_path):
+    make(tmp_path / "run", epochs=1).fit()
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    started = []
+
+    class Spy(Callback):
+        def on_epoch_start(self, trainer, epoch):
+            started.append(epoch)
+
+    trainer = make(tmp_path / "run", model=tiny(width=8), epochs=2, callbacks=[Spy()])
+    with pytest.raises(CheckpointMismatchError, match=r"another model.*shape mismatch encoder\.0\.0\.weight"):
+        trainer.fit()
+    assert started == []
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    # ... and the message says how to get out of it
+    with pytest.raises(CheckpointMismatchError, match="resume=False"):
+        make(tmp_path / "run", model=tiny(width=8)).fit()
+
+
+class NaNAt(nn.Module):
+    """Wraps a model; makes one task's prediction NaN from training forward number ``at`` on."""
+
+    def __init__(self, inner: nn.Module, task: str, at: int) -> None:
+        super().__init__()
+        self.inner, self.task, self.at, self.calls = inner, task, at, 0
+        self.tasks = inner.tasks
+
+    def forward(self, images):
+        out = self.inner(images)
+        if self.training:
+            self.calls += 1
+            if self.calls > self.at:
+                out[self.task] = out[self.task] * float("nan")
+        return out
+
+
+def test_non_finite_loss_names_task_and_step_and_keeps_last_checkpoint(tmp_path):
+    steps_per_epoch = math.ceil(len(nyu("train")) / 4)
+    model = NaNAt(tiny(), "depth", at=steps_per_epoch + 1)  # the 2nd step of the 2nd epoch
+    snapshot = {}
+
+    def remember(trainer, epoch, record):
+        snapshot["last"] = (tmp_path / "run" / "last.pt").read_bytes()
+
+    trainer = make(tmp_path / "run", model=model, epochs=3, callbacks=[remember])
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1 step 1 .*task\(s\) depth:") as info:
+        trainer.fit()
+    assert "semseg" not in str(info.value).split("task(s)")[1].split(":")[0]
+    assert "untouched" in str(info.value)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == snapshot["last"]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 0
+    assert not (tmp_path / "run" / "prev.pt").exists()
+    assert not json.loads((tmp_path / "run" / "metrics.json").read_text())["finished"]
+
+
+# ------------------------------------------------------------------------------------------- input checks
+def test_model_outputs_must_match_the_tasks(tmp_path):
+    with pytest.raises(ValueError, match=r"semseg: model gives \(2, 5, 32, 32\), the task needs \(2, 13, 32, 32\)"):
+        make(tmp_path, model=tiny(tasks={"semseg": 5, "depth": 1, "normals": 3}))
+    with pytest.raises(ValueError, match=r"no output for task 'normals'"):
+        make(tmp_path, model=tiny(tasks={"semseg": 13, "depth": 1}), tasks=["semseg", "depth", "normals"])
+    with pytest.raises(ValueError, match=r"\['edge'\] have no labels in dataset synthetic-nyu"):
+        make(tmp_path, tasks=["semseg", "edge"])
+    # by default the tasks are the dataset's tasks the model predicts
+    assert make(tmp_path, model=tiny(tasks={"depth": 1})).task_names == ("depth",)
+
+
+def test_bad_options_name_the_choices(tmp_path):
+    with pytest.raises(ValueError, match="valid optimizers: adam, adamw, sgd"):
+        make(tmp_path, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="valid schedulers"):
+        make(tmp_path, scheduler="linear")
+    with pytest.raises(ValueError, match="valid weightings"):
+        make(tmp_path, weighting="magic")
+    with pytest.raises(ValueError, match="matches no parameter"):
+        make(tmp_path, param_groups=[("cross_stitch", 100.0)])
+
+
+# -------------------------------------------------------------------------------------- learning rates
+def test_param_group_learning_rates_are_applied(tmp_path):
+    n = len(nyu("train"))
+    trainer = make(tmp_path, optimizer="sgd", momentum=0.0, lr=0.01, batch_size=n, epochs=1, val=False, test=False,
+                   param_groups=[("heads", 10.0)])
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    assert groups["heads"]["lr"] == pytest.approx(0.1) and groups["default"]["lr"] == pytest.approx(0.01)
+    heads = {id(p) for p in trainer.model.heads.parameters()}
+    assert {id(p) for p in groups["heads"]["params"]} == heads
+    assert not heads & {id(p) for p in groups["default"]["params"]}
+    head_w, enc_w = trainer.model.heads["depth"].weight, trainer.model.encoder[0][0].weight
+    before = head_w.detach().clone(), enc_w.detach().clone()
+    trainer.fit()  # one SGD step (one batch): delta = -lr_group * grad
+    assert torch.allclose(before[0] - head_w.detach(), 0.1 * head_w.grad, atol=1e-7)
+    assert torch.allclose(before[1] - enc_w.detach(), 0.01 * enc_w.grad, atol=1e-8)
+    assert head_w.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name,kw,formula", [
+    ("poly", {"power": 0.9}, lambda e, E: (1 - e / E) ** 0.9),
+    ("step", {"step_size": 2, "gamma": 0.5}, lambda e, E: 0.5 ** (e // 2)),
+    ("cosine", {}, lambda e, E: (1 + math.cos(math.pi * e / E)) / 2),
+])
+def test_scheduler_learning_rates_follow_their_formula(tmp_path, name, kw, formula):
+    epochs, lr = 5, 0.02
+    trainer = make(tmp_path, epochs=epochs, lr=lr, scheduler=name, param_groups=[("heads", 100.0)], **kw)
+    for e in range(epochs):
+        got = [g["lr"] for g in trainer.optimizer.param_groups]
+        assert got == pytest.approx([100 * lr * formula(e, epochs), lr * formula(e, epochs)], rel=1e-9, abs=1e-15)
+        trainer.optimizer.step()  # no gradients: a no-op that keeps the scheduler's call order check quiet
+        trainer.scheduler.step()
+
+
+def test_poly_lr_and_weights_are_logged_in_metrics_json(tmp_path):
+    m = make(tmp_path, epochs=3, lr=0.01, scheduler="poly", weighting="dwa").fit()
+    for e, rec in enumerate(m["epochs"]):
+        assert rec["lr"] == pytest.approx({"default": 0.01 * (1 - e / 3) ** 0.9})
+    # DWA: epochs 0, 1 use 1; epoch 2 uses K softmax((L(1) / L(0)) / 2) of the logged training losses
+    tasks = list(TASKS)
+    assert m["epochs"][0]["weights"] == m["epochs"][1]["weights"] == {t: 1.0 for t in tasks}
+    l0, l1 = m["epochs"][0]["train_loss"], m["epochs"][1]["train_loss"]
+    e = {t: math.exp(l1[t] / l0[t] / 2) for t in tasks}
+    want = {t: 3 * e[t] / sum(e.values()) for t in tasks}
+    assert m["epochs"][2]["weights"] == pytest.approx(want, rel=1e-6)
+    steps = math.ceil(len(nyu("train")) / 4)
+    rows = m["step_weights"]["values"]
+    assert m["step_weights"]["tasks"] == tasks and len(rows) == 3 * steps
+    assert rows[-1] == pytest.approx([want[t] for t in tasks], rel=1e-5)
+
+
+def test_uncertainty_log_variances_are_trained_and_logged(tmp_path):
+    trainer = make(tmp_path, epochs=1, weighting="uncertainty", lr=0.01, val=False, test=False)
+    assert any(g["name"] == "weighting" for g in trainer.optimizer.param_groups)
+    m = trainer.fit()
+    s = trainer.weighting.log_vars.detach()
+    assert not torch.allclose(s, torch.full_like(s, -0.5))
+    assert m["epochs"][0]["weights"] == pytest.approx({t: 0.5 * math.exp(-v) for t, v in zip(TASKS, s.tolist())})
+    first = m["step_weights"]["values"][0]
+    assert first != m["step_weights"]["values"][-1]
+
+
+# -------------------------------------------------------------------------------------- selection
+class ScriptedEval(Trainer):
+    """Validation peaks at epoch 1, test would peak at epoch 2: the best epoch must be 1."""
+
+    val_curve = [10.0, 30.0, 20.0]
+    test_curve = [10.0, 20.0, 90.0]
+
+    def _evaluate(self, dataset, desc="eval"):
+        self.calls = getattr(self, "calls", []) + [(desc, len(self.history["epochs"]))]
+        e = min(len(self.history["epochs"]), 2)
+        curve = self.val_curve if desc == "val" else self.test_curve
+        miou = curve[e]
+        return {"semseg": {"miou": miou}, "depth": {"abs_err": 1.0}, "normals": {"mean": 30.0}}, {}
+
+
+def test_best_epoch_is_chosen_on_validation_never_on_test(tmp_path):
+    weights = {}
+
+    def remember(trainer, epoch, record):
+        weights[epoch] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    trainer = ScriptedEval(tiny(), nyu("train"), nyu("val"), nyu("test"), out_dir=tmp_path, epochs=3, batch_size=4,
+                           progress=False, callbacks=[remember])
+    m = trainer.fit()
+    # score = mean over tasks of the relative change vs epoch 0: epoch 1 = (30-10)/10/3 = +66.7 %, epoch 2 = +33.3 %
+    assert [r["score"] for r in m["epochs"]] == pytest.approx([0.0, 200 / 3, 100 / 3])
+    assert m["best"]["epoch"] == 1 and m["best"]["selected_on"] == "val"
+    assert [d for d, _ in trainer.calls].count("test") == 1  # test evaluated once, at the end
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+    final = trainer.model.state_dict()
+    assert all(torch.equal(final[k], weights[1][k]) for k in final)  # test ran on the best epoch's weights
+    assert not all(torch.equal(final[k], weights[2][k]) for k in final)
+
+
+# -------------------------------------------------------------------------------------- task switching
+class Conditioned(nn.Module):
+    """A fake task-conditioned model: ``model(images, task=name)`` -> {name: prediction}; records its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks = ("semseg", "depth")
+        self.body = nn.Conv2d(3, 4, 3, padding=1)
+        self.embed = nn.Embedding(2, 4)
+        self.out = nn.ModuleDict({"semseg": nn.Conv2d(4, 13, 1), "depth": nn.Conv2d(4, 1, 1)})
+        self.seen: list[tuple[bool, str]] = []
+
+    def forward(self, images, task):
+        self.seen.append((self.training, task))
+        h = self.body(images) * self.embed.weight[self.tasks.index(task)][None, :, None, None]
+        return {task: self.out[task](torch.relu(h))}
+
+
+@pytest.mark.parametrize("schedule", ["epoch", "iteration"])
+def test_task_schedule_switches_tasks(tmp_path, schedule):
+    torch.manual_seed(0)
+    model = Conditioned()
+    trainer = make(tmp_path, model=model, tasks=["semseg", "depth"], task_schedule=schedule, epochs=2, test=False)
+    model.seen.clear()
+    m = trainer.fit()
+    trained = [t for training, t in model.seen if training]
+    steps = math.ceil(len(nyu("train")) / 4)
+    if schedule == "epoch":
+        assert trained == ["semseg"] * steps + ["depth"] * steps
+        assert m["epochs"][0]["train_loss"]["depth"] is None and m["epochs"][1]["train_loss"]["semseg"] is None
+    else:
+        assert trained == [("semseg", "depth")[i % 2] for i in range(2 * steps)]
+    evaluated = [t for training, t in model.seen if not training]
+    assert evaluated.count("semseg") == evaluated.count("depth") > 0
+    assert set(m["epochs"][1]["val"]) == {"semseg", "depth"}
+
+
+# -------------------------------------------------------------------------------------- one-call helpers
+def test_single_task_baseline_and_cli(tmp_path):
+    m = train_single_task("synthetic-nyu", "depth", model="tiny", preset="unit", epochs=1, batch_size=4,
+                          model_options={"width": 4}, out_dir=tmp_path / "st", progress=False)
+    assert list(m["test"]) == ["depth"] and m["config"]["tasks"] == ["depth"]
+    assert m["config"]["model"] == "tiny"
+    assert main(["--data", "synthetic-nyu", "--preset", "unit", "--model", "tiny", "--model-opt", "width=4",
+                 "--tasks", "semseg,depth", "--epochs", "1", "--batch-size", "4", "--weighting", "static",
+                 "--weighting-opt", "weights={semseg: 0.5, depth: 0.5}", "--out", str(tmp_path / "cli"),
+                 "--no-progress"]) == 0
+    cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert cli["config"]["tasks"] == ["semseg", "depth"]
+    assert cli["epochs"][0]["weights"] == {"semseg": 0.5, "depth": 0.5}
