@@ -48,7 +48,7 @@ import seaborn as sns
 import torch
 
 from mtlkit import viz
-from mtlkit.data import get_dataset, list_datasets
+from mtlkit.data import build_cache, get_dataset, list_datasets
 from mtlkit.metrics import meter
 from mtlkit.tasks import TASK_SPECS
 
@@ -57,6 +57,8 @@ torch.manual_seed(SEED)
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
 VARIANTS = [name for name in list_datasets() if name.startswith("synthetic-")]
+for name in VARIANTS:  # generated once, then read from the cache (data/cache/ or $MTLKIT_DATA_DIR)
+    build_cache(name, PRESET, seed=SEED, jobs=2)
 
 # %% [markdown]
 # ## 1 · The variants and their tasks
