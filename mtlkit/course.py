@@ -1,0 +1,162 @@
+"""What the course notebooks share: preset schedules, train-or-load, the growing results table, paper numbers.
+
+A notebook calls :func:`train_or_load` for each model it trains. The run lands in ``OUT_DIR/<run name>/`` (the
+Trainer's checkpoints and ``metrics.json``); when that folder already holds a finished run with the same
+fingerprint (model, data, schedule), the notebook loads its best checkpoint and metrics instead of retraining, so
+re-opening a notebook shows its figures at once. :func:`write_notebook_results` writes the notebook's own
+``OUT_DIR/metrics.json``; :func:`course_table` reads every sibling notebook's file, so the results table grows
+from notebook to notebook (in ``runs/notebooks/`` when run by hand, in ``runs/<preset>/`` under ``mtlkit reproduce``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+PRESETS = ("unit", "smoke", "lesson", "paper")
+
+# Schedules per preset for the DeepLab notebooks (01-05). smoke/unit shrink the model (ResNet-18, narrow ASPP and
+# decoder) because a full-width DeepLabV3+ takes ~0.7 s per step at 64x128 on 2 cores; cells that check parameter
+# counts always build the full-size model. paper is the DLAD course recipe (REFERENCE.md).
+DEEPLAB_SCHEDULES: dict[str, dict[str, Any]] = {
+    "unit": dict(data="synthetic-city", data_preset="unit", epochs=1, batch_size=4, optimizer="adam", lr=1e-3,
+                 weight_decay=0.0, scheduler=None, encoder="resnet18", aspp_channels=16, decoder_channels=16,
+                 skip_channels=8, loss_weights={"semseg": 0.5, "depth": 0.5}),
+    "smoke": dict(data="synthetic-city", data_preset="smoke", epochs=3, batch_size=8, optimizer="adam", lr=1e-3,
+                  weight_decay=0.0, scheduler=None, encoder="resnet18", aspp_channels=64, decoder_channels=64,
+                  skip_channels=24, loss_weights={"semseg": 0.5, "depth": 0.5}),
+    "lesson": dict(data="synthetic-city", data_preset="lesson", epochs=12, batch_size=8, optimizer="adam",
+                   lr=5e-4, weight_decay=1e-4, scheduler="poly", encoder="resnet34", aspp_channels=256,
+                   decoder_channels=256, skip_channels=48, loss_weights={"semseg": 0.5, "depth": 0.5}),
+    "paper": dict(data="miniscapes", data_preset="paper", epochs=16, batch_size=4, optimizer="sgd", lr=0.01,
+                  momentum=0.9, weight_decay=1e-4, scheduler="poly", power=0.9, encoder="resnet34",
+                  aspp_channels=256, decoder_channels=256, skip_channels=48, pretrained=True,
+                  loss_weights={"semseg": 0.5, "depth": 0.5}),
+}
+
+# Numbers from the papers and courses (REFERENCE.md), always shown labelled as references, never as kit results.
+REFERENCE_RESULTS: dict[str, dict[str, Any]] = {
+    "DLAD course (MiniScapes, ResNet-34, paper preset): grader score": {
+        "template": 40.5, "joint + ImageNet + dilation + ASPP + skip": 62.3, "branched": 65.3,
+        "distillation": 67.3, "best staff solution": 78.8,
+    },
+    "DLAD course: parameters with ResNet-34, 19 classes + depth (millions)": {
+        "joint": 26.72, "branched": 32.14, "distillation": 36.87,
+    },
+}
+
+
+def check_preset(preset: str) -> str:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    return preset
+
+
+def deeplab_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
+    """The DeepLab notebooks' schedule for ``preset`` (a copy), with ``overrides`` applied."""
+    return {**DEEPLAB_SCHEDULES[check_preset(preset)], **overrides}
+
+
+def load_splits(name: str, preset: str, seed: int = 0, **options: Any) -> dict[str, Any]:
+    """``{"train", "val", "test"}`` datasets of ``name``; errors (e.g. a real dataset not prepared) say what to run."""
+    from mtlkit.data import get_dataset
+
+    return {split: get_dataset(name, split, preset=preset, seed=seed, **options) for split in ("train", "val", "test")}
+
+
+def fingerprint(obj: Any) -> str:
+    """A short stable hash of a JSON-able description of a run."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train_or_load(run_name: str, model: nn.Module, splits: Mapping[str, Any], out_dir: str | os.PathLike,
+                  describe: Mapping[str, Any] | None = None, **trainer_kwargs: Any) -> dict[str, Any]:
+    """Train ``model`` with the Trainer into ``out_dir/run_name``, or load that run if it already finished.
+
+    ``describe`` is whatever distinguishes this run beyond the Trainer's own arguments (model name and options);
+    together they form the fingerprint that decides whether an existing run can be reused. Returns the run's
+    ``metrics.json`` content; afterwards ``model`` holds the best epoch's weights either way.
+    """
+    from mtlkit.checkpoint import load_checkpoint
+    from mtlkit.train import Trainer
+
+    run_dir = Path(out_dir) / run_name
+    key = fingerprint({"describe": describe or {}, "trainer": trainer_kwargs, "model": type(model).__name__,
+                       "data": {s: (getattr(d, "name", None), getattr(d, "preset", None), len(d))
+                                for s, d in splits.items() if d is not None}})
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.exists() and (run_dir / "best.pt").exists():
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except json.JSONDecodeError:
+            metrics = {}
+        if metrics.get("finished") and metrics.get("config", {}).get("fingerprint") == key:
+            model.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location="cpu")["model"])
+            print(f"{run_name}: loaded the finished run (delete {run_name}/ in OUT_DIR to retrain)")
+            return metrics
+    trainer = Trainer(model, splits["train"], splits.get("val"), splits.get("test"), out_dir=run_dir,
+                      config={"fingerprint": key, "describe": dict(describe or {})}, **trainer_kwargs)
+    return trainer.fit()
+
+
+def summarize(metrics: Mapping[str, Any], split: str = "test") -> dict[str, float]:
+    """A flat row of one run: ``task/metric`` values on ``split``, the grader score where it applies, parameters."""
+    from mtlkit.metrics import grader_score
+
+    row: dict[str, float] = {}
+    if split == "test":
+        results = metrics.get("test") or {}
+    else:
+        best = (metrics.get("best") or {}).get("epoch", -1)
+        results = next((e.get(split) or {} for e in metrics.get("epochs", []) if e["epoch"] == best), {})
+    for task, values in results.items():
+        for key, value in values.items():
+            row[f"{task}/{key}"] = value
+    if "semseg/miou" in row and "depth/si_log_rmse" in row:
+        row["grader_score"] = grader_score(row["semseg/miou"], row["depth/si_log_rmse"])
+    row["parameters_M"] = metrics.get("parameters", {}).get("total", math.nan) / 1e6
+    row["train_seconds"] = sum(metrics.get("timings", {}).get("train_seconds", []))
+    return row
+
+
+def write_notebook_results(out_dir: str | os.PathLike, notebook: str, preset: str, runs: Mapping[str, Mapping],
+                           extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``OUT_DIR/metrics.json`` of a notebook: one summary row per run (see :func:`summarize`)."""
+    from mtlkit.checkpoint import atomic_write_json
+
+    path = Path(out_dir) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"notebook": notebook, "preset": preset, "runs": {k: dict(v) for k, v in runs.items()},
+                             **dict(extra or {})})
+    return path
+
+
+def course_table(out_dir: str | os.PathLike, preset: str | None = None):
+    """Every finished notebook's runs next to ``out_dir`` (its siblings), as a DataFrame indexed by notebook/run."""
+    import pandas as pd
+
+    rows = []
+    for path in sorted(Path(out_dir).resolve().parent.glob("*/metrics.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(data, dict) or "runs" not in data or (preset and data.get("preset") != preset):
+            continue
+        for run, values in data["runs"].items():
+            rows.append({"notebook": data.get("notebook", path.parent.name), "run": run, **values})
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).set_index(["notebook", "run"])
+
+
+def relative_error(x: torch.Tensor, y: torch.Tensor) -> float:
+    """CS231n's relative error, max |x - y| / max(|x| + |y|, 1e-8): ~1e-7 or less means the same computation."""
+    x, y = x.detach().double(), y.detach().double()
+    return float(((x - y).abs() / (x.abs() + y.abs()).clamp_min(1e-8)).max())
