@@ -16,6 +16,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from mtlkit.atomic import atomic_write_bytes, atomic_write_json, fsync_dir
+
 __all__ = [
     "atomic_write_bytes", "atomic_write_json", "save_checkpoint", "load_checkpoint", "rotate_and_save",
     "CheckpointError", "get_rng_state", "set_rng_state", "state_dict_mismatch",
@@ -24,45 +26,6 @@ __all__ = [
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or does not fit the model."""
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half of it.
-
-    temp file in the same folder -> fsync -> ``os.replace`` -> fsync of the folder.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not every platform can open a folder
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """``json.dump`` with :func:`atomic_write_bytes` (indent 1 keeps long lists readable and files small)."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False, allow_nan=True) + "\n").encode())
 
 
 def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> None:
@@ -97,7 +60,7 @@ def rotate_and_save(obj: Mapping[str, Any], folder: str | os.PathLike, name: str
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return folder / name
 
 

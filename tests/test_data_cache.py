@@ -21,6 +21,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from mtlkit import atomic as atomic_mod
 from mtlkit.data import cache as cache_mod
 from mtlkit.data import datasets as ds_mod
 from mtlkit.data import build_cache, collate, get_dataset, list_datasets, synth_command, verify_cache
@@ -237,12 +238,12 @@ def test_keyboard_interrupt_during_a_write_leaves_no_partial_file(tmp_path, monk
         if calls["n"] == 2:  # the second shard's write
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache_mod, "_fsync", interrupted_fsync)
+    monkeypatch.setattr(atomic_mod, "_fsync", interrupted_fsync)
     directory = tmp_path / "c"
     with pytest.raises(KeyboardInterrupt):
         make_cache(directory).open()
     assert sorted(p.name for p in directory.iterdir()) == [".lock", "shard-00000.npz"]  # no temp, no manifest
-    monkeypatch.setattr(cache_mod, "_fsync", os.fsync)
+    monkeypatch.setattr(atomic_mod, "_fsync", os.fsync)
     gen = CountingGenerate()
     cache = make_cache(directory, generate=gen).open()  # resumes: the complete first shard is kept
     assert sorted(gen.calls) == list(range(4, 10))
@@ -257,7 +258,7 @@ def test_interrupted_manifest_write_keeps_the_old_manifest(tmp_path, monkeypatch
     def boom(fd: int) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache_mod, "_fsync", boom)
+    monkeypatch.setattr(atomic_mod, "_fsync", boom)
     with pytest.raises(KeyboardInterrupt):
         cache_mod.atomic_write_bytes(path, b"new content")
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["m.json"]

@@ -22,7 +22,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -34,6 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from mtlkit.atomic import atomic_write_bytes
 from mtlkit.paths import ensure_writable
 
 try:  # POSIX advisory locks; on other platforms builders are not serialised (single-process use only)
@@ -47,8 +47,6 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 # Keys stored as one flat array + offsets because their first dimension differs between samples.
 RAGGED_KEYS = frozenset({"boxes", "box_labels"})
-_UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it)
-os.umask(_UMASK)
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamp: identical samples -> identical bytes -> identical sha256
 
 Generate = Callable[[int], dict]
@@ -64,50 +62,6 @@ class CacheError(RuntimeError):
 
 class ShardError(Exception):
     """Internal: a shard file is missing, truncated, corrupted or belongs to other parameters."""
-
-
-# --------------------------------------------------------------------------------------------- atomic file writes
-def _fsync(fd: int) -> None:
-    """``os.fsync``; a separate function so tests can interrupt a write at its most delicate moment."""
-    os.fsync(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Make the rename itself durable; not every filesystem allows opening a directory, which is harmless.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder + fsync + ``os.replace``.
-
-    The temp file is removed on any exception, KeyboardInterrupt included, so readers only ever see the old file
-    or the complete new one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; a shared data dir needs the usual modes
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            _fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
 
 
 @contextmanager
