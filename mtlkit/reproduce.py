@@ -1,24 +1,37 @@
 """``mtlkit reproduce``: run the course notebooks headlessly through papermill and collect their results.
 
-Each run lands in its own folder ``OUT/<notebook>[__key=value...]/`` holding the executed notebook, the notebook's
-``metrics.json`` and a ``run.json`` status record. A run counts as finished only once ``run.json`` says so, and the
-executed notebook is written under a temporary name and renamed at the end, so a run killed mid-way is redone cleanly.
+Each run lands in its own folder ``OUT/<notebook>[__KEY=value...]/`` holding the executed notebook, the notebook's
+``metrics.json``, a log and a ``run.json`` status record. A run counts as finished only once ``run.json`` says so,
+and the executed notebook is written under a temporary name and renamed at the end, so a run killed mid-way (even by
+SIGKILL of the whole command) is redone cleanly on the next invocation. Failed runs are kept as failed until
+``--retry-failed``. Runs execute in local processes (``--jobs N`` kernels at once) or as a SLURM job array through
+submitit (``--executor slurm``; without SLURM submitit runs the same jobs locally).
+
+At the end ``OUT/results.csv`` and ``OUT/results.md`` hold one row per notebook run and model: every task metric
+(``task/metric``), Δm (survey form) against the single-task runs (rows named ``single-<task>``), parameters and wall
+time; with several seeds in the grid, ``OUT/results_by_seed.md`` gives mean ± std over seeds.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
+import math
 import os
 import shutil
 import sys
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 PRESETS = ("unit", "smoke", "lesson", "paper")
+STAMP = "reproduce.json"
+# Filled in by reproduce itself; a grid may not set them.
+RESERVED = ("PRESET", "OUT_DIR")
 
 
 @dataclass
@@ -32,17 +45,21 @@ class Run:
         return self.notebook.stem + extra
 
 
+# ------------------------------------------------------------------------------------------------ planning
 def find_notebooks(selection: list[str] | None = None, directory: Path = NOTEBOOK_DIR) -> list[Path]:
     """Course notebooks ``NN_topic.ipynb`` in order; ``selection`` filters by prefix/stem (e.g. ``00`` or ``00_data``)."""
-    found = sorted(p for p in directory.glob("[0-9][0-9]_*.ipynb"))
+    found = sorted(p for p in Path(directory).glob("[0-9][0-9]_*.ipynb"))
     if not selection:
         return found
-    chosen = [p for p in found if any(p.stem == s or p.stem.startswith(s) or p.name == s for s in selection)]
-    missing = [s for s in selection if not any(p.stem == s or p.stem.startswith(s) or p.name == s for p in found)]
+
+    def matches(p: Path, s: str) -> bool:
+        return p.stem == s or p.stem.startswith(s) or p.name == s
+
+    missing = [s for s in selection if not any(matches(p, s) for p in found)]
     if missing:
         names = ", ".join(p.stem for p in found) or "(none)"
         raise ValueError(f"no notebook matches {', '.join(missing)}; available: {names}")
-    return chosen
+    return [p for p in found if any(matches(p, s) for s in selection)]
 
 
 def parse_grid(items: list[str] | None) -> list[dict]:
@@ -67,32 +84,76 @@ def _literal(text: str):
     return text
 
 
-def execute(run: Run, out_root: Path, preset: str, device: str, log=print) -> dict:
-    """Execute one notebook run (skipping it when ``run.json`` says it finished). Returns the status record."""
+def notebook_parameters(path: Path) -> list[str]:
+    """Names defined in the notebook's ``parameters`` cell."""
     import papermill
 
-    run_dir = out_root / run.name
-    status_path = run_dir / "run.json"
-    if status_path.exists():
+    return list(papermill.inspect_notebook(str(path)))
+
+
+def plan(notebooks: Sequence[Path], grid: list[dict], max_runs: int, yes: bool) -> list[Run]:
+    """Validate the grid against every notebook's parameters and return the runs, before anything executes."""
+    for nb in notebooks:
+        valid = notebook_parameters(nb)
+        for key in {k for params in grid for k in params}:
+            if key in RESERVED:
+                raise ValueError(f"{key} is set by `mtlkit reproduce` itself (use --preset / --out)")
+            if key not in valid:
+                raise ValueError(f"{nb.stem} has no parameter {key!r}; its parameters: {', '.join(valid)}")
+    runs = [Run(nb, params) for nb in notebooks for params in grid]
+    if len(runs) > max_runs and not yes:
+        raise ValueError(f"this grid launches {len(runs)} runs (more than --max-runs {max_runs}); "
+                         "add --yes to launch them all")
+    return runs
+
+
+def check_results_folder(out_root: Path, preset: str) -> None:
+    """Refuse a results folder written by another kit version or preset (results would be mixed)."""
+    from mtlkit import __version__
+
+    stamp = out_root / STAMP
+    if stamp.exists():
         try:
-            status = json.loads(status_path.read_text())
-            if status.get("status") == "ok":
-                status["skipped"] = True
-                return status
+            info = json.loads(stamp.read_text())
         except json.JSONDecodeError:
-            pass  # an unreadable record means an unfinished run: redo it
+            info = {}
+        if info.get("mtlkit") != __version__ or info.get("preset") != preset:
+            raise ValueError(f"results folder {out_root} was written by mtlkit {info.get('mtlkit', '?')} with preset "
+                             f"{info.get('preset', '?')}; this is mtlkit {__version__} with preset {preset}. "
+                             "Use another --out, or remove that folder to start afresh.")
+        return
+    out_root.mkdir(parents=True, exist_ok=True)
+    from mtlkit.atomic import atomic_write_json
+
+    atomic_write_json(stamp, {"mtlkit": __version__, "preset": preset})
+
+
+def read_status(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None  # never started, or killed before it finished: redo
+
+
+# ------------------------------------------------------------------------------------------------ executing
+def execute(run: Run, out_root: Path, preset: str, device: str) -> dict:
+    """Execute one notebook run from scratch into its folder and return its status record (also in run.json)."""
+    import papermill
+
+    run_dir = Path(out_root) / run.name
     if run_dir.exists():
         shutil.rmtree(run_dir)  # leftovers of a killed or failed run
     run_dir.mkdir(parents=True)
     params = {"PRESET": preset, "DEVICE": device, "OUT_DIR": str(run_dir.resolve()), **run.params}
     partial = run_dir / (run.notebook.stem + ".partial.ipynb")
     start = time.perf_counter()
-    status = {"notebook": run.notebook.name, "params": run.params, "preset": preset}
+    status: dict[str, Any] = {"notebook": run.notebook.name, "run": run.name, "params": run.params, "preset": preset}
     try:
-        papermill.execute_notebook(
-            str(run.notebook), str(partial), parameters=params, kernel_name="python3",
-            cwd=str(run.notebook.parent), progress_bar=False, log_output=False,
-        )
+        with open(run_dir / "log.txt", "w") as log:
+            papermill.execute_notebook(
+                str(run.notebook), str(partial), parameters=params, kernel_name="python3",
+                cwd=str(run.notebook.parent), progress_bar=False, log_output=True, stdout_file=log, stderr_file=log,
+            )
         os.replace(partial, run_dir / run.notebook.name)
         status["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - a failing notebook is recorded and the others go on
@@ -102,26 +163,173 @@ def execute(run: Run, out_root: Path, preset: str, device: str, log=print) -> di
         if partial.exists():
             os.replace(partial, run_dir / (run.notebook.stem + ".failed.ipynb"))
     status["seconds"] = round(time.perf_counter() - start, 2)
-    tmp = status_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(status, indent=2))
-    os.replace(tmp, status_path)
+    from mtlkit.atomic import atomic_write_json
+
+    atomic_write_json(run_dir / "run.json", status)
     return status
 
 
 def _summarise_error(exc: Exception) -> str:
     ename = getattr(exc, "ename", type(exc).__name__)
-    evalue = getattr(exc, "evalue", str(exc))
-    cell = getattr(exc, "cell_index", None)
-    where = f" in cell {cell}" if cell is not None else ""
-    return f"{ename}{where}: {str(evalue).strip().splitlines()[-1] if str(evalue).strip() else ''}"
+    evalue = str(getattr(exc, "evalue", str(exc))).strip()
+    cell = getattr(exc, "exec_count", None)
+    where = f" (cell [{cell}])" if cell is not None else ""
+    return f"{ename}{where}: {evalue.splitlines()[-1] if evalue else ''}"
 
 
+def run_local(todo: list[Run], out_root: Path, preset: str, device: str, jobs: int,
+              on_done: Callable[[Run, dict], None]) -> None:
+    """Each run is its own papermill kernel; threads only wait on them, so ``jobs`` kernels run at once."""
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(execute, run, out_root, preset, device): run for run in todo}
+        for future in as_completed(futures):
+            on_done(futures[future], future.result())
+
+
+def run_slurm(todo: list[Run], out_root: Path, preset: str, device: str, args: argparse.Namespace,
+              on_done: Callable[[Run, dict], None]) -> None:
+    """Submit the runs as one SLURM job array through submitit's ``map_array`` (local processes without SLURM)."""
+    try:
+        import submitit
+    except ImportError:
+        raise ValueError("--executor slurm needs submitit: pip install 'mtlkit[cluster]'") from None
+    executor = submitit.AutoExecutor(folder=str(out_root / "slurm" / "%j"), cluster=args.cluster)
+    options: dict[str, Any] = {"timeout_min": args.time, "slurm_array_parallelism": args.array_parallelism}
+    if executor.cluster == "slurm":
+        options.update(slurm_partition=args.partition, gpus_per_node=args.gpus, cpus_per_task=args.cpus)
+    executor.update_parameters(**{k: v for k, v in options.items() if v is not None})
+    print(f"submitting {len(todo)} runs through submitit ({executor.cluster} executor)")
+    n = len(todo)
+    jobs = executor.map_array(execute, todo, [out_root] * n, [preset] * n, [device] * n)
+    for run, job in zip(todo, jobs):
+        try:
+            status = job.result()
+        except Exception as exc:  # noqa: BLE001 - the job itself died (time limit, node failure)
+            status = {"notebook": run.notebook.name, "run": run.name, "params": run.params, "preset": preset,
+                      "status": "failed", "error": f"job {job.job_id}: {type(exc).__name__}: {exc}"}
+        on_done(run, status)
+
+
+# ------------------------------------------------------------------------------------------------ results
+def collect(out_root: Path, runs: Sequence[Run]):
+    """One row per (run, model row of its metrics.json): status, parameters, every metric, Δm vs single-task rows."""
+    import pandas as pd
+
+    rows = []
+    for run in runs:
+        run_dir = out_root / run.name
+        status = read_status(run_dir) or {"status": "not run"}
+        base = {"notebook": run.notebook.stem, "params": _params_text(run.params), **{f"param:{k}": v for k, v in
+                run.params.items()}, "status": status.get("status"), "seconds": status.get("seconds")}
+        try:
+            data = json.loads((run_dir / "metrics.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            data = {}
+        models = data.get("runs") if isinstance(data, dict) else None
+        if not models:
+            rows.append({**base, "model": ""})
+            continue
+        for model, values in models.items():
+            rows.append({**base, "model": model, **{k: v for k, v in values.items() if _is_number(v)}})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table["delta_m"] = _delta_m_column(table)
+    return table
+
+
+def _params_text(params: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(params.items()))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _delta_m_column(table) -> list[float]:
+    """Survey Δm of each multi-task row against the mean of the single-task rows (``single-<task>``) of this run set."""
+    from mtlkit.metrics import delta_m
+    from mtlkit.tasks import TASK_SPECS
+
+    single: dict[str, dict[str, float]] = {}
+    for task, spec in TASK_SPECS.items():
+        rows = table[table["model"] == f"single-{task}"]
+        col = f"{task}/{spec.delta_metric}"
+        if not rows.empty and col in rows:
+            single[task] = {spec.delta_metric: float(rows[col].mean())}
+    out = []
+    for _, row in table.iterrows():
+        tasks = [t for t in single if f"{t}/{TASK_SPECS[t].delta_metric}" in row and
+                 _is_number(row[f"{t}/{TASK_SPECS[t].delta_metric}"]) and
+                 not math.isnan(row[f"{t}/{TASK_SPECS[t].delta_metric}"])]
+        if str(row["model"]).startswith("single-") or not tasks:
+            out.append(math.nan)
+            continue
+        multi = {t: {TASK_SPECS[t].delta_metric: float(row[f"{t}/{TASK_SPECS[t].delta_metric}"])} for t in tasks}
+        out.append(delta_m(multi, {t: single[t] for t in tasks}, form="survey", tasks=tasks))
+    return out
+
+
+def over_seeds(table):
+    """Mean ± std over the SEED grid axis: one row per notebook, other parameters and model."""
+    import pandas as pd
+
+    if "param:SEED" not in table or table.empty:
+        return None
+    keys = ["notebook", "model"] + [c for c in table if c.startswith("param:") and c != "param:SEED"]
+    numeric = [c for c in table if c not in keys and c not in ("params", "status", "param:SEED")
+               and pd.api.types.is_numeric_dtype(table[c])]
+    grouped = table.groupby(keys, dropna=False)[numeric]
+    mean, std, n = grouped.mean(), grouped.std(ddof=0), grouped.size()
+    text = mean.copy().astype(object)
+    for c in numeric:
+        text[c] = [("" if math.isnan(m) else f"{m:.3g} ± {s:.2g}") for m, s in zip(mean[c], std[c])]
+    text["seeds"] = n
+    return text.reset_index()
+
+
+def write_results(out_root: Path, table) -> list[Path]:
+    paths = [out_root / "results.csv", out_root / "results.md"]
+    table.to_csv(paths[0], index=False)
+    paths[1].write_text(_markdown(table))
+    by_seed = over_seeds(table)
+    if by_seed is not None:
+        paths.append(out_root / "results_by_seed.md")
+        paths[-1].write_text(_markdown(by_seed))
+    return paths
+
+
+def _markdown(table) -> str:
+    cols = list(table.columns)
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="smoke", choices=PRESETS)
     p.add_argument("--notebooks", nargs="*", default=None, help="notebook stems or prefixes (default: all, in order)")
     p.add_argument("--grid", nargs="*", default=None, help="KEY=v1,v2 parameter grid (Cartesian product)")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (local executor)")
+    p.add_argument("--executor", default="local", choices=("local", "slurm"))
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="results folder (default: runs/PRESET)")
+    p.add_argument("--retry-failed", action="store_true", help="rerun only the runs that failed before")
+    p.add_argument("--max-runs", type=int, default=64, help="runs allowed without --yes (default 64)")
+    p.add_argument("--yes", action="store_true", help="launch a grid larger than --max-runs")
+    slurm = p.add_argument_group("slurm executor (submitit)")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--time", type=int, default=60, help="minutes per run")
+    slurm.add_argument("--gpus", type=int, default=None, help="GPUs per run")
+    slurm.add_argument("--cpus", type=int, default=None, help="CPUs per run")
+    slurm.add_argument("--array-parallelism", type=int, default=64)
+    slurm.add_argument("--cluster", default=None, help=argparse.SUPPRESS)  # tests force "local"
     p.add_argument("--notebook-dir", default=str(NOTEBOOK_DIR), help=argparse.SUPPRESS)
 
 
@@ -132,20 +340,52 @@ def run_from_args(args: argparse.Namespace) -> int:
     if not notebooks:
         print(f"no notebooks found in {args.notebook_dir}")
         return 1
+    runs = plan(notebooks, parse_grid(args.grid), args.max_runs, args.yes)
     out_root = Path(args.out or f"runs/{args.preset}").resolve()
-    out_root.mkdir(parents=True, exist_ok=True)
-    runs = [Run(nb, params) for nb in notebooks for params in parse_grid(args.grid)]
-    results = []
-    bar = tqdm(runs, desc="notebooks", unit="run", disable=not sys.stderr.isatty())
-    for run in bar:
-        bar.set_postfix_str(run.name)
-        results.append((run, execute(run, out_root, args.preset, args.device)))
-    print(f"\n{'run':<40} {'status':<8} {'seconds':>8}")
-    for run, st in results:
-        state = "skipped" if st.get("skipped") else st["status"]
-        print(f"{run.name:<40} {state:<8} {st.get('seconds', 0):>8}")
-    print(f"\nexecuted notebooks and metrics.json files are in {out_root}/<run>/")
-    failed = [(r, s) for r, s in results if s["status"] != "ok"]
+    check_results_folder(out_root, args.preset)
+
+    before = {run.name: read_status(out_root / run.name) for run in runs}
+    if args.retry_failed:
+        todo = [r for r in runs if (before[r.name] or {}).get("status") == "failed"]
+    else:
+        todo = [r for r in runs if before[r.name] is None]
+    skipped = len(runs) - len(todo)
+    print(f"{len(runs)} runs: {len(todo)} to execute, {skipped} already recorded (in {_rel(out_root)}/)")
+
+    results: dict[str, dict] = {name: st for name, st in before.items() if st is not None}
+    bar = tqdm(total=len(todo), desc="notebooks", unit="run", disable=not sys.stderr.isatty())
+
+    def done(run: Run, status: dict) -> None:
+        results[run.name] = status
+        bar.set_postfix_str(f"{run.name}: {status['status']}")
+        bar.update(1)
+
+    if args.executor == "slurm":
+        run_slurm(todo, out_root, args.preset, args.device, args, done)
+    else:
+        run_local(todo, out_root, args.preset, args.device, args.jobs, done)
+    bar.close()
+
+    executed = {r.name for r in todo}
+    print(f"\n{'run':<48} {'status':<8} {'seconds':>8}")
+    for run in runs:
+        st = results.get(run.name, {})
+        state = st.get("status", "?") if run.name in executed else f"{st.get('status', '?')} (earlier)"
+        print(f"{run.name:<48} {state:<8} {st.get('seconds', 0):>8}")
+    table = collect(out_root, runs)
+    paths = write_results(out_root, table)
+    print(f"\nexecuted notebooks, logs and metrics.json: {_rel(out_root)}/<run>/")
+    print("results: " + ", ".join(_rel(p) for p in paths))
+    failed = [(r, results[r.name]) for r in runs if results.get(r.name, {}).get("status") == "failed"]
     for run, st in failed:
-        print(f"FAILED {run.name}: {st.get('error')} (see {out_root / run.name / 'error.txt'})")
+        print(f"FAILED {run.name}: {st.get('error')} (see {_rel(out_root / run.name / 'error.txt')})")
+    if failed and not args.retry_failed:
+        print("rerun only the failures with --retry-failed")
     return 1 if failed else 0
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,26 +1,29 @@
-"""`mtlkit reproduce` on throwaway notebooks: per-run folders, skipping finished runs, failures recorded, kills redone."""
+"""`mtlkit reproduce` on throwaway notebooks: run folders, resumption, failures, grids, executors, results tables."""
 import json
 
 import nbformat
+import pandas as pd
 import pytest
 
 from mtlkit.cli import main
 from mtlkit.reproduce import parse_grid
 
+# A notebook that reports a joint model and a single-task depth baseline, whose numbers depend on its parameters:
+# joint abs_err = 1 + SEED, single-depth abs_err = 2 (so survey Δm = -(1 + SEED - 2) / 2 = (1 - SEED) / 2 * 100 %).
+WRITE_METRICS = """
+import json, pathlib
+rows = {"joint": {"depth/abs_err": 1.0 + SEED, "parameters_M": 2.0}, "single-depth": {"depth/abs_err": 2.0}}
+pathlib.Path(OUT_DIR, "metrics.json").write_text(json.dumps({"notebook": "00_ok", "preset": PRESET, "runs": rows}))
+"""
+
 
 def _notebook(path, body):
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('PRESET = "smoke"\nOUT_DIR = "."\nDEVICE = "auto"\nVALUE = 1')
+    params = nbformat.v4.new_code_cell('PRESET = "smoke"\nOUT_DIR = "."\nDEVICE = "auto"\nSEED = 0')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(body)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
-
-
-WRITE_METRICS = (
-    "import json, pathlib\n"
-    "pathlib.Path(OUT_DIR, 'metrics.json').write_text(json.dumps({'preset': PRESET, 'value': VALUE}))"
-)
 
 
 @pytest.fixture
@@ -32,43 +35,93 @@ def course(tmp_path):
     return nbdir, tmp_path / "runs"
 
 
-def test_runs_land_in_their_folders_and_failures_are_recorded(course, capsys):
+def reproduce(course, *extra):
     nbdir, out = course
-    code = main(["reproduce", "--preset", "unit", "--notebook-dir", str(nbdir), "--out", str(out)])
+    return main(["reproduce", "--preset", "unit", "--notebook-dir", str(nbdir), "--out", str(out), *extra])
+
+
+def test_runs_land_in_folders_failures_are_recorded_and_results_tabled(course, capsys):
+    nbdir, out = course
+    assert reproduce(course) == 1  # something failed, and the command says which
     text = capsys.readouterr().out
-    assert code == 1  # something failed, and the command says which
     assert "FAILED 01_broken" in text and "ValueError" in text and "the model exploded" in text
     ok = out / "00_ok"
-    assert json.loads((ok / "metrics.json").read_text()) == {"preset": "unit", "value": 1}
     assert (ok / "00_ok.ipynb").exists() and json.loads((ok / "run.json").read_text())["status"] == "ok"
-    assert (out / "01_broken" / "error.txt").exists()
+    assert (out / "01_broken" / "error.txt").exists() and (out / "01_broken" / "01_broken.failed.ipynb").exists()
 
-    # second invocation: the finished run is skipped (its folder untouched), the failed one is tried again
-    stamp = (ok / "run.json").stat().st_mtime_ns
-    main(["reproduce", "--preset", "unit", "--notebook-dir", str(nbdir), "--out", str(out)])
-    assert "skipped" in capsys.readouterr().out
-    assert (ok / "run.json").stat().st_mtime_ns == stamp
+    table = pd.read_csv(out / "results.csv")
+    joint = table[table["model"] == "joint"].iloc[0]
+    assert joint["depth/abs_err"] == 1.0 and joint["parameters_M"] == 2.0
+    assert joint["delta_m"] == pytest.approx(50.0)  # -(1 - 2) / 2 = +50 %: lower error is better
+    assert pd.isna(table[table["model"] == "single-depth"].iloc[0]["delta_m"])
+    assert (table[table["notebook"] == "01_broken"]["status"] == "failed").all()
+    assert "| notebook |" in (out / "results.md").read_text()
 
 
-def test_a_run_killed_midway_is_redone(course, capsys):
+def test_second_invocation_skips_recorded_runs_and_retry_failed_reruns_only_failures(course, capsys):
+    nbdir, out = course
+    reproduce(course)
+    stamp = (out / "00_ok" / "run.json").stat().st_mtime_ns
+    assert reproduce(course) == 1  # the failure is still reported, nothing re-executed
+    text = capsys.readouterr().out
+    assert "0 to execute" in text and "--retry-failed" in text
+    assert (out / "00_ok" / "run.json").stat().st_mtime_ns == stamp
+
+    _notebook(nbdir / "01_broken.ipynb", "x = 1  # fixed")
+    assert reproduce(course, "--retry-failed") == 0
+    assert json.loads((out / "01_broken" / "run.json").read_text())["status"] == "ok"
+    assert (out / "00_ok" / "run.json").stat().st_mtime_ns == stamp
+
+
+def test_a_run_killed_midway_is_redone(course):
     nbdir, out = course
     half = out / "00_ok"
     half.mkdir(parents=True)
     (half / "00_ok.partial.ipynb").write_text("{truncated")  # what a SIGKILL leaves behind: no run.json
-    code = main(["reproduce", "--preset", "unit", "--notebooks", "00", "--notebook-dir", str(nbdir), "--out", str(out)])
-    assert code == 0
+    assert reproduce(course, "--notebooks", "00") == 0
     assert not (half / "00_ok.partial.ipynb").exists()
     assert json.loads((half / "run.json").read_text())["status"] == "ok"
 
 
-def test_grid_is_a_cartesian_product_and_names_runs(course):
-    assert parse_grid(["SEED=0,1", "W=equal,dwa"]) == [
-        {"SEED": 0, "W": "equal"}, {"SEED": 0, "W": "dwa"}, {"SEED": 1, "W": "equal"}, {"SEED": 1, "W": "dwa"}]
+def test_seed_grid_in_parallel_gives_mean_and_std(course):
+    nbdir, out = course
+    assert reproduce(course, "--notebooks", "00", "--grid", "SEED=0,1", "--jobs", "2") == 0
+    assert (out / "00_ok__SEED=0" / "metrics.json").exists() and (out / "00_ok__SEED=1" / "metrics.json").exists()
+    by_seed = (out / "results_by_seed.md").read_text()
+    joint = next(line for line in by_seed.splitlines() if "| joint |" in line)
+    assert "1.5 ± 0.5" in joint  # abs_err 1 and 2 over the two seeds
+
+
+def test_slurm_executor_falls_back_to_local_processes_through_submitit(course, capsys):
+    nbdir, out = course
+    assert reproduce(course, "--notebooks", "00", "--executor", "slurm") == 0
+    assert "local executor" in capsys.readouterr().out
+    assert json.loads((out / "00_ok" / "run.json").read_text())["status"] == "ok"
+    assert any((out / "slurm").iterdir())  # submitit's job folders
+
+
+def test_bad_grids_are_refused_before_anything_runs(course, capsys):
+    nbdir, out = course
+    assert reproduce(course, "--grid", "LR=0.1,0.01") == 2
+    assert "no parameter 'LR'" in capsys.readouterr().err
+    assert reproduce(course, "--notebooks", "00", "--grid", "SEED=0,1,2", "--max-runs", "2") == 2
+    assert "--yes" in capsys.readouterr().err
+    assert reproduce(course, "--grid", "OUT_DIR=x") == 2
+    assert not (out / "00_ok").exists()
     with pytest.raises(ValueError, match="KEY=v1,v2"):
         parse_grid(["SEED"])
+    assert parse_grid(["SEED=0,1", "W=equal,dwa"]) == [
+        {"SEED": 0, "W": "equal"}, {"SEED": 0, "W": "dwa"}, {"SEED": 1, "W": "equal"}, {"SEED": 1, "W": "dwa"}]
+
+
+def test_results_folder_of_another_version_is_refused(course, capsys):
+    nbdir, out = course
+    out.mkdir(parents=True)
+    (out / "reproduce.json").write_text(json.dumps({"mtlkit": "0.0.1", "preset": "unit"}))
+    assert reproduce(course, "--notebooks", "00") == 2
+    assert "written by mtlkit 0.0.1" in capsys.readouterr().err
 
 
 def test_unknown_notebook_lists_the_available_ones(course, capsys):
-    nbdir, out = course
-    code = main(["reproduce", "--notebooks", "07", "--notebook-dir", str(nbdir), "--out", str(out)])
-    assert code == 2 and "00_ok" in capsys.readouterr().err
+    assert reproduce(course, "--notebooks", "07") == 2
+    assert "00_ok" in capsys.readouterr().err
