@@ -15,10 +15,78 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_list(args: argparse.Namespace) -> int:
-    from mtlkit.data import list_datasets
+    from mtlkit.data import SYNTHETIC_NAMES
+    from mtlkit.data.real.registry import format_table, table_rows
 
-    for name in list_datasets():
-        print(name)
+    print("synthetic (generated, nothing to download):")
+    for name in SYNTHETIC_NAMES:
+        print(f"  {name}")
+    print("\nreal (data/registry.yaml; present = prepared | raw | missing under the data dir):")
+    print(format_table(table_rows(), ("id", "tasks", "size", "licence", "registration", "present")))
+    return 0
+
+
+def _real_errors(fn):
+    """Real-data commands: known failures print one line (the message says the fix) and exit 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        from mtlkit.data.real.base import MissingDependencyError
+        from mtlkit.data.real.download import DownloadError
+
+        try:
+            return fn(args)
+        except (DownloadError, MissingDependencyError) as exc:
+            if os.environ.get("MTLKIT_DEBUG"):
+                raise
+            print(f"mtlkit: error: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+@_real_errors
+def _cmd_data_download(args: argparse.Namespace) -> int:
+    from mtlkit.data.real.download import download
+
+    files = download(args.id, raw=args.raw, include_optional=args.all)
+    print(f"{len(files)} file(s) present in the raw folder; next: `mtlkit data prepare {args.id}`")
+    return 0
+
+
+@_real_errors
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from mtlkit.data.real.prepare import prepare
+
+    options = {}
+    if args.size:
+        options["size"] = tuple(args.size)
+    for key in ("splits", "mapping"):
+        if getattr(args, key):
+            options[key] = args.__dict__[key]
+    out = prepare(args.id, raw=args.raw, out=args.out, **options)
+    print(f"prepared {args.id} at {out}; check it with `mtlkit data verify {args.id}`")
+    return 0
+
+
+@_real_errors
+def _cmd_data_verify(args: argparse.Namespace) -> int:
+    from mtlkit.data.real.download import verify
+
+    problems = verify(args.id, root=args.root, raw=args.raw, samples=args.samples,
+                      expect_counts=None if args.root is None else args.counts)
+    for p in problems:
+        print(f"PROBLEM: {p}")
+    print(f"{args.id}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 0 if not problems else 1
+
+
+@_real_errors
+def _cmd_data_twin(args: argparse.Namespace) -> int:
+    from mtlkit.data.real.twins import write_twin
+
+    out = write_twin(args.id, args.out, n=args.n, seed=args.seed, size=tuple(args.size) if args.size else None)
+    print(f"wrote a {args.id} format twin ({args.n} items per split) to {out}; load it with "
+          f"get_dataset({args.id!r}, SPLIT, root={str(out)!r})")
     return 0
 
 
@@ -76,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check the installation: versions, devices, data dir, two training steps")
     p.set_defaults(func=_cmd_doctor)
 
-    data = sub.add_parser("data", help="datasets: list, synthesise, show")
+    data = sub.add_parser("data", help="datasets: list, synthesise, show, download, prepare, verify, twin")
     dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
-    p = dsub.add_parser("list", help="list the datasets the kit knows")
+    p = dsub.add_parser("list", help="list the datasets the kit knows (real ones with size, licence, presence)")
     p.set_defaults(func=_cmd_data_list)
     p = dsub.add_parser("synth", help="generate and cache synthetic scenes (NAME ... or 'all')")
     p.add_argument("name", nargs="+", help="synthetic dataset name(s), e.g. synthetic-nyu, or 'all'")
@@ -94,6 +162,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="PNG path (default: <data dir>/figures/NAME-PRESET-SPLIT.png)")
     p.set_defaults(func=_cmd_data_show)
+    p = dsub.add_parser("download", help="fetch a real dataset's archives (or print the manual steps)")
+    p.add_argument("id", help="registry id, e.g. oxford-pet (see `mtlkit data list`)")
+    p.add_argument("--raw", default=None, help="target folder (default: <data dir>/raw/ID)")
+    p.add_argument("--all", action="store_true", help="also fetch optional/alternative sources")
+    p.set_defaults(func=_cmd_data_download)
+    p = dsub.add_parser("prepare", help="convert/unpack raw archives into the loader's layout")
+    p.add_argument("id")
+    p.add_argument("--raw", default=None, help="raw folder (default: <data dir>/raw/ID)")
+    p.add_argument("--out", default=None, help="output folder (default: <data dir>/prepared/ID)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="nyuv2/cityscapes conversion from the official data: output size (default 288 384 / 128 256)")
+    p.add_argument("--splits", default=None, help="nyuv2: splits.mat or splits.json")
+    p.add_argument("--mapping", default=None, help="nyuv2: 894->13 class mapping (.mat, .npy or .txt)")
+    p.set_defaults(func=_cmd_data_prepare)
+    p = dsub.add_parser("verify", help="check archive hashes and the contents (counts, shapes, dtypes, ranges)")
+    p.add_argument("id")
+    p.add_argument("--root", default=None, help="dataset folder (default: <data dir>/prepared/ID)")
+    p.add_argument("--raw", default=None, help="raw folder with the archives (default: <data dir>/raw/ID)")
+    p.add_argument("--samples", type=int, default=4, help="items checked per split (default 4)")
+    p.add_argument("--counts", action="store_true", help="with --root: also require the release's item counts")
+    p.set_defaults(func=_cmd_data_verify)
+    p = dsub.add_parser("twin", help="write a small synthetic dataset in a real dataset's exact on-disk format")
+    p.add_argument("id")
+    p.add_argument("--out", required=True, help="an empty or new folder")
+    p.add_argument("--n", type=int, default=3, help="items per split (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None, help="default 32 32 (32 64 city)")
+    p.set_defaults(func=_cmd_data_twin)
     data.set_defaults(func=lambda a: (data.print_help(), 0)[1])
 
     _add_train(sub)

@@ -44,8 +44,14 @@ def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
     return wrap
 
 
+def _register_real() -> None:
+    """Import the real-dataset loaders (they register themselves); lazily, so ``import mtlkit.data`` stays light."""
+    import mtlkit.data.real  # noqa: F401
+
+
 def list_datasets() -> list[str]:
-    """Names accepted by :func:`get_dataset`."""
+    """Names accepted by :func:`get_dataset` (synthetic and real)."""
+    _register_real()
     return sorted(DATASETS)
 
 
