@@ -1,0 +1,387 @@
+"""UPerNet for unified perceptual parsing (Xiao et al., ECCV 2018), with the course's ULSAM variants.
+
+Layout (``fpn_channels`` = F; CSAILVision/unifiedparsing ``models/models.py`` uses F = 512 and 512-channel PPM
+branches)::
+
+    images -> ResNet C2..C5 (strides 4, 8, 16, 32)
+    C5 -> PPM: for s in (1, 2, 3, 6): adaptive avg-pool to s x s -> upsample -> 1x1 conv-BN-ReLU (512);
+              concat with C5 -> 3x3 conv-BN-ReLU (F)                                   = P5 (the "PPM output")
+    FPN: lateral_i = 1x1 conv-BN-ReLU(C_i) (F); top-down f_i = lateral_i + up(f_{i+1}); P_i = 3x3 conv-BN-ReLU(f_i)
+    fusion at 1/4: concat(P2, up(P3), up(P4), up(P5)) -> 3x3 conv-BN-ReLU (F)          = fused map
+    heads (3x3 conv-BN-ReLU (F) + 1x1 conv with bias):
+        scene    <- P5, global average pool before the 1x1 (image-level, [B, C])
+        semseg   <- fused map (the "object" head)            parts <- fused map
+        material <- P2                                       texture <- fused map, pooled like scene ([B, C])
+    dense outputs are upsampled (bilinear) from 1/4 to the input size.
+
+Other dense tasks (depth, normals, edge, saliency) get a dense head on the fused map and other image-level tasks
+(binary, category) an image-level head on it, so the model serves any dense/image task set; boxes are refused.
+The PPM applies its 1x1 conv-BN-ReLU after the upsampling, as the public code does: a 1x1 conv commutes with
+bilinear upsampling, and BatchNorm then normalises over the whole C5 map, so the s = 1 branch also trains at batch
+size 1 (a 1x1 map after pooling would leave BatchNorm one value per channel).
+
+Texture: the public decoder has no texture head (the paper fine-tunes a texture classifier on DTD afterwards); the
+kit's texture head reads the fused map, like object and part, and is trained on the "dtd" source's images.
+
+**Parts per owning object.** The Broden+ parts of the public code are predicted per object: one softmax over the
+parts of each part-bearing object, trained only on that object's pixels, read at inference inside the predicted
+object. The kit's Broden-like data already labels parts as (owner, part) pairs (``synthetic.BRODEN_PARTS``:
+"none", "creature head", "table leg", "chair leg", ...), so a part class never mixes owners. The part head is one
+classifier over these classes (the loss is the kit's cross-entropy). With ``part_owners`` (one tuple of object
+classes per part class, see :func:`broden_part_owners`) the part logits are additionally gated by the object head:
+``parts = part_logits + log(sum_{o owns c} p(o))`` with p = softmax of the (detached) object logits, so the parts of
+objects that are not there are suppressed and the argmax picks a part of the predicted owner, the public code's
+inference. Classes without an owner ("none") are not gated.
+
+**Context-aware head** (``context_head=True``): the object head's pre-classifier features (F channels at 1/4) are
+concatenated with the material head's input, so the material head's first conv reads 2F channels.
+
+**ULSAM variants** (``ulsam=``, attention :class:`~mtlkit.models.ulsam.ULSAM` with ``ulsam_groups`` groups; our
+reading of the course's C(1)-C(3)):
+
+- ``"fused"`` (C(1)): UPerNet's fused map goes through ULSAM; the attended map feeds every pixel head: object,
+  part, texture and also material (instead of P2). Scene keeps reading P5 (its head is defined on the PPM output).
+- ``"pairs"`` (C(2)): two maps, P2 + up(P5) (at 1/4) and P4 + up(P5) (at 1/16), each through its own ULSAM; the
+  second is upsampled to 1/4, both are concatenated and a 3x3 conv-BN-ReLU (2F -> F) gives the fused map
+  (replacing UPerNet's 4-level fusion). "+" is the FPN-style merge: upsample the coarser map and add.
+- ``"adjacent"`` (C(3)): adjacent levels P2 + up(P3), P3 + up(P4), P4 + up(P5), each through its own ULSAM,
+  upsampled to 1/4, concatenated, 3x3 conv-BN-ReLU (3F -> F) gives the fused map.
+
+For "pairs" and "adjacent", material reads P2 as in UPerNet. After a forward, :meth:`UPerNet.attention_maps` returns
+each ULSAM's maps [B, g, h, w].
+
+Loss weights of the public code (object 1, part 0.5, scene 0.25, material 1) are :data:`UPERNET_LOSS_WEIGHTS`, for
+``Trainer(weighting="static", weighting_options={"weights": UPERNET_LOSS_WEIGHTS})`` (texture, not in the public
+dict, gets 1).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import timm
+import torch
+import torch.nn as nn
+
+from . import register_model
+from .blocks import conv_bn_relu, upsample_to
+from .encoders import (ENCODERS, IMAGENET_MEAN, IMAGENET_STD, PretrainedWeightsUnavailable, _is_download_error)
+from .ulsam import ULSAM
+
+__all__ = ["ULSAM_VARIANTS", "UPERNET_LOSS_WEIGHTS", "PART_OWNER_GROUPS", "ResNetPyramid", "PyramidPooling", "FPN",
+           "UPerFusion", "DenseHead", "ImageHead", "UPerNet", "broden_part_owners"]
+
+#: Values of ``ulsam=`` (None = plain UPerNet).
+ULSAM_VARIANTS: tuple[str, ...] = ("fused", "pairs", "adjacent")
+#: Task loss weights of unifiedparsing's ``SegmentationModule`` (object = semseg, part = parts), plus texture 1.
+UPERNET_LOSS_WEIGHTS: dict[str, float] = {"semseg": 1.0, "parts": 0.5, "scene": 0.25, "material": 1.0,
+                                          "texture": 1.0}
+#: Owner names of part classes that stand for several object classes (as in the synthetic Broden-like data).
+PART_OWNER_GROUPS: dict[str, tuple[str, ...]] = {"creature": ("cat", "dog", "person", "rider"),
+                                                 "car": ("car", "truck", "bus", "train")}
+
+
+# ---------------------------------------------------------------------------------------------------- encoder
+class ResNetPyramid(nn.Module):
+    """A timm ResNet (``features_only``, no dilation) returning the feature maps of ``out_indices``.
+
+    timm's indices: 0 = stem after conv1-BN-ReLU (stride 2, 64 ch), 1..4 = layer1..layer4 (strides 4..32), i.e.
+    C2..C5 are ``(1, 2, 3, 4)``. Images arrive in [0, 1]; the ImageNet normalisation is done here (buffers).
+
+    Args:
+        name: one of :data:`mtlkit.models.encoders.ENCODERS`.
+        out_indices: which levels to return, in increasing stride.
+        pretrained: timm's ImageNet weights (downloads through the HF hub unless cached).
+    Attributes: ``channels`` and ``reductions`` (strides) of the returned levels.
+    Shapes: [B, 3, H, W] -> list of [B, channels[i], H / reductions[i], W / reductions[i]] (rounded up).
+    """
+
+    def __init__(self, name: str = "resnet50", out_indices: Sequence[int] = (1, 2, 3, 4), pretrained: bool = False,
+                 normalize_input: bool = True) -> None:
+        super().__init__()
+        if name not in ENCODERS:
+            raise ValueError(f"unknown encoder {name!r}; valid encoders: {', '.join(ENCODERS)}")
+        try:
+            self.body = timm.create_model(name, pretrained=pretrained, features_only=True,
+                                          out_indices=tuple(out_indices))
+        except Exception as err:
+            if pretrained and _is_download_error(err):
+                raise PretrainedWeightsUnavailable(
+                    f"could not download ImageNet weights for encoder {name!r} through timm "
+                    f"({type(err).__name__}: {str(err)[:200]}). Build the model with pretrained=False, or copy a "
+                    "Hugging Face cache that holds them (~/.cache/huggingface or $HF_HOME) to this machine."
+                ) from err
+            raise
+        self.name = name
+        self.channels: tuple[int, ...] = tuple(self.body.feature_info.channels())
+        self.reductions: tuple[int, ...] = tuple(self.body.feature_info.reduction())
+        self.normalize_input = normalize_input
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images [B, 3, H, W]; got shape {tuple(images.shape)}")
+        if self.normalize_input:
+            images = (images - self.mean) / self.std
+        return list(self.body(images))
+
+
+# ------------------------------------------------------------------------------------------------ PPM and FPN
+class PyramidPooling(nn.Module):
+    """PSPNet's pyramid pooling on C5, ending in a 3x3 conv-BN-ReLU to ``out_channels`` (UPerNet's P5).
+
+    Shapes: [B, C_in, h, w] -> [B, out_channels, h, w].
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, branch_channels: int = 512,
+                 scales: Sequence[int] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        self.pools = nn.ModuleList(nn.AdaptiveAvgPool2d(s) for s in scales)
+        self.branches = nn.ModuleList(conv_bn_relu(in_channels, branch_channels, 1) for _ in scales)
+        self.project = conv_bn_relu(in_channels + len(scales) * branch_channels, out_channels, 3)
+
+    def forward(self, c5: torch.Tensor) -> torch.Tensor:
+        size = c5.shape[-2:]
+        feats = [c5] + [conv(upsample_to(pool(c5), size)) for pool, conv in zip(self.pools, self.branches)]
+        return self.project(torch.cat(feats, dim=1))
+
+
+class FPN(nn.Module):
+    """Laterals (1x1 conv-BN-ReLU to F) and the top-down path (upsample + add, then 3x3 conv-BN-ReLU) for C2..C4.
+
+    Shapes: ([C2, C3, C4], P5 [B, F, h5, w5]) -> [P2, P3, P4, P5], each [B, F, h_i, w_i].
+    """
+
+    def __init__(self, in_channels: Sequence[int], channels: int) -> None:
+        super().__init__()
+        self.laterals = nn.ModuleList(conv_bn_relu(c, channels, 1) for c in in_channels)
+        self.outputs = nn.ModuleList(conv_bn_relu(channels, channels, 3) for _ in in_channels)
+
+    def forward(self, feats: Sequence[torch.Tensor], p5: torch.Tensor) -> list[torch.Tensor]:
+        top, levels = p5, [p5]
+        for i in reversed(range(len(feats))):
+            lateral = self.laterals[i](feats[i])
+            top = lateral + upsample_to(top, lateral.shape[-2:])
+            levels.insert(0, self.outputs[i](top))
+        return levels
+
+
+class UPerFusion(nn.Module):
+    """The map at 1/4 that the object/part/texture heads read, for every ``ulsam`` variant (see the module doc).
+
+    Shapes: [P2, P3, P4, P5] ([B, F, h_i, w_i]) -> [B, F, h2, w2].
+    """
+
+    def __init__(self, channels: int, num_levels: int = 4, ulsam: str | None = None, groups: int = 4) -> None:
+        super().__init__()
+        if ulsam is not None and ulsam not in ULSAM_VARIANTS:
+            raise ValueError(f"unknown ulsam variant {ulsam!r}; valid choices: None, "
+                             + ", ".join(repr(v) for v in ULSAM_VARIANTS))
+        self.variant = ulsam
+        # (finer, coarser) level pairs merged before attention: C(2) P2+P5, P4+P5; C(3) adjacent levels
+        self.pairs: tuple[tuple[int, int], ...] = {
+            None: (), "fused": (),
+            "pairs": ((0, num_levels - 1), (num_levels - 2, num_levels - 1)),
+            "adjacent": tuple((i, i + 1) for i in range(num_levels - 1)),
+        }[ulsam]
+        n_maps = len(self.pairs) if self.pairs else num_levels
+        self.conv = conv_bn_relu(n_maps * channels, channels, 3)
+        if ulsam == "fused":
+            self.attention = nn.ModuleList([ULSAM(channels, groups)])
+        elif ulsam is not None:
+            self.attention = nn.ModuleList(ULSAM(channels, groups) for _ in self.pairs)
+        else:
+            self.attention = nn.ModuleList()
+
+    def forward(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = levels[0].shape[-2:]
+        if not self.pairs:  # UPerNet: concat all levels at 1/4 (C(1) then attends the fused map)
+            fused = self.conv(torch.cat([upsample_to(p, size) for p in levels], dim=1))
+            return self.attention[0](fused) if self.variant == "fused" else fused
+        maps = []
+        for (fine, coarse), attn in zip(self.pairs, self.attention):
+            merged = levels[fine] + upsample_to(levels[coarse], levels[fine].shape[-2:])
+            maps.append(upsample_to(attn(merged), size))
+        return self.conv(torch.cat(maps, dim=1))
+
+
+# -------------------------------------------------------------------------------------------------------- heads
+class DenseHead(nn.Module):
+    """3x3 conv-BN-ReLU (``mid``) then 1x1 conv with bias; ``features`` exposes the pre-classifier map.
+
+    Shapes: [B, C_in, h, w] -> [B, out, h, w].
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.features = conv_bn_relu(in_channels, mid_channels, 3)
+        self.classifier = nn.Conv2d(mid_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class ImageHead(nn.Module):
+    """3x3 conv-BN-ReLU, global average pool, 1x1 conv with bias (UPerNet's scene head). [B, C, h, w] -> [B, out]."""
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.features = conv_bn_relu(in_channels, mid_channels, 3)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Conv2d(mid_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x))).flatten(1)
+
+
+def broden_part_owners(object_names: Sequence[str], part_names: Sequence[str],
+                       groups: Mapping[str, Sequence[str]] = PART_OWNER_GROUPS) -> list[tuple[int, ...]]:
+    """For each part class named "<owner> <part>", the indices of the object classes that own it.
+
+    ``owner`` is an object class name or a group of :data:`PART_OWNER_GROUPS` ("creature": cat, dog, person,
+    rider). Part classes without a space ("none", "background") have no owner: ``()``.
+    """
+    index = {n: i for i, n in enumerate(object_names)}
+    owners: list[tuple[int, ...]] = []
+    for name in part_names:
+        if " " not in name:
+            owners.append(())
+            continue
+        owner = name.split(" ", 1)[0]
+        members = tuple(groups.get(owner, (owner,)))
+        found = tuple(index[m] for m in members if m in index)
+        if not found:
+            raise ValueError(f"part class {name!r}: owner {owner!r} is neither an object class nor a group of "
+                             f"{sorted(groups)}; object classes: {', '.join(object_names)}")
+        owners.append(found)
+    return owners
+
+
+# -------------------------------------------------------------------------------------------------------- model
+def _check_tasks(tasks: Mapping[str, int]) -> dict[str, str]:
+    from mtlkit.tasks import TASK_KINDS
+
+    kinds = {}
+    for task, channels in tasks.items():
+        if task not in TASK_KINDS:
+            raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASK_KINDS)}")
+        if TASK_KINDS[task] not in ("dense", "image"):
+            valid = ", ".join(t for t, k in TASK_KINDS.items() if k in ("dense", "image"))
+            raise ValueError(f"upernet predicts dense and image-level tasks; {task!r} is a {TASK_KINDS[task]} task. "
+                             f"Valid tasks: {valid}")
+        if int(channels) < 1:
+            raise ValueError(f"task {task!r} needs at least one output channel; got {channels}")
+        kinds[task] = TASK_KINDS[task]
+    return kinds
+
+
+class UPerNet(nn.Module):
+    """UPerNet with heads for the kit's tasks (see the module docstring for the layout and options).
+
+    Args:
+        tasks: task name -> output channels (scene, semseg (object), parts, material, texture, or any dense /
+            image-level task).
+        encoder: ResNet name (:data:`~mtlkit.models.encoders.ENCODERS`); pretrained: ImageNet weights.
+        fpn_channels: F, width of PPM output, FPN, fusion and heads (512 in the public code).
+        ppm_channels: width of each PPM branch (512 in the public code).
+        pool_scales: PPM pooling grid sizes.
+        context_head: feed the object head's pre-classifier features into the material head.
+        ulsam: None, "fused", "pairs" or "adjacent"; ulsam_groups: g of every ULSAM.
+        part_owners: per part class, the object classes owning it (gates the part logits by the object head).
+    Shapes: images [B, 3, H, W] -> dense [B, C_t, H, W], image-level [B, C_t].
+    """
+
+    def __init__(self, tasks: Mapping[str, int], encoder: str = "resnet50", pretrained: bool = False,
+                 fpn_channels: int = 512, ppm_channels: int = 512, pool_scales: Sequence[int] = (1, 2, 3, 6),
+                 context_head: bool = False, ulsam: str | None = None, ulsam_groups: int = 4,
+                 part_owners: Sequence[Sequence[int]] | None = None) -> None:
+        super().__init__()
+        self.kinds = _check_tasks(tasks)
+        self.tasks = tuple(tasks)
+        if ulsam is not None and ulsam not in ULSAM_VARIANTS:
+            raise ValueError(f"unknown ulsam variant {ulsam!r}; valid choices: None, "
+                             + ", ".join(repr(v) for v in ULSAM_VARIANTS))
+        if ulsam is not None and fpn_channels % ulsam_groups:
+            raise ValueError(f"ULSAM splits fpn_channels={fpn_channels} into ulsam_groups={ulsam_groups} groups: "
+                             "choose fpn_channels divisible by ulsam_groups")
+        if context_head and not {"semseg", "material"} <= set(tasks):
+            raise ValueError("context_head=True feeds the object (semseg) head's features into the material head: "
+                             f"both 'semseg' and 'material' must be tasks; got {list(tasks)}")
+        self.context_head, self.ulsam = bool(context_head), ulsam
+        F_ = int(fpn_channels)
+
+        self.encoder = ResNetPyramid(encoder, (1, 2, 3, 4), pretrained=pretrained)   # C2..C5
+        c2, c3, c4, c5 = self.encoder.channels
+        self.ppm = PyramidPooling(c5, F_, ppm_channels, pool_scales)
+        self.fpn = FPN((c2, c3, c4), F_)
+        self.fusion = UPerFusion(F_, 4, ulsam, ulsam_groups)
+
+        heads: dict[str, nn.Module] = {}
+        for task, channels in tasks.items():
+            if self.kinds[task] == "image":
+                heads[task] = ImageHead(F_, F_, channels)
+            elif task == "material" and context_head:
+                heads[task] = DenseHead(2 * F_, F_, channels)
+            else:
+                heads[task] = DenseHead(F_, F_, channels)
+        self.heads = nn.ModuleDict(heads)
+
+        if part_owners is not None:
+            if "parts" not in tasks or "semseg" not in tasks:
+                raise ValueError("part_owners gates the part logits by the object (semseg) head: both 'parts' and "
+                                 f"'semseg' must be tasks; got {list(tasks)}")
+            n_parts, n_objects = tasks["parts"], tasks["semseg"]
+            if len(part_owners) != n_parts:
+                raise ValueError(f"part_owners has {len(part_owners)} entries; it needs one per part class "
+                                 f"({n_parts})")
+            owned = torch.zeros(n_parts, n_objects)
+            for c, owners in enumerate(part_owners):
+                if len(owners) == 0:
+                    owned[c] = 1.0  # unowned ("none"): sum of all object probabilities = 1 -> no gating
+                for o in owners:
+                    if not 0 <= int(o) < n_objects:
+                        raise ValueError(f"part_owners[{c}] names object class {o}; valid: 0..{n_objects - 1}")
+                    owned[c, int(o)] = 1.0
+            self.register_buffer("part_owners", owned)  # [P, O]
+        else:
+            self.part_owners = None
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = images.shape[-2:]
+        c2, c3, c4, c5 = self.encoder(images)
+        p5 = self.ppm(c5)                                               # [B, F, H/32, W/32]
+        levels = self.fpn((c2, c3, c4), p5)                             # P2..P5
+        fused = self.fusion(levels)                                     # [B, F, H/4, W/4]
+        material_in = fused if self.ulsam == "fused" else levels[0]
+
+        out: dict[str, torch.Tensor] = {}
+        object_features = None
+        if "semseg" in self.heads:
+            object_features = self.heads["semseg"].features(fused)
+        for task, head in self.heads.items():
+            if task == "scene":
+                out[task] = head(p5)
+            elif self.kinds[task] == "image":
+                out[task] = head(fused)
+            elif task == "semseg":
+                out[task] = head.classifier(object_features)
+            elif task == "material":
+                x = torch.cat([material_in, object_features], dim=1) if self.context_head else material_in
+                out[task] = head(x)
+            else:
+                out[task] = head(fused)
+        if self.part_owners is not None:
+            probs = torch.softmax(out["semseg"].detach().float(), dim=1)          # [B, O, h, w]
+            owner_prob = torch.einsum("bohw,po->bphw", probs, self.part_owners)  # p(owner of part class c)
+            out["parts"] = out["parts"] + owner_prob.clamp_min(1e-4).log().to(out["parts"].dtype)
+        return {t: (upsample_to(v, size) if self.kinds[t] == "dense" else v) for t, v in out.items()}
+
+    def attention_maps(self) -> list[torch.Tensor]:
+        """The last forward's ULSAM maps, one [B, g, h, w] tensor per ULSAM (empty without ``ulsam``)."""
+        return [m.last_attention for m in self.fusion.attention if m.last_attention is not None]
+
+
+@register_model("upernet")
+def upernet(tasks: dict[str, int], **options) -> UPerNet:
+    """UPerNet (options: encoder, fpn_channels, ppm_channels, context_head, ulsam, ulsam_groups, part_owners)."""
+    return UPerNet(tasks, **options)
