@@ -14,10 +14,11 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+from torch.utils.data import Subset
 
 PRESETS = ("unit", "smoke", "lesson", "paper")
 
@@ -71,8 +72,68 @@ def load_splits(name: str, preset: str, seed: int = 0, **options: Any) -> dict[s
 
 
 def fingerprint(obj: Any) -> str:
-    """A short stable hash of a JSON-able description of a run."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A short stable hash of a JSON-able description of a run.
+
+    Values JSON cannot hold are represented by their type name (``str()`` of an object may contain its memory
+    address, which would change the hash from one session to the next and make a finished run never load).
+    """
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=lambda o: type(o).__name__).encode()).hexdigest()[:16]
+
+
+class TaskSubset(Subset):
+    """A :class:`torch.utils.data.Subset` that keeps the dataset attributes the Trainer reads.
+
+    ``name``, ``split``, ``preset``, ``tasks``, ``task_info`` and ``image_size`` are taken from ``dataset`` (a plain
+    ``Subset`` has none of them, so the Trainer could not tell which tasks it labels).
+    """
+
+    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
+        super().__init__(dataset, list(indices))
+        for attr in ("name", "split", "preset", "tasks", "task_info", "image_size"):
+            if hasattr(dataset, attr):
+                setattr(self, attr, getattr(dataset, attr))
+
+    def __repr__(self) -> str:
+        return f"TaskSubset({self.dataset!r}, {len(self)} of {len(self.dataset)} items)"
+
+
+def subset(dataset: Any, n: int | Sequence[int]) -> TaskSubset:
+    """The first ``n`` items of ``dataset`` (or the items at the indices ``n``) as a :class:`TaskSubset`.
+
+    For cheap ablation runs: ``subset(splits["train"], 48)``. ``n`` larger than the dataset is an error (a silent
+    clamp would make two different requests train on the same data).
+    """
+    if isinstance(n, int):
+        if not 1 <= n <= len(dataset):
+            raise ValueError(f"subset size must be between 1 and {len(dataset)} (the dataset's size); got {n}")
+        return TaskSubset(dataset, range(n))
+    indices = [int(i) for i in n]
+    bad = [i for i in indices if not 0 <= i < len(dataset)]
+    if not indices or bad:
+        raise ValueError(f"subset indices must be a non-empty list in [0, {len(dataset)}); got out-of-range {bad[:5]}")
+    return TaskSubset(dataset, indices)
+
+
+def _describe_data(dataset: Any) -> list[Any]:
+    """What identifies a split in a run fingerprint: name, preset, length (and the indices of a subset)."""
+    described = [getattr(dataset, "name", None), getattr(dataset, "preset", None), len(dataset)]
+    if isinstance(dataset, Subset):
+        described.append(fingerprint(list(map(int, dataset.indices))))
+    return described
+
+
+# Trainer arguments that do not change what a run computes: left out of the fingerprint, so that e.g. a run trained
+# on a GPU, or with progress bars, is still loaded later.
+_NOT_FINGERPRINTED = ("resume", "progress", "callbacks", "num_workers", "device")
+
+
+def _read_metrics(path: Path) -> dict[str, Any] | None:
+    """A run's metrics.json, or None when it is missing, unreadable or not a JSON object."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return metrics if isinstance(metrics, dict) else None
 
 
 def train_or_load(run_name: str, model: nn.Module, splits: Mapping[str, Any], out_dir: str | os.PathLike,
@@ -82,26 +143,39 @@ def train_or_load(run_name: str, model: nn.Module, splits: Mapping[str, Any], ou
     ``describe`` is whatever distinguishes this run beyond the Trainer's own arguments (model name and options);
     together they form the fingerprint that decides whether an existing run can be reused. Returns the run's
     ``metrics.json`` content; afterwards ``model`` holds the best epoch's weights either way.
+
+    What is in ``out_dir/run_name`` decides:
+
+    * a finished run with the same fingerprint: its ``best.pt`` is loaded, nothing is trained;
+    * an unfinished run with the same fingerprint (the kernel died): the Trainer resumes it from ``last.pt``;
+    * anything else (another fingerprint, a corrupt ``metrics.json`` or ``best.pt``): trained afresh, and the old
+      files are replaced -- never resumed, since they belong to another run.
     """
-    from mtlkit.checkpoint import load_checkpoint
+    from mtlkit.checkpoint import CheckpointError, load_checkpoint
     from mtlkit.train import Trainer
 
     run_dir = Path(out_dir) / run_name
-    key = fingerprint({"describe": describe or {}, "trainer": trainer_kwargs, "model": type(model).__name__,
-                       "data": {s: (getattr(d, "name", None), getattr(d, "preset", None), len(d))
-                                for s, d in splits.items() if d is not None}})
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists() and (run_dir / "best.pt").exists():
+    key = fingerprint({
+        "describe": describe or {},
+        "trainer": {k: v for k, v in trainer_kwargs.items() if k not in _NOT_FINGERPRINTED},
+        "model": type(model).__name__,
+        "data": {s: _describe_data(d) for s, d in splits.items() if d is not None},
+    })
+    metrics = _read_metrics(run_dir / "metrics.json")
+    same_run = metrics is not None and (metrics.get("config") or {}).get("fingerprint") == key
+    if same_run and metrics.get("finished") and (run_dir / "best.pt").exists():
         try:
-            metrics = json.loads(metrics_path.read_text())
-        except json.JSONDecodeError:
-            metrics = {}
-        if metrics.get("finished") and metrics.get("config", {}).get("fingerprint") == key:
             model.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location="cpu")["model"])
+        except (CheckpointError, RuntimeError) as exc:  # corrupt file, or weights that do not fit the model
+            print(f"{run_name}: cannot load best.pt ({str(exc)[:120]}); training afresh")
+            same_run = False
+        else:
             print(f"{run_name}: loaded the finished run (delete {run_name}/ in OUT_DIR to retrain)")
             return metrics
+    resume = bool(trainer_kwargs.pop("resume", True)) and same_run
     trainer = Trainer(model, splits["train"], splits.get("val"), splits.get("test"), out_dir=run_dir,
-                      config={"fingerprint": key, "describe": dict(describe or {})}, **trainer_kwargs)
+                      config={"fingerprint": key, "describe": dict(describe or {})}, resume=resume,
+                      **trainer_kwargs)
     return trainer.fit()
 
 
@@ -143,11 +217,8 @@ def course_table(out_dir: str | os.PathLike, preset: str | None = None):
 
     rows = []
     for path in sorted(Path(out_dir).resolve().parent.glob("*/metrics.json")):
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(data, dict) or "runs" not in data or (preset and data.get("preset") != preset):
+        data = _read_metrics(path)
+        if data is None or not isinstance(data.get("runs"), dict) or (preset and data.get("preset") != preset):
             continue
         for run, values in data["runs"].items():
             rows.append({"notebook": data.get("notebook", path.parent.name), "run": run, **values})
@@ -158,5 +229,10 @@ def course_table(out_dir: str | os.PathLike, preset: str | None = None):
 
 def relative_error(x: torch.Tensor, y: torch.Tensor) -> float:
     """CS231n's relative error, max |x - y| / max(|x| + |y|, 1e-8): ~1e-7 or less means the same computation."""
-    x, y = x.detach().double(), y.detach().double()
+    x, y = torch.as_tensor(x).detach().double(), torch.as_tensor(y).detach().double()
+    if x.shape != y.shape:  # broadcasting would compare the wrong elements without a word
+        raise ValueError(f"relative_error needs two tensors of the same shape; got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    if x.numel() == 0:
+        raise ValueError("relative_error of empty tensors is undefined; pass tensors with at least one element")
     return float(((x - y).abs() / (x.abs() + y.abs()).clamp_min(1e-8)).max())

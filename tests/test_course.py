@@ -1,0 +1,249 @@
+"""mtlkit.course: train-or-load (load, retrain on change or corruption, resume), the summary row and grader score,
+the growing course table, subsets, relative error and presets (unit preset, tiny model)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from mtlkit import course
+from mtlkit.course import (
+    REFERENCE_RESULTS,
+    course_table,
+    deeplab_schedule,
+    load_splits,
+    relative_error,
+    subset,
+    summarize,
+    train_or_load,
+    write_notebook_results,
+)
+from mtlkit.models import build
+from mtlkit.train import Callback, Trainer, seed_everything
+
+TASKS = {"semseg": 19, "depth": 1}
+FAST = dict(epochs=1, batch_size=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_splits("synthetic-city", "unit")
+
+
+def tiny() -> torch.nn.Module:
+    seed_everything(0)
+    return build("tiny", TASKS, width=4)
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def forbid_training(monkeypatch) -> None:
+    def boom(self):
+        raise AssertionError("train_or_load trained although a finished run with the same fingerprint exists")
+
+    monkeypatch.setattr(Trainer, "fit", boom)
+
+
+# ---------------------------------------------------------------------------------------------- train_or_load
+def test_second_call_loads_identical_weights_without_training(tmp_path, splits, monkeypatch, capsys):
+    trained = tiny()
+    first = train_or_load("run", trained, splits, tmp_path, describe={"model": "tiny"}, **FAST)
+    assert first["finished"] and (tmp_path / "run" / "best.pt").exists()
+
+    forbid_training(monkeypatch)
+    fresh = tiny()
+    fresh.load_state_dict({k: torch.zeros_like(v) for k, v in fresh.state_dict().items()})
+    second = train_or_load("run", fresh, splits, tmp_path, describe={"model": "tiny"}, **FAST)
+    assert "loaded the finished run" in capsys.readouterr().out
+    assert second == json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert second["test"] == first["test"]
+    assert same_weights(fresh, trained)  # trained holds the best epoch's weights after fit()
+    # progress/device/resume do not change what is computed: still loaded, not retrained
+    train_or_load("run", tiny(), splits, tmp_path, describe={"model": "tiny"}, **{**FAST, "progress": True})
+
+
+def test_changed_description_or_schedule_retrains_from_scratch(tmp_path, splits):
+    base = train_or_load("run", tiny(), splits, tmp_path, describe={"model": "tiny", "width": 4}, **FAST)
+    calls = []
+    original_fit = Trainer.fit
+
+    def counting_fit(self):
+        calls.append(self.start_epoch)
+        out = original_fit(self)
+        calls.append(self.start_epoch)  # 0 after fit: nothing was resumed from the old run's last.pt
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "fit", counting_fit)
+        other = train_or_load("run", tiny(), splits, tmp_path, describe={"model": "tiny", "width": 5}, **FAST)
+        assert calls == [0, 0]
+        assert other["config"]["fingerprint"] != base["config"]["fingerprint"]
+        assert len(other["epochs"]) == 1
+        # another schedule (lr) is another run too
+        train_or_load("run", tiny(), splits, tmp_path, describe={"model": "tiny", "width": 5},
+                      **{**FAST, "lr": 1e-2})
+        assert calls == [0, 0, 0, 0]
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["config"]["lr"] == 1e-2 and saved["finished"]
+
+
+def test_subset_of_the_training_set_is_another_run(tmp_path, splits, monkeypatch):
+    full = train_or_load("run", tiny(), splits, tmp_path, **FAST)
+    small = {**splits, "train": subset(splits["train"], 4)}
+    part = train_or_load("run", tiny(), small, tmp_path, **FAST)
+    assert part["config"]["fingerprint"] != full["config"]["fingerprint"]
+    assert part["data"]["train"] == {"name": "synthetic-city", "size": 4, "split": "train"}
+    # the same size but other images must not be mistaken for the first subset
+    other = {**splits, "train": subset(splits["train"], [4, 5, 6, 7])}
+    moved = train_or_load("run", tiny(), other, tmp_path, **FAST)
+    assert moved["config"]["fingerprint"] != part["config"]["fingerprint"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "list", "truncated_best"])
+def test_corrupt_run_folder_retrains(tmp_path, splits, damage):
+    first = train_or_load("run", tiny(), splits, tmp_path, **FAST)
+    run = tmp_path / "run"
+    if damage == "garbage":
+        (run / "metrics.json").write_text('{"finished": true, "config": {"finger')
+    elif damage == "list":
+        (run / "metrics.json").write_text("[1, 2, 3]")
+    else:
+        (run / "best.pt").write_bytes((run / "best.pt").read_bytes()[:100])
+    calls = []
+    original_fit = Trainer.fit
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "fit", lambda self: calls.append(1) or original_fit(self))
+        again = train_or_load("run", tiny(), splits, tmp_path, **FAST)
+    assert calls == [1]
+    assert again["finished"] and again["config"]["fingerprint"] == first["config"]["fingerprint"]
+    assert json.loads((run / "metrics.json").read_text())["finished"] is True
+    assert again["test"] == first["test"]  # retrained from scratch with the same seed: the same numbers
+
+
+def test_unfinished_run_with_the_same_fingerprint_resumes(tmp_path, splits):
+    two = dict(FAST, epochs=2)
+    whole = train_or_load("whole", tiny(), splits, tmp_path, **two)
+
+    class Crash(Callback):
+        def on_epoch_end(self, trainer, epoch, record):
+            raise KeyboardInterrupt  # the kernel is interrupted after the first epoch was checkpointed
+
+    with pytest.raises(KeyboardInterrupt):
+        train_or_load("part", tiny(), splits, tmp_path, callbacks=[Crash()], **two)
+    assert json.loads((tmp_path / "part" / "metrics.json").read_text())["finished"] is False
+    starts = []
+    original_fit = Trainer.fit
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "fit", lambda self: starts.append(self) or original_fit(self))
+        resumed = train_or_load("part", tiny(), splits, tmp_path, **two)
+    assert starts[0].start_epoch == 1  # continued at epoch 2, not restarted
+    assert resumed["test"] == whole["test"]
+
+
+# ---------------------------------------------------------------------------------------------------- summarize
+def fake_metrics(miou: float, si_log: float, best: int = 1) -> dict:
+    return {
+        "test": {"semseg": {"miou": miou, "pixel_acc": 90.0}, "depth": {"si_log_rmse": si_log, "abs_err": 2.5}},
+        "best": {"epoch": best},
+        "epochs": [{"epoch": 0, "val": {"semseg": {"miou": 10.0}, "depth": {"si_log_rmse": 80.0}}},
+                   {"epoch": 1, "val": {"semseg": {"miou": 60.0}, "depth": {"si_log_rmse": 45.0}}}],
+        "parameters": {"encoder": 1_000_000, "total": 2_500_000},
+        "timings": {"train_seconds": [1.5, 2.0, 0.5]},
+    }
+
+
+def test_summarize_computes_the_grader_score_by_formula():
+    row = summarize(fake_metrics(90.9, 12.1))  # REFERENCE.md's check: 40.9 + 37.9
+    assert row["grader_score"] == pytest.approx(78.8)
+    assert row["semseg/miou"] == 90.9 and row["depth/abs_err"] == 2.5 and row["semseg/pixel_acc"] == 90.0
+    assert row["parameters_M"] == pytest.approx(2.5)
+    assert row["train_seconds"] == pytest.approx(4.0)
+    # both terms are clipped at 0: a weak model scores 0, never negative
+    assert summarize(fake_metrics(30.0, 70.0))["grader_score"] == 0.0
+    assert summarize(fake_metrics(55.0, 70.0))["grader_score"] == pytest.approx(5.0)
+
+
+def test_summarize_val_reads_the_best_epoch():
+    row = summarize(fake_metrics(90.9, 12.1, best=1), split="val")
+    assert row["semseg/miou"] == 60.0 and row["grader_score"] == pytest.approx(10.0 + 5.0)
+    row0 = summarize(fake_metrics(90.9, 12.1, best=0), split="val")
+    assert row0["semseg/miou"] == 10.0 and row0["grader_score"] == 0.0
+
+
+def test_summarize_without_both_tasks_has_no_grader_score():
+    metrics = {"test": {"semseg": {"miou": 70.0}}}
+    row = summarize(metrics)
+    assert "grader_score" not in row and row["semseg/miou"] == 70.0
+    assert math.isnan(row["parameters_M"]) and row["train_seconds"] == 0
+
+
+# ------------------------------------------------------------------------------------------------ course_table
+def test_course_table_reads_siblings_and_filters_by_preset(tmp_path):
+    root = tmp_path / "notebooks"
+    write_notebook_results(root / "01_joint", "01_joint", "smoke", {"joint": {"grader_score": 3.0, "x": 1.0}})
+    write_notebook_results(root / "02_branched", "02_branched", "smoke",
+                           {"branched": {"grader_score": 4.0}, "single": {"grader_score": 2.0}})
+    write_notebook_results(root / "03_other_preset", "03_other", "lesson", {"big": {"grader_score": 9.0}})
+    (root / "04_broken").mkdir()
+    (root / "04_broken" / "metrics.json").write_text("{not json")
+    (root / "00_no_runs").mkdir()
+    (root / "00_no_runs" / "metrics.json").write_text(json.dumps({"notebook": "00", "preset": "smoke"}))
+
+    smoke = course_table(root / "05_me", preset="smoke")  # OUT_DIR need not exist yet
+    assert list(smoke.index) == [("01_joint", "joint"), ("02_branched", "branched"), ("02_branched", "single")]
+    assert smoke.loc[("02_branched", "branched"), "grader_score"] == 4.0
+    assert math.isnan(smoke.loc[("02_branched", "single"), "x"])
+    everything = course_table(root / "01_joint")
+    assert len(everything) == 4 and ("03_other", "big") in everything.index
+    assert course_table(root / "01_joint", preset="paper").empty
+
+
+# ---------------------------------------------------------------------------------------------- small helpers
+def test_relative_error_on_hand_values():
+    assert relative_error(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == 0.0
+    # elementwise |x-y| / (|x|+|y|): 0.1/2.1 and 1/3 -> the max is 1/3
+    assert relative_error(torch.tensor([1.0, 1.0]), torch.tensor([1.1, 2.0])) == pytest.approx(1 / 3)
+    assert relative_error(torch.tensor([1.0]), torch.tensor([-1.0])) == pytest.approx(1.0)
+    assert relative_error(torch.zeros(3), torch.zeros(3)) == 0.0  # the 1e-8 floor: no 0/0
+    assert relative_error(torch.tensor([0.0]), torch.tensor([1e-9])) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="same shape"):
+        relative_error(torch.zeros(2, 3), torch.zeros(3))
+
+
+def test_subset_keeps_the_dataset_attributes(splits):
+    train = splits["train"]
+    part = subset(train, 3)
+    assert len(part) == 3 and part.tasks == train.tasks and part.task_info == train.task_info
+    assert part.name == "synthetic-city" and part.image_size == train.image_size
+    assert torch.equal(part[2]["image"], train[2]["image"])
+    picked = subset(train, [5, 1])
+    assert torch.equal(picked[0]["semseg"], train[5]["semseg"])
+    with pytest.raises(ValueError, match="between 1 and 8"):
+        subset(train, 9)
+    with pytest.raises(ValueError, match="out-of-range"):
+        subset(train, [0, 8])
+
+
+@pytest.mark.parametrize("preset", ["smoke!", "Smoke", "full", ""])
+def test_unknown_preset_is_a_value_error_listing_the_presets(preset):
+    with pytest.raises(ValueError, match="unit, smoke, lesson, paper"):
+        deeplab_schedule(preset)
+    with pytest.raises(ValueError, match="unknown preset"):
+        course.check_preset(preset)
+
+
+def test_schedules_follow_the_course_recipe():
+    paper = deeplab_schedule("paper")
+    # DLAD: SGD 0.01 momentum 0.9, wd 1e-4, poly(0.9), 16 epochs, batch 4, weights 0.5/0.5, ResNet-34 + ImageNet
+    assert (paper["optimizer"], paper["lr"], paper["momentum"], paper["weight_decay"]) == ("sgd", 0.01, 0.9, 1e-4)
+    assert (paper["scheduler"], paper["power"], paper["epochs"], paper["batch_size"]) == ("poly", 0.9, 16, 4)
+    assert paper["encoder"] == "resnet34" and paper["pretrained"] is True
+    assert paper["loss_weights"] == {"semseg": 0.5, "depth": 0.5}
+    smoke = deeplab_schedule("smoke", epochs=1)
+    assert smoke["epochs"] == 1 and deeplab_schedule("smoke")["epochs"] == 3  # overrides never leak
+    assert REFERENCE_RESULTS["DLAD course: parameters with ResNet-34, 19 classes + depth (millions)"]["joint"] == 26.72
