@@ -126,19 +126,29 @@ class DeepLabV3PlusDecoder(nn.Module):
         out_channels: output channels (sum over tasks for a joint decoder).
         skip_channels: width of the projected skip (48 in DeepLabV3+).
         channels: width of the fusion convs (256).
+        use_skip: False drops the skip (ablation): the upsampled ASPP output alone is fused at 1/4, so the skip
+            projection (``skip_in_channels * skip_channels`` + BN) and ``9 * skip_channels * channels`` weights of
+            the first fusion conv disappear.
     """
 
     def __init__(self, in_channels: int, skip_in_channels: int, out_channels: int, skip_channels: int = 48,
-                 channels: int = 256) -> None:
+                 channels: int = 256, use_skip: bool = True) -> None:
         super().__init__()
-        self.skip = conv_bn_relu(skip_in_channels, skip_channels, 1)
-        self.fuse = nn.Sequential(conv_bn_relu(in_channels + skip_channels, channels, 3),
-                                  conv_bn_relu(channels, channels, 3))
+        self.use_skip = bool(use_skip)
+        # without the skip (ablation) the decoder still works at 1/4, so only the skip's information is removed
+        self.skip = conv_bn_relu(skip_in_channels, skip_channels, 1) if self.use_skip else None
+        fused_in = in_channels + (skip_channels if self.use_skip else 0)
+        self.fuse = nn.Sequential(conv_bn_relu(fused_in, channels, 3), conv_bn_relu(channels, channels, 3))
         self.classifier = nn.Conv2d(channels, out_channels, 1)
 
     def features(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """x [B, C_aspp, h, w], skip [B, C_skip, H/4, W/4] -> fused features [B, channels, H/4, W/4]."""
+        """x [B, C_aspp, h, w], skip [B, C_skip, H/4, W/4] -> fused features [B, channels, H/4, W/4].
+
+        With ``use_skip=False`` only the skip's size is used (the ASPP output is upsampled to it).
+        """
         x = upsample_to(x, skip.shape[-2:])
+        if self.skip is None:
+            return self.fuse(x)
         return self.fuse(torch.cat([x, self.skip(skip)], dim=1))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:

@@ -19,6 +19,10 @@ distill 36,868,136 -- the course's 26.72 M / 32.14 M / 36.87 M. They come from: 
 ASPP projection 1x1 from 5 * 256, decoder = 48-channel skip projection + two 3x3 convs at 256 + 1x1 classifier,
 a skip projection per task (branched/distill), one SA gate (two 3x3 256->256 convs) per ordered task pair, and
 final decoders as wide as the first ones (two 3x3 convs at 256).
+
+Ablations (notebook 03), for every member: ``aspp=False`` replaces each ASPP by a plain 1x1 conv-BN-ReLU projection
+of the encoder features to ``aspp_channels`` (no atrous branches, no image pooling: the same interface, no multi-scale
+context); ``skip=False`` drops the stride-4 skip, so each decoder upsamples the ASPP output to 1/4 and fuses it alone.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from . import register_model
-from .blocks import ASPP, DeepLabV3PlusDecoder, DenseHead, SelfAttentionGate, upsample_to
+from .blocks import ASPP, DeepLabV3PlusDecoder, DenseHead, SelfAttentionGate, conv_bn_relu, upsample_to
 from .encoders import create_encoder
 
 __all__ = ["DEFAULT_ASPP_RATES", "DeepLabV3PlusJoint", "DeepLabV3PlusBranched", "DeepLabV3PlusDistill"]
@@ -66,14 +70,21 @@ class _DeepLabBase(nn.Module):
         aspp_channels: ASPP width (256). skip_channels: projected stride-4 skip (48).
         decoder_channels: decoder width (256). aspp_dropout: dropout after the ASPP projection (0).
         normalize_input: ImageNet mean/std normalisation of [0, 1] images inside the encoder.
+        aspp: True (default) for ASPP; False replaces it by a 1x1 conv-BN-ReLU projection to ``aspp_channels``
+            (ablation: no atrous branches, no image pooling).
+        skip: True (default) fuses the projected stride-4 skip in the decoder; False upsamples the ASPP output to
+            1/4 and decodes it alone (ablation).
     """
 
     def __init__(self, tasks: Mapping[str, int], *, encoder: str = "resnet34", output_stride: int | None = None,
                  dilation: Sequence[bool] | None = None, pretrained: bool = False,
                  aspp_rates: Sequence[int] | None = None, aspp_channels: int = 256, skip_channels: int = 48,
                  decoder_channels: int = 256, aspp_dropout: float = 0.0, normalize_input: bool = True,
-                 model_name: str = "deeplab") -> None:
+                 aspp: bool = True, skip: bool = True, model_name: str = "deeplab") -> None:
         super().__init__()
+        for option, value in (("aspp", aspp), ("skip", skip)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{model_name}: {option} must be True or False (an ablation switch); got {value!r}")
         self.task_channels = _check_dense_tasks(tasks, model_name)
         self.tasks: tuple[str, ...] = tuple(self.task_channels)
         self.encoder = create_encoder(encoder, output_stride, dilation, pretrained=pretrained,
@@ -82,13 +93,21 @@ class _DeepLabBase(nn.Module):
         self.aspp_rates = tuple(aspp_rates) if aspp_rates is not None else DEFAULT_ASPP_RATES[self.output_stride]
         self.aspp_channels, self.skip_channels, self.decoder_channels = aspp_channels, skip_channels, decoder_channels
         self.aspp_dropout = aspp_dropout
+        self.use_aspp, self.use_skip = aspp, skip
 
-    def _make_aspp(self) -> ASPP:
-        return ASPP(self.encoder.channels[1], self.aspp_channels, self.aspp_rates, dropout=self.aspp_dropout)
+    def _make_aspp(self) -> nn.Module:
+        """ASPP, or (``aspp=False``) a 1x1 conv-BN-ReLU projection: [B, C_enc, h, w] -> [B, aspp_channels, h, w]."""
+        if self.use_aspp:
+            return ASPP(self.encoder.channels[1], self.aspp_channels, self.aspp_rates, dropout=self.aspp_dropout)
+        projection = conv_bn_relu(self.encoder.channels[1], self.aspp_channels, 1)
+        if self.aspp_dropout > 0:
+            projection.append(nn.Dropout(self.aspp_dropout))
+        return projection
 
     def _make_decoder(self, out_channels: int) -> DeepLabV3PlusDecoder:
         return DeepLabV3PlusDecoder(self.aspp_channels, self.encoder.channels[0], out_channels,
-                                    skip_channels=self.skip_channels, channels=self.decoder_channels)
+                                    skip_channels=self.skip_channels, channels=self.decoder_channels,
+                                    use_skip=self.use_skip)
 
 
 class DeepLabV3PlusJoint(_DeepLabBase):
