@@ -36,6 +36,7 @@ DATA = "auto"  # "auto": the preset's dataset (synthetic-city; the paper preset 
 OUT_DIR = "../runs/notebooks/02_dilation"
 STRIDES = (32, 16, 8)  # output strides to train and compare
 EPOCHS = None  # None -> the preset's schedule, except smoke: 2 of its 3 epochs (three trainings, one at OS 8)
+TRAIN_IMAGES = None  # None -> the preset's choice (smoke: the first 128 of the 192 training images; others: all)
 N_SHOW = 2  # test images in the prediction figure
 
 # %%
@@ -52,7 +53,7 @@ import torch.nn.functional as F
 
 from mtlkit import viz
 from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_schedule, load_splits, relative_error,
-                           summarize, train_or_load, write_notebook_results)
+                           subset, summarize, train_or_load, write_notebook_results)
 from mtlkit.models import build, count_parameters
 from mtlkit.models.encoders import DILATION_TO_OUTPUT_STRIDE, create_encoder
 from mtlkit.tasks import tasks_for
@@ -293,11 +294,15 @@ for stride in STRIDES:
 # The same joint DeepLabV3+ (semseg + depth), schedule and seed; only the dilation flags differ. In `smoke` the
 # model is narrow (ResNet-18, 64-wide ASPP/decoder) and — because three trainings, one of them at OS 8 (over twice
 # the time per step of OS 16), must fit in about a minute on a laptop CPU — each trains **2 epochs** instead of the
-# schedule's 3. Set `EPOCHS` to override; `lesson` and `paper` use their schedules unchanged. A finished run in
+# schedule's 3, on the first 128 of the 192 training images. Set `EPOCHS` and `TRAIN_IMAGES` to override; `lesson`
+# and `paper` use their schedules and all images. A finished run in
 # `OUT_DIR` is loaded instead of retrained.
 
 # %%
 splits = load_splits(data_name, schedule["data_preset"], seed=SEED)
+n_train = TRAIN_IMAGES if TRAIN_IMAGES is not None else (128 if PRESET == "smoke" else None)
+if n_train:
+    splits["train"] = subset(splits["train"], n_train)
 task_info = splits["train"].task_info
 tasks = {name: task.out_channels for name, task in tasks_for(task_info).items()}
 epochs = EPOCHS if EPOCHS is not None else (2 if PRESET == "smoke" else schedule["epochs"])

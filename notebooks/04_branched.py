@@ -34,7 +34,7 @@ DEVICE = "auto"
 SEED = 0
 DATA = "auto"  # "auto": the preset's dataset (synthetic-city; the paper preset uses the real MiniScapes data)
 OUT_DIR = "../runs/notebooks/04_branched"
-EPOCHS = None  # None: the preset's schedule (smoke: 3 epochs)
+EPOCHS = None  # None: the preset's schedule, except smoke: 2 of its 3 epochs (four trainings)
 TRAIN_IMAGES = None  # None: the preset's choice (smoke: the first 128 of the 192 training images; others: all)
 SINGLE_TASK_BASELINES = True  # train one deeplab-single per task (the Δm baselines): two more trainings
 N_SHOW = 2  # test images in the prediction figure
@@ -65,14 +65,15 @@ sns.set_theme(style="whitegrid", context="notebook")
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
 
-schedule = deeplab_schedule(PRESET, **({"epochs": EPOCHS} if EPOCHS is not None else {}))
+epochs = EPOCHS if EPOCHS is not None else (2 if PRESET == "smoke" else None)
+schedule = deeplab_schedule(PRESET, **({"epochs": epochs} if epochs is not None else {}))
 data_name = schedule["data"] if DATA == "auto" else DATA
 splits = load_splits(data_name, schedule["data_preset"], seed=SEED)  # the real datasets say how to prepare them
 tasks = tasks_for(splits["train"].task_info)  # {"semseg": Task, "depth": Task}
 task_channels = {t: task.out_channels for t, task in tasks.items()}
 
 # The smoke preset shrinks the model (ResNet-18, narrow ASPP/decoder) and, in this notebook, the training set:
-# four trainings (joint, branched and two single-task baselines) of 3 epochs on 128 images fit the CPU budget.
+# four trainings (joint, branched and two single-task baselines) of 2 epochs on 128 images fit the CPU budget.
 # Every run here sees the same images and steps, so the comparison is fair (notebook 01 used all 192 images).
 n_train = TRAIN_IMAGES if TRAIN_IMAGES is not None else (128 if PRESET == "smoke" else None)
 train_splits = {**splits, "train": subset(splits["train"], n_train) if n_train else splits["train"]}
