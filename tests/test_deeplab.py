@@ -204,3 +204,28 @@ def test_gradient_reaches_the_encoder_from_every_task(models, name):
         (grad,) = torch.autograd.grad(out["semseg"].square().mean(), other, retain_graph=True, allow_unused=True)
         crosses = grad is not None and grad.abs().sum() > 0
         assert crosses == (name == "deeplab-distill")
+
+
+@pytest.mark.parametrize("name", FAMILY + ("deeplab-single",))
+def test_gradients_reach_every_parameter(name):
+    tasks = {"semseg": 5} if name == "deeplab-single" else TASKS
+    torch.manual_seed(0)
+    model = build(name, tasks, encoder="resnet18", output_stride=16).train()
+    with torch.no_grad():  # zero-initialised gates block the gradient of their partner conv at step 0 only
+        for p in model.parameters():
+            if not p.abs().sum():
+                p.normal_(std=0.01)
+    out = model(torch.rand(2, 3, 64, 64))
+    preds = [out[t] for t in tasks] + [v for stage in out.get("aux", {}).values() for v in stage.values()]
+    sum(p.square().mean() for p in preds).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not dead, f"{name}: no gradient reaches {dead[:5]}"
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_distillation_returns_initial_predictions_in_train_and_eval(train):
+    model = build("deeplab-distill", TASKS, encoder="resnet18").train(train)
+    with torch.set_grad_enabled(train):
+        out = model(torch.rand(2, 3, 64, 64))
+    assert set(out["aux"]["initial"]) == set(TASKS)
+    assert all(out["aux"]["initial"][t].shape == out[t].shape for t in TASKS)
