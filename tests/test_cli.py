@@ -45,3 +45,15 @@ def test_unknown_dataset_is_a_clear_one_line_error(capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "synthetic-nyu" in err  # the valid names are listed
+
+
+def test_data_synth_and_show_write_a_cache_and_a_png(tmp_path, capsys):
+    assert main(["data", "synth", "synthetic-pet", "--preset", "unit", "--jobs", "1"]) == 0
+    assert "synthetic-pet" in capsys.readouterr().out
+    out = tmp_path / "grid.png"
+    assert main(["data", "show", "synthetic-pet", "--preset", "unit", "--n", "2", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(out).shape[:2]
+    assert height > 100 and width > 100  # two rows of image + labels, not an empty canvas
