@@ -16,10 +16,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from mtlkit.atomic import atomic_write_bytes, atomic_write_json, fsync_dir
+from mtlkit.atomic import atomic_write_bytes, fsync_dir
 
 __all__ = [
-    "atomic_write_bytes", "atomic_write_json", "save_checkpoint", "load_checkpoint", "rotate_and_save",
+    "save_checkpoint", "load_checkpoint", "rotate_and_save",
     "CheckpointError", "get_rng_state", "set_rng_state", "state_dict_mismatch",
 ]
 

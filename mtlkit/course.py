@@ -202,7 +202,7 @@ def summarize(metrics: Mapping[str, Any], split: str = "test") -> dict[str, floa
 def write_notebook_results(out_dir: str | os.PathLike, notebook: str, preset: str, runs: Mapping[str, Mapping],
                            extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``OUT_DIR/metrics.json`` of a notebook: one summary row per run (see :func:`summarize`)."""
-    from mtlkit.checkpoint import atomic_write_json
+    from mtlkit.atomic import atomic_write_json
 
     path = Path(out_dir) / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)

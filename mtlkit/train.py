@@ -52,9 +52,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from mtlkit.atomic import atomic_write_json
 from mtlkit.checkpoint import (
     CheckpointError,
-    atomic_write_json,
     get_rng_state,
     load_checkpoint,
     rotate_and_save,
