@@ -163,3 +163,35 @@ def test_trainer_switches_tasks(tmp_path, schedule):
     assert all(math.isfinite(losses[t]) for t in trained)
     assert set(metrics["epochs"][0]["val"]) == set(tasks)   # evaluation runs every task
     assert metrics["parameters"]["total"] == count_parameters(model)["total"]
+
+
+def test_instance_norm_matches_torch_and_keeps_the_dtype():
+    from mtlkit.models.tsn import InstanceNorm
+
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    y = InstanceNorm(3)(x)
+    assert y.dtype == torch.float64  # float64 checks (notebook 09) must not be rounded through float32
+    torch.testing.assert_close(y, F.instance_norm(x, eps=1e-5), rtol=1e-12, atol=1e-12)
+    assert InstanceNorm(3)(torch.randn(2, 3, 1, 1)).eq(0).all()  # C5 of a 32-px image: 0, not an error
+
+
+def test_notebook_09_schedules_and_references():
+    from mtlkit.course_pascal import PASCAL_TASK_CHANNELS, TSN_REFERENCE, pascal_splits, tsn_schedule
+    from mtlkit.tasks import TASK_SPECS
+
+    assert PASCAL_TASK_CHANNELS == PASCAL
+    smoke = tsn_schedule("smoke", epochs=2)
+    assert smoke["epochs"] == 2 and smoke["data"] == "synthetic-pascal" and smoke["task_schedule"] == "iteration"
+    paper = tsn_schedule("paper")
+    assert paper["param_groups"] == [("encoder", 0.01)] and paper["lr"] == 1e-4 and paper["pretrained"]
+    assert paper["task_schedule"] == "epoch" and paper["decoder_channels"] == (512, 256, 256, 128, 64)
+    with pytest.raises(ValueError, match="unknown schedule key.*'epoch'.*valid keys"):
+        tsn_schedule("smoke", epoch=3)
+    with pytest.raises(ValueError, match="valid presets"):
+        tsn_schedule("fast")
+    # the references use the metric that represents each task in Δm, so they sit beside the kit's columns
+    for row in TSN_REFERENCE.values():
+        assert set(row) == {f"{t}/{TASK_SPECS[t].delta_metric}" for t in PASCAL}
+    splits = pascal_splits(tsn_schedule("unit", train_images=3))
+    assert len(splits["train"]) == 3 and splits["train"].task_info.keys() == PASCAL.keys()
+    assert len(splits["val"]) == 4 and len(splits["test"]) == 4

@@ -118,7 +118,7 @@ class InstanceNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()  # statistics in float32 (under autocast x may be half precision)
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # half (autocast): stats in float32
         var, mean = torch.var_mean(xf, dim=(2, 3), keepdim=True, correction=0)
         y = ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
         if self.weight is not None:

@@ -1,0 +1,92 @@
+"""Presets and reference numbers of the PASCAL-Context notebook (09, Task Switching Networks).
+
+The paper preset is the TSN recipe on the real PASCAL-Context multi-task data (``pascal-mt``: edge, semseg 21,
+human parts 7, normals, saliency): ResNet-18 from ImageNet, Adam with encoder lr 1e-6 and decoder lr 1e-4, the
+paper's loss weights, tasks switched per epoch. The CPU presets run the same code on ``synthetic-pascal`` with a
+narrow decoder, no ImageNet weights (so the encoder trains at the full lr) and tasks switched per iteration (with
+one or a few epochs, switching per epoch would leave tasks untrained and let the last task's epoch dominate).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from mtlkit.course import check_preset, load_splits, subset
+
+__all__ = ["TSN_SCHEDULES", "TSN_REFERENCE", "PASCAL_TASK_CHANNELS", "tsn_schedule", "pascal_splits"]
+
+#: PASCAL-Context's five tasks with the paper's output channels (21 classes, 7 human parts incl. background).
+PASCAL_TASK_CHANNELS: dict[str, int] = {"edge": 1, "semseg": 21, "parts": 7, "normals": 3, "saliency": 1}
+
+# Per preset: data (dataset id, preset, options, training images), model (encoder, ImageNet, decoder widths),
+# optimiser and switching, which single-task baselines to train and which task codes to compare.
+TSN_SCHEDULES: dict[str, dict[str, Any]] = {
+    "unit": dict(data="synthetic-pascal", data_preset="unit", data_options={}, train_images=None, epochs=1,
+                 batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0, param_groups=None,
+                 encoder="resnet18", pretrained=False, decoder_channels=(16, 8, 8, 8, 8), task_schedule="iteration",
+                 single_task=("semseg",), code_grid=()),
+    "smoke": dict(data="synthetic-pascal", data_preset="smoke", data_options={}, train_images=128, epochs=1,
+                  batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0, param_groups=None,
+                  encoder="resnet18", pretrained=False, decoder_channels=(64, 32, 32, 32, 16),
+                  task_schedule="iteration", single_task=("semseg", "normals"), code_grid=(("gaussian", 100),)),
+    "lesson": dict(data="synthetic-pascal", data_preset="lesson", data_options={}, train_images=None, epochs=10,
+                   batch_size=16, optimizer="adam", lr=5e-4, weight_decay=0.0, param_groups=None,
+                   encoder="resnet18", pretrained=False, decoder_channels=(512, 256, 256, 128, 64),
+                   task_schedule="iteration", single_task=("edge", "semseg", "parts", "normals", "saliency"),
+                   code_grid=(("gaussian", 100), ("orthogonal", 10), ("gaussian", 10), ("orthogonal", 500))),
+    # The paper's recipe; the number of epochs is the kit's choice (10 per task with per-epoch switching).
+    "paper": dict(data="pascal-mt", data_preset="paper", data_options={"size": (512, 512)}, train_images=None,
+                  epochs=50, batch_size=8, optimizer="adam", lr=1e-4, weight_decay=0.0,
+                  param_groups=[("encoder", 0.01)], encoder="resnet18", pretrained=True,
+                  decoder_channels=(512, 256, 256, 128, 64), task_schedule="epoch",
+                  single_task=("edge", "semseg", "parts", "normals", "saliency"),
+                  code_grid=(("gaussian", 100), ("orthogonal", 10), ("gaussian", 10), ("orthogonal", 500))),
+}
+
+#: Sun et al. (ICCV 2021), PASCAL-Context, ResNet-18 (REFERENCE.md), in the kit's metric names (percent, degrees).
+#: References for the paper preset, never results of this kit.
+TSN_REFERENCE: dict[str, dict[str, float]] = {
+    "TSN (paper)": {"edge/ods_f": 70.6, "semseg/miou": 64.2, "parts/miou": 55.0, "normals/mean": 16.3,
+                    "saliency/max_f": 63.3},
+    "single-task (paper)": {"edge/ods_f": 71.3, "semseg/miou": 64.3, "parts/miou": 55.5, "normals/mean": 16.3,
+                            "saliency/max_f": 62.9},
+}
+
+# pascal-mt has only train and val; the paper reports val. The kit holds out the last images of train to select
+# the best epoch (selection on the reported split would flatter the result).
+PASCAL_MT_HELD_OUT = 500
+
+
+def tsn_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
+    """Notebook 09's schedule for ``preset`` (a copy), with ``overrides`` applied (unknown keys are an error)."""
+    schedule = dict(TSN_SCHEDULES[check_preset(preset)])
+    unknown = set(overrides) - set(schedule)
+    if unknown:
+        raise ValueError(f"unknown schedule key(s) {sorted(unknown)}; valid keys: {', '.join(schedule)}")
+    schedule.update(overrides)
+    return schedule
+
+
+def pascal_splits(schedule: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """``{"train", "val", "test"}`` for a schedule of :data:`TSN_SCHEDULES` (``train_images`` applied).
+
+    Synthetic data has all three splits. ``pascal-mt`` has train and val: the last :data:`PASCAL_MT_HELD_OUT`
+    training images become the validation split and the official val split is the test split (the one the paper
+    reports).
+    """
+    name, preset, options = schedule["data"], schedule["data_preset"], dict(schedule.get("data_options") or {})
+    if name == "pascal-mt":
+        from mtlkit.data import get_dataset
+
+        train = get_dataset(name, "train", preset=preset, **options)
+        cut = len(train) - PASCAL_MT_HELD_OUT
+        if cut < 1:
+            raise ValueError(f"pascal-mt train has {len(train)} images; holding out {PASCAL_MT_HELD_OUT} for "
+                             "validation needs more. Check the prepared data (mtlkit data verify pascal-mt)")
+        splits = {"train": subset(train, range(cut)), "val": subset(train, range(cut, len(train))),
+                  "test": get_dataset(name, "val", preset=preset, **options)}
+    else:
+        splits = load_splits(name, preset, seed=seed, **options)
+    n = schedule.get("train_images")
+    if n:
+        splits["train"] = subset(splits["train"], n)
+    return splits
