@@ -1,0 +1,327 @@
+"""PS1 (joint DeepLabV3+) hidden tests, run by ``mtlkit grade`` (parent side; never copied to students).
+
+Each :class:`~mtlkit.grading.spec.Probe` runs its ``code`` in the child after the notebook (the student's solution
+cells spliced into the instructor's notebook) and hands plain arrays back; ``check`` recomputes the expected values
+here with mtlkit's own modules (``mtlkit.models.blocks``) and compares. Hidden configurations differ from the
+notebook's public checks (other channels, rates, sizes; batch of one in train mode).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from mtlkit.course import relative_error
+from mtlkit.grading.spec import Probe
+
+TOLERANCE = 1e-7  # float64 on both sides: the same computation agrees to ~1e-15
+# A solution must implement the module, not import the library's (checked in the parent on the solution source).
+FORBID = (r"\bmtlkit\b", r"__import__", r"\bimportlib\b", r"sys\.modules", r"\bexec\s*\(", r"\beval\s*\(",
+          r"\bglobals\s*\(", r"\bbuiltins\b", r"\bcheck_(aspp|decoder)\b")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def weights_of(outputs: Mapping, name: str) -> dict[str, torch.Tensor]:
+    """The state_dict the probe emitted with ``emit_weights(name, module)``, as float64 tensors.
+
+    Accepts the grader's two possible forms: ``outputs[name]`` a mapping of arrays, or flat ``name.<key>`` arrays.
+    """
+    if isinstance(outputs.get(name), Mapping):
+        flat = dict(outputs[name])
+    else:
+        prefix = name + "."
+        flat = {k[len(prefix):]: v for k, v in outputs.items() if k.startswith(prefix)}
+    if not flat:
+        raise KeyError(name)
+    return {k: torch.from_numpy(np.array(v)) for k, v in flat.items()}
+
+
+def load_into(reference: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """Load ``state`` into ``reference`` (strict); a message naming the mismatch, or None when it fits."""
+    expected = reference.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        return (f"your module's parameters do not have the names the skeleton fixes; missing {missing[:6]}, "
+                f"unexpected {unexpected[:6]} (keep the attribute names of the docstring)")
+    wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
+    if wrong:
+        return f"parameter shapes differ from the specification: {[(k, tuple(state[k].shape)) for k in wrong[:4]]}"
+    reference.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    return None
+
+
+def compare(outputs: Mapping, name: str, expected: torch.Tensor, what: str) -> tuple[bool, str]:
+    if name not in outputs:
+        return False, f"{what}: no output (your code raised an error before it; see the log)"
+    got = torch.from_numpy(np.array(outputs[name]))
+    if tuple(got.shape) != tuple(expected.shape):
+        return False, f"{what}: output shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+    error = relative_error(got, expected)
+    return error < TOLERANCE, f"{what}: relative error {error:.1e}"
+
+
+def module_check(outputs, reference, weights_name, runs) -> tuple[float, str]:
+    """Load the emitted weights into ``reference``; run it as ``runs`` says: [(output name, mode, args), ...]."""
+    try:
+        state = weights_of(outputs, weights_name)
+    except KeyError:
+        return 0.0, "no weights came back (building your module raised an error; see the log)"
+    problem = load_into(reference, state)
+    if problem:
+        return 0.0, problem
+    passed, messages = 0, []
+    for name, mode, args in runs:
+        reference.train(mode == "train")
+        with torch.no_grad():
+            expected = reference(*args)
+        ok, message = compare(outputs, name, expected, f"{name} ({mode} mode)" if name != mode else f"{mode} mode")
+        passed += ok
+        messages.append(message)
+    return passed / len(runs), "; ".join(messages)
+
+
+def t64(inputs: Mapping, name: str) -> torch.Tensor:
+    return torch.from_numpy(np.array(inputs[name], dtype=np.float64))
+
+
+# ------------------------------------------------------------------------------------------------ ASPP
+ASPP_CONFIG = dict(in_channels=24, out_channels=8, rates=(2, 3, 5))
+
+
+def aspp_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"x": rng.standard_normal((1, 24, 6, 10))}  # batch of one in train mode: needs the GroupNorm branch
+
+
+ASPP_CODE = """
+torch.manual_seed(1234)
+_m = randomize_norms(ASPP(24, 8, rates=(2, 3, 5)).double(), seed=7)
+emit_weights("aspp", _m)  # before the forwards: train mode updates the running statistics
+_x = torch.from_numpy(load_input("x")).double()
+_m.eval()
+with torch.no_grad():
+    emit("eval", _m(_x))
+_m.train()
+with torch.no_grad():
+    emit("train", _m(_x))
+"""
+
+
+def aspp_check(outputs, inputs):
+    from mtlkit.models.blocks import ASPP
+
+    x = t64(inputs, "x")
+    runs = [("eval", "eval", (x,)), ("train", "train", (x,))]
+    return module_check(outputs, ASPP(**ASPP_CONFIG).double(), "aspp", runs)
+
+
+# ------------------------------------------------------------------------------------------------ decoder
+DECODER_CONFIG = dict(in_channels=10, skip_in_channels=6, out_channels=7, skip_channels=4, channels=12)
+
+
+def decoder_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"x": rng.standard_normal((2, 10, 3, 4)), "skip": rng.standard_normal((2, 6, 11, 14))}
+
+
+DECODER_CODE = """
+torch.manual_seed(4321)
+_m = randomize_norms(DeepLabV3PlusDecoder(10, 6, 7, skip_channels=4, channels=12).double(), seed=8)
+emit_weights("decoder", _m)
+_x, _s = (torch.from_numpy(load_input(n)).double() for n in ("x", "skip"))
+_m.eval()
+with torch.no_grad():
+    emit("eval_sized", _m(_x, _s, size=(41, 53)))
+    emit("eval", _m(_x, _s))
+_m.train()
+with torch.no_grad():
+    emit("train_sized", _m(_x, _s, size=(41, 53)))
+"""
+
+
+def decoder_check(outputs, inputs):
+    from mtlkit.models.blocks import DeepLabV3PlusDecoder
+
+    x, skip = t64(inputs, "x"), t64(inputs, "skip")
+    reference = DeepLabV3PlusDecoder(**DECODER_CONFIG).double()
+    return module_check(outputs, reference, "decoder", [
+        ("eval_sized", "eval", (x, skip, (41, 53))), ("eval", "eval", (x, skip)),
+        ("train_sized", "train", (x, skip, (41, 53))),
+    ])
+
+
+# ------------------------------------------------------------------------------------------------ training
+SECRET_ENV = "MTLKIT_GRADING_SECRET"
+HIDDEN_IMAGES = 128  # at most this many hidden test images (unit: 4, smoke: 64, lesson: 128 of 400)
+_HIDDEN_LABELS: dict[str, dict[str, np.ndarray]] = {}  # digest of the hidden images -> labels (parent only)
+# preset -> (measure, full-points threshold, half-points threshold); stated in the notebook's part 3
+THRESHOLDS = {"unit": ("valid", None, None), "smoke": ("miou", 12.0, 8.0), "lesson": ("grader_score", 20.0, 10.0),
+              "paper": ("grader_score", 55.0, 45.0)}
+
+
+def _preset() -> str:
+    preset = os.environ.get("MTLKIT_PRESET", "smoke")
+    if preset not in THRESHOLDS:
+        raise ValueError(f"MTLKIT_PRESET={preset!r}; valid presets: {', '.join(THRESHOLDS)}")
+    return preset
+
+
+def _digest(images: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest()
+
+
+def _collect(dataset, limit: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    from mtlkit.data import collate
+
+    batch = collate([dataset[i] for i in range(min(len(dataset), limit or len(dataset)))])
+    return batch["image"].numpy(), {"semseg": batch["semseg"].numpy(), "depth": batch["depth"].numpy()}
+
+
+def _public_split(preset: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The test split the notebook evaluates on (the preset's dataset, seed 0)."""
+    from mtlkit.course import deeplab_schedule, load_splits
+
+    schedule = deeplab_schedule(preset)
+    return _collect(load_splits(schedule["data"], schedule["data_preset"], seed=0)["test"])
+
+
+def _hidden_split(seed: int, preset: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A synthetic-city test split generated with ``seed`` (never cached on disk, so the child cannot find it).
+
+    The paper preset trains on real MiniScapes images, which no seed can regenerate: there the real test split
+    stands in for the hidden one.
+    """
+    from mtlkit.data import get_dataset
+
+    if preset == "paper":
+        return _public_split(preset)
+    return _collect(get_dataset("synthetic-city", "test", preset=preset, seed=seed, cache=False), HIDDEN_IMAGES)
+
+
+def _secret_seed() -> int | None:
+    secret = os.environ.get(SECRET_ENV)
+    if not secret:
+        return None
+    return int(hashlib.sha256(f"mtlkit-hidden-split:{secret}".encode()).hexdigest()[:8], 16)
+
+
+def public_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The public test images (to verify REPORTED); the labels stay in the parent."""
+    images, labels = _public_split(_preset())
+    _HIDDEN_LABELS[_digest(images)] = labels
+    return {"images": images}
+
+
+def hidden_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A hidden split's images; its labels stay in the parent."""
+    preset = _preset()
+    seed = _secret_seed()
+    if seed is None:  # no instructor secret: a seed from the grader's generator (fixed per assignment)
+        seed = int(rng.integers(1_000_000, 2**31 - 1))
+    images, labels = _hidden_split(seed, preset)
+    _HIDDEN_LABELS[_digest(images)] = labels
+    return {"images": images}
+
+
+def _labels_for(images: np.ndarray) -> dict[str, np.ndarray]:
+    key = _digest(images)
+    if key not in _HIDDEN_LABELS and _secret_seed() is not None:  # another process wrote the inputs: regenerate
+        for regenerated, labels in (_hidden_split(_secret_seed(), _preset()), _public_split(_preset())):
+            _HIDDEN_LABELS[_digest(regenerated)] = labels
+    if key not in _HIDDEN_LABELS:
+        raise RuntimeError(f"the hidden labels of these images are not in this process; set {SECRET_ENV} (or pass "
+                           "--secret-seed) so the parent can regenerate them")
+    return _HIDDEN_LABELS[key]
+
+
+def score_predictions(semseg: np.ndarray, depth: np.ndarray, labels: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """mIoU, SI-log and grader score of predicted labels/depth against ``labels`` with the registry's meters."""
+    from mtlkit.metrics import grader_score
+    from mtlkit.tasks import make_task
+
+    n, h, w = labels["semseg"].shape
+    if semseg.shape != (n, h, w) or depth.shape != (n, 1, h, w):
+        raise ValueError(f"predictions have shapes semseg {semseg.shape}, depth {depth.shape}; expected semseg "
+                         f"{(n, h, w)} (class labels) and depth {(n, 1, h, w)} (metres)")
+    if semseg.size and (semseg.min() < 0 or semseg.max() >= 19):
+        raise ValueError(f"semseg labels must lie in [0, 19); got values from {semseg.min()} to {semseg.max()}")
+    if not np.isfinite(depth).all():
+        raise ValueError("the depth predictions contain NaN or infinite values")
+    seg = make_task("semseg", num_classes=19).meter()
+    dep = make_task("depth").meter()
+    seg.update(torch.from_numpy(semseg.astype(np.int64)), torch.from_numpy(labels["semseg"]))
+    dep.update(torch.from_numpy(depth.astype(np.float32)), torch.from_numpy(labels["depth"]))
+    scores = {"miou": seg.compute()["miou"], "si_log_rmse": dep.compute()["si_log_rmse"]}
+    scores["grader_score"] = grader_score(scores["miou"], scores["si_log_rmse"])
+    return scores
+
+
+PREDICT_CODE = """
+def _predict_all(images, batch_size=16):
+    outs = [predict(torch.from_numpy(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+    return (torch.cat([torch.as_tensor(o["semseg"]) for o in outs]).long(),
+            torch.cat([torch.as_tensor(o["depth"]) for o in outs]).float())
+"""
+VERIFIED_CODE = PREDICT_CODE + """
+emit("reported", torch.tensor([float(REPORTED["miou"]), float(REPORTED["si_log_rmse"]),
+                               float(REPORTED["grader_score"])], dtype=torch.float64))
+_seg, _dep = _predict_all(load_input("images"))
+emit("semseg", _seg)
+emit("depth", _dep)
+"""
+HIDDEN_CODE = PREDICT_CODE + """
+_seg, _dep = _predict_all(load_input("images"))
+emit("semseg", _seg)
+emit("depth", _dep)
+"""
+
+
+def verified_check(outputs, inputs):
+    """1 point: REPORTED matches the parent's evaluation of predict() on the public test split."""
+    if "reported" not in outputs or "semseg" not in outputs:
+        return 0.0, "predict() or REPORTED failed before the test-split predictions came back (see the log)"
+    try:
+        scores = score_predictions(np.array(outputs["semseg"]), np.array(outputs["depth"]),
+                                   _labels_for(np.array(inputs["images"])))
+    except ValueError as exc:
+        return 0.0, str(exc)
+    reported = np.array(outputs["reported"], dtype=np.float64).reshape(-1)
+    ok = (abs(reported[0] - scores["miou"]) <= 0.5 and abs(reported[1] - scores["si_log_rmse"]) <= 0.5
+          and abs(reported[2] - scores["grader_score"]) <= 1.0)
+    return float(ok), (f"test split: measured mIoU {scores['miou']:.2f}, SI-log {scores['si_log_rmse']:.2f}, "
+                       f"grader score {scores['grader_score']:.2f}; reported {np.round(reported, 2).tolist()}")
+
+
+def hidden_check(outputs, inputs):
+    """3 points by the preset's thresholds on the hidden split (the notebook's part 3 states them)."""
+    if "semseg" not in outputs or "depth" not in outputs:
+        return 0.0, "predict() failed on the hidden split (see the log)"
+    try:
+        scores = score_predictions(np.array(outputs["semseg"]), np.array(outputs["depth"]),
+                                   _labels_for(np.array(inputs["images"])))
+    except ValueError as exc:
+        return 0.0, str(exc)
+    measure, full, half = THRESHOLDS[_preset()]
+    summary = (f"hidden split: mIoU {scores['miou']:.2f}, SI-log {scores['si_log_rmse']:.2f}, "
+               f"grader score {scores['grader_score']:.2f}")
+    if measure == "valid":
+        return 1.0, summary + " (unit preset: valid predictions earn the points)"
+    value = scores[measure]
+    fraction = 1.0 if value >= full else 0.5 if value >= half else 0.0
+    return fraction, f"{summary}; {measure} {value:.2f} (full points at {full}, half at {half})"
+
+
+PROBES = [
+    Probe("aspp_check", 4, ASPP_CODE, aspp_check, inputs=aspp_inputs, solution_ids=("aspp",), forbid=FORBID,
+          description="ASPP on hidden channels, rates and input (eval and train mode, batch of one)"),
+    Probe("decoder_check", 4, DECODER_CODE, decoder_check, inputs=decoder_inputs, solution_ids=("decoder",),
+          forbid=FORBID, description="DeepLabV3+ decoder on hidden widths and sizes (eval and train mode)"),
+    Probe("training.verified", 1, VERIFIED_CODE, verified_check, inputs=public_inputs,
+          solution_ids=("hparams", "report"), timeout_s=120.0,
+          description="REPORTED matches predict() on the test split"),
+    Probe("training.hidden", 3, HIDDEN_CODE, hidden_check, inputs=hidden_inputs,
+          solution_ids=("aspp", "decoder", "hparams"), timeout_s=120.0,
+          description="the trained model on a hidden test split (thresholds in the notebook)"),
+]
