@@ -1,0 +1,137 @@
+"""Notebook 06 (cross-stitch networks on pet data): schedules per preset, the report's numbers, α recording.
+
+The tasks are those of Oxford-IIIT Pet: ``semseg`` (background / pet / border trimap), ``boxes`` (the head box,
+DIoU loss) and ``binary`` (cat / dog). The ``synthetic-pet`` variant has the same three; the ``paper`` preset reads
+``oxpet-h5``, the course packaging of Oxford-IIIT Pet (256 x 256, background/pet masks, a head box for EVERY image;
+``mtlkit data prepare oxpet-h5`` first). The official ``oxford-pet`` release has no head boxes for its test split,
+so the box IoU could not be measured on it.
+
+:class:`CrossStitchRecorder` is a Trainer callback that writes the units' mixing matrices after every epoch to
+``<run dir>/alphas.json``, so the α heat maps can be drawn again when a finished run is loaded instead of trained.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from mtlkit.atomic import atomic_write_json
+from mtlkit.course import check_preset
+
+__all__ = ["PET_TASKS", "PET_SCHEDULES", "PET_REFERENCE", "pet_schedule", "pet_tasks", "CrossStitchRecorder",
+           "load_alphas"]
+
+#: The three tasks of the notebook, main task first (the sequential variant transfers the others into it).
+PET_TASKS = ("semseg", "boxes", "binary")
+
+# smoke: ~2 min of CPU on 2 cores for the whole notebook -- ResNet-18 branches at 64 px, narrow heads, 96 training
+# images, one epoch per run (the single-task runs first, then the cross-stitch networks start from them).
+# units_lr_mult: the paper trains the units with ~100x the network's learning rate under SGD, where their gradients
+# are tiny; Adam normalises every parameter's step to ~lr, so 100x would move α by ~0.1 per step. 10x keeps the
+# units clearly faster than the network without throwing the single-task initialisation away in a few steps.
+PET_SCHEDULES: dict[str, dict[str, Any]] = {
+    "unit": dict(data="synthetic-pet", data_preset="unit", data_options={}, train_images=None, val_images=None,
+                 single_epochs=1, epochs=1, batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0,
+                 scheduler=None, units_lr_mult=10.0, encoder="resnet18", pretrained=False, aspp_channels=16,
+                 decoder_channels=16, skip_channels=8, box_channels=16),
+    "smoke": dict(data="synthetic-pet", data_preset="smoke", data_options={}, train_images=96, val_images=32,
+                  single_epochs=1, epochs=1, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0,
+                  scheduler=None, units_lr_mult=10.0, encoder="resnet18", pretrained=False, aspp_channels=32,
+                  decoder_channels=32, skip_channels=16, box_channels=32),
+    # lesson: 128 px, the full grid (9 trainings) in roughly half an hour of a 2-core CPU
+    "lesson": dict(data="synthetic-pet", data_preset="lesson", data_options={}, train_images=320, val_images=96,
+                   single_epochs=4, epochs=4, batch_size=16, optimizer="adam", lr=5e-4, weight_decay=1e-4,
+                   scheduler="cosine", units_lr_mult=10.0, encoder="resnet18", pretrained=False, aspp_channels=64,
+                   decoder_channels=64, skip_channels=32, box_channels=64),
+    "paper": dict(data="oxpet-h5", data_preset="paper", data_options={}, train_images=None,
+                  val_images=None, single_epochs=20, epochs=20, batch_size=16, optimizer="adam", lr=1e-4,
+                  weight_decay=1e-4, scheduler="cosine", units_lr_mult=10.0, encoder="resnet34", pretrained=True,
+                  aspp_channels=256, decoder_channels=256, skip_channels=48, box_channels=256),
+}
+
+#: The indicative Oxford-IIIT Pet numbers of REFERENCE.md (one report's three-task cross-stitch model, test split),
+#: in the kit's units (percent). A reference to compare the paper preset with, never a result of this kit.
+PET_REFERENCE: dict[str, float] = {"semseg/miou": 81.0, "boxes/mean_iou": 76.0, "binary/accuracy": 92.0}
+
+#: The model options a schedule holds (the rest are data and Trainer settings).
+MODEL_KEYS = ("encoder", "pretrained", "aspp_channels", "decoder_channels", "skip_channels", "box_channels")
+TRAINER_KEYS = ("batch_size", "optimizer", "lr", "weight_decay", "scheduler")
+
+
+def pet_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
+    """Notebook 06's schedule for ``preset`` (a copy) with ``overrides`` applied (unknown keys are an error)."""
+    schedule = dict(PET_SCHEDULES[check_preset(preset)])
+    unknown = sorted(set(overrides) - set(schedule))
+    if unknown:
+        raise ValueError(f"pet_schedule: unknown keys {unknown}; valid keys: {', '.join(sorted(schedule))}")
+    schedule.update(overrides)
+    return schedule
+
+
+def pet_tasks(task_info: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``{name: Task}`` for :data:`PET_TASKS` from a pet dataset's ``task_info``.
+
+    The pet datasets describe the boxes' labels (cat / dog) in ``task_info["boxes"]``; those are the classes of
+    ``box_labels``, not outputs of the box regression (4 coordinates), so they are not passed to ``make_task``
+    (which refuses ``num_classes`` for a regression task). Pass the result to the Trainer as ``tasks=``.
+    """
+    from mtlkit.tasks import make_task
+
+    missing = [t for t in PET_TASKS if t not in task_info]
+    if missing:
+        raise ValueError(f"pet_tasks: the dataset does not label {missing}; it labels {list(task_info)} "
+                         "(use synthetic-pet, oxford-pet or oxpet-h5)")
+    return {t: make_task(t, **({} if t == "boxes" else dict(task_info[t] or {}))) for t in PET_TASKS}
+
+
+class CrossStitchRecorder:
+    """Trainer callback: the mixing matrices of ``model.alphas()`` at the start and after every epoch.
+
+    Writes ``<trainer.out_dir>/alphas.json``: ``{"branches": [...], "tasks": [...], "epochs": [-1, 0, 1, ...],
+    "alphas": [[unit 0 [T_out][N], unit 1, ...] per entry]}``; epoch -1 is the initialisation. A resumed run keeps
+    the entries of the epochs it had finished.
+    """
+
+    filename = "alphas.json"
+
+    def __init__(self) -> None:
+        self.record: dict[str, Any] = {}
+
+    def _write(self, trainer: Any) -> None:
+        atomic_write_json(Path(trainer.out_dir) / self.filename, self.record)
+
+    def _snapshot(self, trainer: Any) -> list[list[list[float]]]:
+        return [a.cpu().tolist() for a in trainer.model.alphas()]
+
+    def on_fit_start(self, trainer: Any) -> None:
+        model = trainer.model
+        if not hasattr(model, "alphas"):
+            raise TypeError(f"CrossStitchRecorder needs a model with alphas() (a cross-stitch network); got "
+                            f"{type(model).__name__}")
+        start = int(getattr(trainer, "start_epoch", 0))
+        old = load_alphas(trainer.out_dir) if start > 0 else None
+        if old is not None:  # resumed: keep the init and the finished epochs
+            keep = [i for i, e in enumerate(old["epochs"]) if e < start]
+            self.record = {**old, "epochs": [old["epochs"][i] for i in keep],
+                           "alphas": [old["alphas"][i] for i in keep]}
+        else:
+            self.record = {"branches": list(getattr(model, "branch_names", ())), "tasks": list(model.tasks),
+                           "epochs": [-1], "alphas": [self._snapshot(trainer)]}
+        if trainer.dist.is_main:
+            self._write(trainer)
+
+    def on_epoch_end(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+        self.record["epochs"].append(int(epoch))
+        self.record["alphas"].append(self._snapshot(trainer))
+        if trainer.dist.is_main:
+            self._write(trainer)
+
+
+def load_alphas(run_dir: str | Path) -> dict[str, Any] | None:
+    """The ``alphas.json`` a :class:`CrossStitchRecorder` wrote in ``run_dir``, or None when there is none."""
+    path = Path(run_dir) / CrossStitchRecorder.filename
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and "alphas" in data else None
