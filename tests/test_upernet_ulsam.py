@@ -244,3 +244,63 @@ def test_one_trainer_epoch_on_multi_source_broden(tmp_path):
     assert all(math.isfinite(v) for v in record["train_loss"].values() if v is not None)
     assert set(record["val"]) == set(tasks)
     assert 0.0 <= record["val"]["semseg"]["miou"] <= 1.0
+
+
+def test_ppm_pools_adaptively_on_average_and_trains_at_batch_size_one():
+    model = build("upernet", {"scene": 5, "semseg": 3}, encoder="resnet18", fpn_channels=8, ppm_channels=4)
+    pools = model.ppm.pools
+    assert all(isinstance(p, torch.nn.AdaptiveAvgPool2d) for p in pools)
+    assert [p.output_size for p in pools] == [1, 2, 3, 6]
+    # the s = 1 branch is the global mean of C5, broadcast back over the map
+    c5 = torch.randn(2, 512, 3, 4)
+    torch.testing.assert_close(pools[0](c5), c5.mean(dim=(2, 3), keepdim=True))
+    out = model.train()(torch.rand(1, 3, 64, 64))  # BN after upsampling: a 1x1 pooled map still trains at B = 1
+    assert out["scene"].shape == (1, 5) and out["semseg"].shape == (1, 3, 64, 64)
+
+
+def test_float64_forward_stays_float64_with_part_gating():
+    """Notebook 08 compares two networks in float64; the owner gate must not round through float32."""
+    from mtlkit.data.synthetic import BRODEN_OBJECTS, BRODEN_PARTS
+
+    tasks = {"semseg": len(BRODEN_OBJECTS), "parts": len(BRODEN_PARTS)}
+    owners = broden_part_owners(BRODEN_OBJECTS, BRODEN_PARTS)
+    torch.manual_seed(0)
+    model = build("upernet", tasks, encoder="resnet18", fpn_channels=8, ppm_channels=4,
+                  part_owners=owners).eval().double()
+    quarter = {}
+    for task in tasks:
+        model.heads[task].classifier.register_forward_hook(lambda m, i, o, t=task: quarter.__setitem__(t, o))
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 32, 32, dtype=torch.float64))
+    assert out["parts"].dtype == torch.float64 and out["semseg"].dtype == torch.float64
+    probs = torch.softmax(quarter["semseg"], dim=1)[0]                     # float64 [O, 8, 8]
+    owner_prob = torch.stack([probs[list(o)].sum(0) if o else torch.ones_like(probs[0]) for o in owners])
+    expected = F.interpolate((quarter["parts"][0] + owner_prob.clamp_min(1e-4).log())[None], size=(32, 32),
+                             mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out["parts"], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_notebook_08_schedules_references_and_splits():
+    from mtlkit.course_broden import UPERNET_REFERENCE, broden_splits, part_owners_for, upernet_schedule
+
+    smoke = upernet_schedule("smoke", epochs=2)
+    assert smoke["epochs"] == 2 and smoke["data"] == "synthetic-broden" and smoke["encoder"] == "resnet18"
+    assert smoke["fpn_channels"] % smoke["ulsam_groups"] == 0
+    paper = upernet_schedule("paper")  # UPerNet's recipe (unifiedparsing train.py): SGD 0.02, poly 0.9, wd 1e-4
+    assert (paper["optimizer"], paper["lr"], paper["scheduler"], paper["weight_decay"]) == ("sgd", 0.02, "poly", 1e-4)
+    assert paper["encoder"] == "resnet50" and paper["pretrained"] and paper["fpn_channels"] == 512
+    assert paper["data"] == "broden"
+    with pytest.raises(ValueError, match="unknown schedule key.*'epoch'.*valid keys"):
+        upernet_schedule("smoke", epoch=3)
+    with pytest.raises(ValueError, match="valid presets"):
+        upernet_schedule("fast")
+    # REFERENCE.md's UPerNet-50 ADE20K numbers, under the kit's metric names
+    assert UPERNET_REFERENCE == {"UPerNet-50, ADE20K (paper)": {"semseg/miou": 40.44, "semseg/pixel_acc": 79.80}}
+
+    splits = broden_splits(upernet_schedule("unit", train_images=3))
+    assert len(splits["train"]) == 3 and set(splits["train"].task_info) == set(BRODEN)
+    owners = part_owners_for(splits["train"].task_info)
+    assert owners is not None and len(owners) == BRODEN["parts"] and owners[0] == ()
+    # part names that do not say their owner: no gating rather than an error
+    assert part_owners_for({"semseg": {"class_names": ["a", "b"]}, "parts": {"class_names": ["x y"]}}) is None
+    assert part_owners_for({"semseg": {"class_names": ["a"]}}) is None

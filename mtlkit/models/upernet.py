@@ -371,8 +371,10 @@ class UPerNet(nn.Module):
             else:
                 out[task] = head(fused)
         if self.part_owners is not None:
-            probs = torch.softmax(out["semseg"].detach().float(), dim=1)          # [B, O, h, w]
-            owner_prob = torch.einsum("bohw,po->bphw", probs, self.part_owners)  # p(owner of part class c)
+            # at least float32 (half-precision logits under AMP), float64 stays float64 (exact checks)
+            logits = out["semseg"].detach()
+            probs = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)  # [B, O, h, w]
+            owner_prob = torch.einsum("bohw,po->bphw", probs, self.part_owners.to(probs.dtype))  # p(owner of c)
             out["parts"] = out["parts"] + owner_prob.clamp_min(1e-4).log().to(out["parts"].dtype)
         return {t: (upsample_to(v, size) if self.kinds[t] == "dense" else v) for t, v in out.items()}
 

@@ -1,0 +1,98 @@
+"""Presets and reference numbers of the Broden notebook (08, UPerNet for unified perceptual parsing, with ULSAM).
+
+The paper preset is UPerNet's recipe on the real multi-source Broden(+) data (``broden``: scene, object, part,
+material, texture, each source labelling only some of them): ResNet-50 from ImageNet, F = 512, SGD with lr 0.02,
+momentum 0.9, weight decay 1e-4 and the poly(0.9) schedule, the public code's loss weights
+(:data:`~mtlkit.models.upernet.UPERNET_LOSS_WEIGHTS`). The CPU presets run the same code on ``synthetic-broden``
+(64 px in smoke) with a ResNet-18, a narrow decoder and no ImageNet weights.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mtlkit.course import check_preset, load_splits, subset
+
+__all__ = ["UPERNET_SCHEDULES", "UPERNET_REFERENCE", "upernet_schedule", "broden_splits", "part_owners_for"]
+
+# Per preset: data (dataset id, preset, options, training images), model (encoder, ImageNet, decoder widths, ULSAM
+# groups) and optimiser. Every preset trains the same five models (UPerNet, + context head, three ULSAM variants).
+UPERNET_SCHEDULES: dict[str, dict[str, Any]] = {
+    "unit": dict(data="synthetic-broden", data_preset="unit", data_options={}, train_images=None, epochs=1,
+                 batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None, encoder="resnet18",
+                 pretrained=False, fpn_channels=16, ppm_channels=8, ulsam_groups=4),
+    "smoke": dict(data="synthetic-broden", data_preset="smoke", data_options={}, train_images=128, epochs=1,
+                  batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None, encoder="resnet18",
+                  pretrained=False, fpn_channels=64, ppm_channels=32, ulsam_groups=4),
+    "lesson": dict(data="synthetic-broden", data_preset="lesson", data_options={}, train_images=None, epochs=8,
+                   batch_size=16, optimizer="adam", lr=5e-4, weight_decay=1e-4, scheduler="poly",
+                   encoder="resnet18", pretrained=False, fpn_channels=128, ppm_channels=64, ulsam_groups=4),
+    # UPerNet's recipe at Broden's 384 px release; the number of epochs is the kit's choice.
+    "paper": dict(data="broden", data_preset="paper", data_options={"size": (384, 384)}, train_images=None,
+                  epochs=20, batch_size=16, optimizer="sgd", lr=0.02, weight_decay=1e-4, scheduler="poly",
+                  encoder="resnet50", pretrained=True, fpn_channels=512, ppm_channels=512, ulsam_groups=4),
+}
+
+#: Xiao et al. (ECCV 2018), UPerNet-50 trained and evaluated on ADE20K alone (REFERENCE.md), in the kit's metric
+#: names (percent). A reference for the paper preset, never a result of this kit (ADE20K's 150 classes are not
+#: Broden's object classes, so even the paper preset is only comparable in kind).
+UPERNET_REFERENCE: dict[str, dict[str, float]] = {
+    "UPerNet-50, ADE20K (paper)": {"semseg/miou": 40.44, "semseg/pixel_acc": 79.80},
+}
+
+# broden has only train and val; the kit holds out the last training images to select the best epoch and reports
+# the official val split as the test split.
+BRODEN_HELD_OUT = 1000
+
+
+def upernet_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
+    """Notebook 08's schedule for ``preset`` (a copy), with ``overrides`` applied (unknown keys are an error)."""
+    schedule = dict(UPERNET_SCHEDULES[check_preset(preset)])
+    unknown = set(overrides) - set(schedule)
+    if unknown:
+        raise ValueError(f"unknown schedule key(s) {sorted(unknown)}; valid keys: {', '.join(schedule)}")
+    schedule.update(overrides)
+    return schedule
+
+
+def broden_splits(schedule: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
+    """``{"train", "val", "test"}`` for a schedule of :data:`UPERNET_SCHEDULES` (``train_images`` applied).
+
+    Synthetic data has all three splits. ``broden`` has train and val: the last :data:`BRODEN_HELD_OUT` training
+    images become the validation split and the official val split is the test split.
+    """
+    name, preset, options = schedule["data"], schedule["data_preset"], dict(schedule.get("data_options") or {})
+    if name == "broden":
+        from mtlkit.data import get_dataset
+
+        train = get_dataset(name, "train", preset=preset, **options)
+        cut = len(train) - BRODEN_HELD_OUT
+        if cut < 1:
+            raise ValueError(f"broden train has {len(train)} images; holding out {BRODEN_HELD_OUT} for validation "
+                             "needs more. Check the prepared data (mtlkit data verify broden)")
+        splits = {"train": subset(train, range(cut)), "val": subset(train, range(cut, len(train))),
+                  "test": get_dataset(name, "val", preset=preset, **options)}
+    else:
+        splits = load_splits(name, preset, seed=seed, **options)
+    n = schedule.get("train_images")
+    if n:
+        splits["train"] = subset(splits["train"], n)
+    return splits
+
+
+def part_owners_for(task_info: Mapping[str, Mapping[str, Any]]) -> list[tuple[int, ...]] | None:
+    """Owning object classes per part class (``upernet(part_owners=...)``), or None where the names do not say.
+
+    Works when part classes are named "<owner> <part>" after the object classes (or their groups), as in
+    ``synthetic-broden``; data whose part names do not follow that pattern gets None (parts are then not gated).
+    """
+    from mtlkit.models.upernet import broden_part_owners
+
+    objects = (task_info.get("semseg") or {}).get("class_names")
+    parts = (task_info.get("parts") or {}).get("class_names")
+    if not objects or not parts:
+        return None
+    try:
+        return broden_part_owners(objects, parts)
+    except ValueError:
+        return None
