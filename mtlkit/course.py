@@ -236,3 +236,110 @@ def relative_error(x: torch.Tensor, y: torch.Tensor) -> float:
     if x.numel() == 0:
         raise ValueError("relative_error of empty tensors is undefined; pass tensors with at least one element")
     return float(((x - y).abs() / (x.abs() + y.abs()).clamp_min(1e-8)).max())
+
+
+# ------------------------------------------------------------------------------------------------ the comparison
+def results_table(folder: str | os.PathLike, preset: str | None = None):
+    """Every run of every ``folder/*/metrics.json`` (a notebook's ``write_notebook_results``) as one DataFrame.
+
+    Reads both layouts: ``runs/notebooks/<notebook>/`` (notebooks run by hand or under nbval) and
+    ``runs/<preset>/<notebook>[__KEY=value...]/`` (``mtlkit reproduce``). One row per (folder, model) with columns
+    ``folder`` (the subfolder: one notebook run with one parameter set), ``notebook``, ``preset``, ``model`` and every
+    numeric value the notebook wrote (``task/metric``, ``parameters_M``, ``delta_m``, ...). Unreadable files and
+    files of another ``preset`` are skipped; an empty or missing folder gives an empty DataFrame.
+    """
+    import pandas as pd
+
+    rows = []
+    for path in sorted(Path(folder).glob("*/metrics.json")):
+        data = _read_metrics(path)
+        if data is None or not isinstance(data.get("runs"), dict) or (preset and data.get("preset") != preset):
+            continue
+        for model, values in data["runs"].items():
+            numbers = {k: v for k, v in (values or {}).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            rows.append({"folder": path.parent.name, "notebook": data.get("notebook", path.parent.name),
+                         "preset": data.get("preset"), "model": model, **numbers})
+    return pd.DataFrame(rows, columns=None if rows else ["folder", "notebook", "preset", "model"])
+
+
+def find_results(*candidates: str | os.PathLike | None, preset: str | None = None) -> tuple[Path | None, Any]:
+    """The first of ``candidates`` (folders; None is skipped) that holds runs of ``preset``, and its results_table.
+
+    Notebook 10 passes the folder ``mtlkit reproduce`` wrote (``runs/smoke``) first and the notebooks' own
+    ``runs/notebooks`` last. Returns ``(None, empty table)`` when none holds runs.
+    """
+    import pandas as pd
+
+    for candidate in candidates:
+        if candidate is not None and Path(candidate).is_dir():
+            table = results_table(candidate, preset=preset)
+            if not table.empty:
+                return Path(candidate), table
+    return None, pd.DataFrame(columns=["folder", "notebook", "preset", "model"])
+
+
+def task_metric_columns(table) -> dict[str, str]:
+    """``task -> "task/<delta metric>"`` for every registered task whose Δm metric is a column of ``table``."""
+    from mtlkit.tasks import TASK_SPECS
+
+    return {t: f"{t}/{s.delta_metric}" for t, s in TASK_SPECS.items() if f"{t}/{s.delta_metric}" in table}
+
+
+def relative_to_single(table):
+    """Per-task relative change (percent, positive = better) of each multi-task row against its single-task run.
+
+    The single-task baseline of task ``t`` is the row ``single-t`` of the same ``folder`` (one notebook run: the same
+    data, schedule and model width), so ``mean over the row's tasks`` is the survey Δm of
+    :func:`mtlkit.metrics.delta_m`. Returns a DataFrame indexed like ``table`` (single-task rows and tasks without a
+    baseline are NaN), one column per task.
+    """
+    import pandas as pd
+
+    from mtlkit.tasks import TASK_SPECS
+
+    columns = task_metric_columns(table)
+    out = pd.DataFrame(index=table.index, columns=list(columns), dtype=float)
+    for folder, rows in table.groupby("folder"):
+        for task, col in columns.items():
+            base = rows.loc[rows["model"] == f"single-{task}", col].dropna()
+            if base.empty or float(base.iloc[0]) == 0:
+                continue
+            sign = 1.0 if TASK_SPECS[task].higher_is_better else -1.0
+            multi = rows[~rows["model"].astype(str).str.startswith("single-")]
+            out.loc[multi.index, task] = 100.0 * sign * (multi[col] - float(base.iloc[0])) / float(base.iloc[0])
+    return out
+
+
+def reference_table():
+    """The papers' and courses' numbers (REFERENCE.md) the kit knows, as rows ``source, model, metric, value``.
+
+    Collected from :data:`REFERENCE_RESULTS` and every ``*_REFERENCE`` dict of the ``mtlkit.course_*`` modules
+    (``{model: {metric: value}}``, or a flat ``{metric: value}`` for one model). For display beside the kit's results,
+    always labelled as references: they come from other datasets, resolutions and schedules.
+    """
+    import importlib
+    import pkgutil
+
+    import pandas as pd
+
+    import mtlkit
+
+    rows = [{"source": "mtlkit.course", "model": model, "metric": title, "value": float(value)}
+            for title, models in REFERENCE_RESULTS.items() for model, value in models.items()]
+    for info in pkgutil.iter_modules(mtlkit.__path__):
+        if not info.name.startswith("course_"):
+            continue
+        module = importlib.import_module(f"mtlkit.{info.name}")
+        for attr in sorted(a for a in vars(module) if a.endswith("_REFERENCE")):
+            table = getattr(module, attr)
+            if not isinstance(table, Mapping):
+                continue
+            label = f"mtlkit.{info.name}.{attr}"
+            for key, value in table.items():
+                if isinstance(value, Mapping):  # {model: {metric: value}}
+                    rows += [{"source": label, "model": key, "metric": m, "value": float(v)} for m, v in value.items()]
+                else:  # {metric: value}: one model, named by the table
+                    rows.append({"source": label, "model": attr.removesuffix("_REFERENCE").lower() + " (paper)",
+                                 "metric": key, "value": float(value)})
+    return pd.DataFrame(rows, columns=["source", "model", "metric", "value"])

@@ -8,7 +8,7 @@ SIGKILL of the whole command) is redone cleanly on the next invocation. Failed r
 submitit (``--executor slurm``; without SLURM submitit runs the same jobs locally).
 
 At the end ``OUT/results.csv`` and ``OUT/results.md`` hold one row per notebook run and model: every task metric
-(``task/metric``), Δm (survey form) against the single-task runs (rows named ``single-<task>``), parameters and wall
+(``task/metric``), Δm (survey form) against the run's own single-task rows (``single-<task>``), parameters and wall
 time; with several seeds in the grid, ``OUT/results_by_seed.md`` gives mean ± std over seeds.
 """
 from __future__ import annotations
@@ -32,6 +32,9 @@ PRESETS = ("unit", "smoke", "lesson", "paper")
 STAMP = "reproduce.json"
 # Filled in by reproduce itself; a grid may not set them.
 RESERVED = ("PRESET", "OUT_DIR")
+# A notebook with this parameter (10_comparison) reads the other runs' results: it runs once, without the grid,
+# after every other run has finished.
+READS_RESULTS = "RESULTS_DIR"
 
 
 @dataclass
@@ -92,15 +95,23 @@ def notebook_parameters(path: Path) -> list[str]:
 
 
 def plan(notebooks: Sequence[Path], grid: list[dict], max_runs: int, yes: bool) -> list[Run]:
-    """Validate the grid against every notebook's parameters and return the runs, before anything executes."""
+    """Validate the grid against every notebook's parameters and return the runs, before anything executes.
+
+    Notebooks that read the results (a ``RESULTS_DIR`` parameter) get one run without grid parameters, last.
+    """
+    readers = []
     for nb in notebooks:
         valid = notebook_parameters(nb)
+        if READS_RESULTS in valid:
+            readers.append(nb)
+            continue
         for key in {k for params in grid for k in params}:
             if key in RESERVED:
                 raise ValueError(f"{key} is set by `mtlkit reproduce` itself (use --preset / --out)")
             if key not in valid:
                 raise ValueError(f"{nb.stem} has no parameter {key!r}; its parameters: {', '.join(valid)}")
-    runs = [Run(nb, params) for nb in notebooks for params in grid]
+    runs = [Run(nb, params) for nb in notebooks if nb not in readers for params in grid]
+    runs += [Run(nb) for nb in readers]
     if len(runs) > max_runs and not yes:
         raise ValueError(f"this grid launches {len(runs)} runs (more than --max-runs {max_runs}); "
                          "add --yes to launch them all")
@@ -179,7 +190,13 @@ def _summarise_error(exc: Exception) -> str:
 
 def run_local(todo: list[Run], out_root: Path, preset: str, device: str, jobs: int,
               on_done: Callable[[Run, dict], None]) -> None:
-    """Each run is its own papermill kernel; threads only wait on them, so ``jobs`` kernels run at once."""
+    """Each run is its own papermill kernel; threads only wait on them, so ``jobs`` kernels run at once.
+
+    With ``jobs > 1`` each kernel gets ``cores // jobs`` intra-op threads (unless OMP_NUM_THREADS is set): torch
+    otherwise starts one thread per core in every kernel, and ``jobs`` kernels oversubscribe the machine.
+    """
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))  # inherited by the kernels
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = {pool.submit(execute, run, out_root, preset, device): run for run in todo}
         for future in as_completed(futures):
@@ -246,27 +263,15 @@ def _is_number(v: Any) -> bool:
 
 
 def _delta_m_column(table) -> list[float]:
-    """Survey Δm of each multi-task row against the mean of the single-task rows (``single-<task>``) of this run set."""
-    from mtlkit.metrics import delta_m
-    from mtlkit.tasks import TASK_SPECS
+    """Survey Δm of each multi-task row against the single-task rows (``single-<task>``) of the same run.
 
-    single: dict[str, dict[str, float]] = {}
-    for task, spec in TASK_SPECS.items():
-        rows = table[table["model"] == f"single-{task}"]
-        col = f"{task}/{spec.delta_metric}"
-        if not rows.empty and col in rows:
-            single[task] = {spec.delta_metric: float(rows[col].mean())}
-    out = []
-    for _, row in table.iterrows():
-        tasks = [t for t in single if f"{t}/{TASK_SPECS[t].delta_metric}" in row and
-                 _is_number(row[f"{t}/{TASK_SPECS[t].delta_metric}"]) and
-                 not math.isnan(row[f"{t}/{TASK_SPECS[t].delta_metric}"])]
-        if str(row["model"]).startswith("single-") or not tasks:
-            out.append(math.nan)
-            continue
-        multi = {t: {TASK_SPECS[t].delta_metric: float(row[f"{t}/{TASK_SPECS[t].delta_metric}"])} for t in tasks}
-        out.append(delta_m(multi, {t: single[t] for t in tasks}, form="survey", tasks=tasks))
-    return out
+    Only the same run's baselines share its data, schedule, model width and seed: pooling the single-task rows of
+    several notebooks would compare e.g. notebook 06's pet segmentation with notebook 04's city segmentation.
+    """
+    from mtlkit.course import relative_to_single
+
+    per_run = table.assign(folder=table["notebook"].astype(str) + "/" + table["params"].astype(str))
+    return relative_to_single(per_run).mean(axis=1, skipna=True).tolist()
 
 
 def over_seeds(table):
@@ -296,6 +301,17 @@ def write_results(out_root: Path, table) -> list[Path]:
         paths.append(out_root / "results_by_seed.md")
         paths[-1].write_text(_markdown(by_seed))
     return paths
+
+
+def _summary(table) -> str:
+    """The printed summary: per run and model, Δm, parameters, wall time and each task's Δm metric."""
+    from mtlkit.tasks import TASK_SPECS
+
+    if table.empty or "model" not in table:
+        return "(no results)"
+    metrics = [f"{t}/{s.delta_metric}" for t, s in TASK_SPECS.items() if f"{t}/{s.delta_metric}" in table]
+    cols = [c for c in ["notebook", "params", "model", "delta_m", "parameters_M", "seconds", *metrics] if c in table]
+    return table[cols].to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")
 
 
 def _markdown(table) -> str:
@@ -360,10 +376,14 @@ def run_from_args(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"{run.name}: {status['status']}")
         bar.update(1)
 
-    if args.executor == "slurm":
-        run_slurm(todo, out_root, args.preset, args.device, args, done)
-    else:
-        run_local(todo, out_root, args.preset, args.device, args.jobs, done)
+    readers = {nb for nb in {r.notebook for r in runs} if READS_RESULTS in notebook_parameters(nb)}
+    for batch in ([r for r in todo if r.notebook not in readers], [r for r in todo if r.notebook in readers]):
+        if not batch:
+            continue  # the readers run after every other run has finished (and never in the same batch)
+        if args.executor == "slurm":
+            run_slurm(batch, out_root, args.preset, args.device, args, done)
+        else:
+            run_local(batch, out_root, args.preset, args.device, args.jobs, done)
     bar.close()
 
     executed = {r.name for r in todo}
@@ -374,6 +394,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"{run.name:<48} {state:<8} {st.get('seconds', 0):>8}")
     table = collect(out_root, runs)
     paths = write_results(out_root, table)
+    print("\n" + _summary(table))
     print(f"\nexecuted notebooks, logs and metrics.json: {_rel(out_root)}/<run>/")
     print("results: " + ", ".join(_rel(p) for p in paths))
     failed = [(r, results[r.name]) for r in runs if results.get(r.name, {}).get("status") == "failed"]

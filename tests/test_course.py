@@ -247,3 +247,73 @@ def test_schedules_follow_the_course_recipe():
     smoke = deeplab_schedule("smoke", epochs=1)
     assert smoke["epochs"] == 1 and deeplab_schedule("smoke")["epochs"] == 3  # overrides never leak
     assert REFERENCE_RESULTS["DLAD course: parameters with ResNet-34, 19 classes + depth (millions)"]["joint"] == 26.72
+
+
+# ---------------------------------------------------------------------------------------------- the comparison (10)
+def _two_notebook_runs(root):
+    # 01: joint semseg 55 vs 50 (+10 %), depth 1.5 vs 2.0 (+25 %, lower is better): Δm = +17.5 %
+    write_notebook_results(root / "01_a", "01_a", "smoke", {
+        "single-semseg": {"semseg/miou": 50.0, "parameters_M": 1.0}, "single-depth": {"depth/abs_err": 2.0},
+        "joint": {"semseg/miou": 55.0, "depth/abs_err": 1.5, "parameters_M": 1.2, "note": "text is dropped"}})
+    # 02 has its own baselines (another schedule): branched -5 % semseg, -10 % depth; no baseline for normals
+    write_notebook_results(root / "02_b__SEED=1", "02_b", "smoke", {
+        "single-semseg": {"semseg/miou": 40.0}, "single-depth": {"depth/abs_err": 1.0},
+        "branched": {"semseg/miou": 38.0, "depth/abs_err": 1.1, "normals/mean": 30.0}})
+    write_notebook_results(root / "03_lesson", "03_c", "lesson", {"joint": {"semseg/miou": 99.0}})
+    (root / "04_broken").mkdir()
+    (root / "04_broken" / "metrics.json").write_text("{not json")
+
+
+def test_results_table_reads_both_layouts_one_row_per_model(tmp_path):
+    _two_notebook_runs(tmp_path)
+    table = course.results_table(tmp_path, preset="smoke")
+    assert list(zip(table["folder"], table["model"])) == [
+        ("01_a", "single-semseg"), ("01_a", "single-depth"), ("01_a", "joint"),
+        ("02_b__SEED=1", "single-semseg"), ("02_b__SEED=1", "single-depth"), ("02_b__SEED=1", "branched")]
+    assert set(table["notebook"]) == {"01_a", "02_b"} and "note" not in table
+    assert len(course.results_table(tmp_path)) == 7  # no preset filter: the lesson run too
+    assert course.results_table(tmp_path / "missing").empty
+
+
+def test_find_results_takes_the_first_folder_with_runs(tmp_path):
+    _two_notebook_runs(tmp_path / "notebooks")
+    (tmp_path / "smoke").mkdir()  # exists but holds no runs: skipped
+    source, table = course.find_results(None, tmp_path / "smoke", tmp_path / "notebooks", preset="smoke")
+    assert source == tmp_path / "notebooks" and len(table) == 6
+    source, table = course.find_results(tmp_path / "smoke", preset="smoke")
+    assert source is None and table.empty and "model" in table
+
+
+def test_relative_to_single_is_the_per_task_term_of_delta_m_within_each_folder(tmp_path):
+    from mtlkit.metrics import delta_m
+
+    _two_notebook_runs(tmp_path)
+    table = course.results_table(tmp_path, preset="smoke")
+    changes = course.relative_to_single(table)
+    assert list(changes.columns) == ["semseg", "depth", "normals"]
+    joint, branched = table.index[table["model"] == "joint"][0], table.index[table["model"] == "branched"][0]
+    assert changes.loc[joint, ["semseg", "depth"]].tolist() == pytest.approx([10.0, 25.0])
+    assert changes.loc[branched, ["semseg", "depth"]].tolist() == pytest.approx([-5.0, -10.0])
+    assert math.isnan(changes.loc[branched, "normals"])  # no single-normals run in its folder
+    assert changes[table["model"].str.startswith("single-")].isna().all().all()
+    expected = delta_m({"semseg": {"miou": 55.0}, "depth": {"abs_err": 1.5}},
+                       {"semseg": {"miou": 50.0}, "depth": {"abs_err": 2.0}})
+    assert changes.loc[joint].mean() == pytest.approx(expected) == pytest.approx(17.5)
+
+
+def test_reference_table_collects_every_course_module_labelled_by_source():
+    refs = course.reference_table()
+    assert list(refs.columns) == ["source", "model", "metric", "value"]
+    ours = refs[refs["source"] == "mtlkit.course"]
+    assert len(ours) == sum(len(v) for v in REFERENCE_RESULTS.values())
+    assert ours.set_index("model").loc["best staff solution", "value"] == 78.8
+    import importlib
+    import pkgutil
+
+    import mtlkit
+
+    for info in pkgutil.iter_modules(mtlkit.__path__):  # every *_REFERENCE of a course_* module is included
+        if info.name.startswith("course_"):
+            module = importlib.import_module(f"mtlkit.{info.name}")
+            for attr in (a for a in vars(module) if a.endswith("_REFERENCE")):
+                assert (refs["source"] == f"mtlkit.{info.name}.{attr}").any(), attr

@@ -13,6 +13,7 @@ from mtlkit.reproduce import parse_grid
 WRITE_METRICS = """
 import json, pathlib
 rows = {"joint": {"depth/abs_err": 1.0 + SEED, "parameters_M": 2.0}, "single-depth": {"depth/abs_err": 2.0}}
+import os; pathlib.Path(OUT_DIR, "threads.txt").write_text(os.environ.get("OMP_NUM_THREADS", "unset"))
 pathlib.Path(OUT_DIR, "metrics.json").write_text(json.dumps({"notebook": "00_ok", "preset": PRESET, "runs": rows}))
 """
 
@@ -56,6 +57,8 @@ def test_runs_land_in_folders_failures_are_recorded_and_results_tabled(course, c
     assert pd.isna(table[table["model"] == "single-depth"].iloc[0]["delta_m"])
     assert (table[table["notebook"] == "01_broken"]["status"] == "failed").all()
     assert "| notebook |" in (out / "results.md").read_text()
+    summary = next(line.split() for line in text.splitlines() if line.split()[:2] == ["00_ok", "joint"])
+    assert summary[2:4] == ["50", "2"]  # the printed summary: Δm and parameters of the joint row
 
 
 def test_second_invocation_skips_recorded_runs_and_retry_failed_reruns_only_failures(course, capsys):
@@ -83,9 +86,13 @@ def test_a_run_killed_midway_is_redone(course):
     assert json.loads((half / "run.json").read_text())["status"] == "ok"
 
 
-def test_seed_grid_in_parallel_gives_mean_and_std(course):
+def test_seed_grid_in_parallel_gives_mean_and_std(course, monkeypatch):
     nbdir, out = course
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")  # records the original, so the value reproduce sets is undone
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
     assert reproduce(course, "--notebooks", "00", "--grid", "SEED=0,1", "--jobs", "2") == 0
+    assert (out / "00_ok__SEED=1" / "threads.txt").read_text() == "2"  # 4 cores shared by 2 kernels
     assert (out / "00_ok__SEED=0" / "metrics.json").exists() and (out / "00_ok__SEED=1" / "metrics.json").exists()
     by_seed = (out / "results_by_seed.md").read_text()
     joint = next(line for line in by_seed.splitlines() if "| joint |" in line)
@@ -125,3 +132,36 @@ def test_results_folder_of_another_version_is_refused(course, capsys):
 def test_unknown_notebook_lists_the_available_ones(course, capsys):
     assert reproduce(course, "--notebooks", "07") == 2
     assert "00_ok" in capsys.readouterr().err
+
+
+# A comparison notebook (like 10_comparison): it has a RESULTS_DIR parameter and counts the metrics.json it can see.
+READ_RESULTS = """
+import json, pathlib
+seen = sorted(p.parent.name for p in pathlib.Path(OUT_DIR).parent.glob("*/metrics.json"))
+pathlib.Path(OUT_DIR, "seen.json").write_text(json.dumps(seen))
+"""
+
+
+def test_a_results_reader_runs_once_after_every_grid_run(course):
+    nbdir, out = course
+    nb = nbformat.read(nbdir / "00_ok.ipynb", as_version=4)
+    nb.cells[0].source += "\nRESULTS_DIR = None"
+    nb.cells[1].source = READ_RESULTS
+    nbformat.write(nb, nbdir / "02_compare.ipynb")
+    # --jobs 2 would start the reader beside the grid runs if it were not held back until they finish
+    assert reproduce(course, "--notebooks", "00", "02", "--grid", "SEED=0,1", "--jobs", "2") == 0
+    assert not list(out.glob("02_compare__*"))  # no grid parameters: SEED means nothing to it
+    assert json.loads((out / "02_compare" / "seen.json").read_text()) == ["00_ok__SEED=0", "00_ok__SEED=1"]
+    assert (pd.read_csv(out / "results.csv")["status"] == "ok").all()
+
+
+def test_delta_m_uses_each_runs_own_single_task_baselines(course):
+    nbdir, out = course
+    # another notebook on "another dataset": single-depth 4, joint 2 -> +50 % against its own baseline (pooling
+    # both notebooks' baselines, mean 3, would give +33 % here and 0 % for 00_ok)
+    _notebook(nbdir / "02_other.ipynb", WRITE_METRICS.replace("1.0 + SEED", "2.0").replace(
+        '"depth/abs_err": 2.0}}', '"depth/abs_err": 4.0}}'))
+    assert reproduce(course, "--notebooks", "00", "02") == 0
+    table = pd.read_csv(out / "results.csv").set_index(["notebook", "model"])
+    assert table.loc[("00_ok", "joint"), "delta_m"] == pytest.approx(50.0)
+    assert table.loc[("02_other", "joint"), "delta_m"] == pytest.approx(50.0)
