@@ -121,6 +121,36 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _cmd_assignments_release(args: argparse.Namespace) -> int:
+    from mtlkit.grading.release import release
+
+    path = release(args.assignment, args.out, source=args.source)
+    print(f"released {args.assignment} to {path} (solutions stubbed, hidden tests removed, grading.py not copied)")
+    return 0
+
+
+def _cmd_grade(args: argparse.Namespace) -> int:
+    from mtlkit.grading.grade import run_from_args
+
+    return run_from_args(args)
+
+
+def _add_grading(sub) -> None:
+    assignments = sub.add_parser("assignments", help="problem sets: release the student version")
+    asub = assignments.add_subparsers(dest="assignments_command", metavar="ASSIGNMENTS_COMMAND")
+    p = asub.add_parser("release", help="write the student notebook: stubs, no hidden tests, locked cells")
+    p.add_argument("assignment", help="assignment name, e.g. PS1_joint")
+    p.add_argument("--out", required=True, help="release folder (the notebook goes to OUT/PS/PS.ipynb)")
+    p.add_argument("--source", default=None, help="instructor sources (default: assignments/source)")
+    p.set_defaults(func=_cmd_assignments_release)
+    assignments.set_defaults(func=lambda a: (assignments.print_help(), 0)[1])
+    p = sub.add_parser("grade", help="grade submissions in a sandbox; write a gradebook CSV and feedback")
+    from mtlkit.grading.options import add_arguments as add_grade_arguments
+
+    add_grade_arguments(p)
+    p.set_defaults(func=_cmd_grade)
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model on a dataset through the Trainer")
     try:
@@ -199,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_reproduce_arguments(p)
     p.set_defaults(func=_cmd_reproduce)
+    _add_grading(sub)
     return parser
 
 

@@ -1,0 +1,298 @@
+"""`mtlkit grade`: splicing, the sandbox, the attack corpus, the gradebook, resuming, the real assignments."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "grading"))
+from corpus import AFFINE, FIXTURE, SOFTMAX, WRONG_SOFTMAX, attacks, write_corpus  # noqa: E402
+
+from mtlkit.cli import main as cli_main  # noqa: E402
+from mtlkit.grading.assignment import check_consistency, list_assignments, load_assignment  # noqa: E402
+from mtlkit.grading.cells import NotebookError, load_notebook, release_notebook, splice  # noqa: E402
+from mtlkit.grading.feedback import GRADEBOOK_COLUMNS  # noqa: E402
+from mtlkit.grading.grade import grade  # noqa: E402
+from mtlkit.grading.sandbox import Limits, detect_mode  # noqa: E402
+from mtlkit.grading.spec import Probe  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT / "assignments" / "source"
+# small limits: the whole corpus grades in seconds (the fixture imports numpy only)
+LIMITS = Limits(timeout_s=20.0, memory_mb=1024, output_kb=64, nproc=16)
+
+
+def _submission(tmp_path: Path, student: str, cells: dict[str, str]) -> Path:
+    nb = json.loads((FIXTURE / "PSX_tiny" / "PSX_tiny.ipynb").read_text())
+    for cell in nb["cells"]:
+        gid = cell["metadata"].get("nbgrader", {}).get("grade_id")
+        if gid in cells:
+            cell["source"] = cells[gid]
+    folder = tmp_path / "subs" / student
+    folder.mkdir(parents=True)
+    (folder / "PSX_tiny.ipynb").write_text(json.dumps(nb))
+    return folder
+
+
+def _rows(csv_path: Path) -> dict[str, dict]:
+    with csv_path.open(newline="") as f:
+        return {r["student_id"]: r for r in csv.DictReader(f)}
+
+
+# ------------------------------------------------------------------------------------------------ cells
+def test_splice_takes_only_solution_cells():
+    instructor = load_notebook(FIXTURE / "PSX_tiny" / "PSX_tiny.ipynb")
+    student = release_notebook(instructor)
+    for cell in student["cells"]:
+        gid = cell["metadata"].get("nbgrader", {}).get("grade_id")
+        if gid == "softmax":
+            cell["source"] = SOFTMAX
+        if gid == "softmax_check":
+            cell["source"] = "print('passed')"
+    spliced, report = splice(instructor, student)
+    sources = {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"]) for c in spliced["cells"]}
+    assert sources["softmax"] == SOFTMAX
+    assert "softmax error" in sources["softmax_check"] and "HIDDEN" not in sources["softmax_check"]
+    assert report.restored == ["softmax_check"] and report.missing == []
+    assert "raise NotImplementedError" in sources["affine"]  # the released stub stays
+
+
+def test_malformed_notebooks_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.ipynb"
+    bad.write_text("{not json")
+    with pytest.raises(NotebookError, match="invalid JSON"):
+        load_notebook(bad)
+    bad.write_text(json.dumps({"cells": []}))
+    with pytest.raises(NotebookError, match="not a Jupyter notebook"):
+        load_notebook(bad)
+    bad.write_text(json.dumps({"nbformat": 3, "worksheets": []}))
+    with pytest.raises(NotebookError, match="nbformat 3; the grader reads nbformat 4"):
+        load_notebook(bad)
+    bad.write_text(json.dumps({"nbformat": 4, "cells": [{"cell_type": "code", "source": 3}]}))
+    with pytest.raises(NotebookError, match="cell 0 has a malformed source"):
+        load_notebook(bad)
+
+
+def test_consistency_rule_catches_mismatched_points():
+    nb = load_notebook(FIXTURE / "PSX_tiny" / "PSX_tiny.ipynb")
+    spec = load_assignment("PSX_tiny", FIXTURE)
+    assert check_consistency(nb, spec.probes) == []
+    extra = Probe("softmax_check.more", 1, "", lambda o, i: (1.0, ""))
+    orphan = Probe("nowhere", 1, "", lambda o, i: (1.0, ""))
+    problems = check_consistency(nb, [*spec.probes, extra, orphan])
+    assert any("'softmax_check' is worth 2 points but its probes sum to 3" in p for p in problems)
+    assert any("'nowhere' belongs to no autograded cell" in p for p in problems)
+
+
+@pytest.mark.parametrize("name", list_assignments(REAL))
+def test_real_assignments_are_consistent(name):
+    """The consistency rule on the shipped problem sets (load_assignment raises on any mismatch)."""
+    assignment = load_assignment(name, REAL)
+    assert assignment.max_score == sum(p.points for p in assignment.probes) > 0
+
+
+# ------------------------------------------------------------------------------------------------ the corpus
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Grade every attack in one batch (4 at a time) and return (attacks, gradebook rows, feedback folder)."""
+    tmp = tmp_path_factory.mktemp("corpus")
+    subs, out = tmp / "subs", tmp / "book" / "gradebook.csv"
+    secrets = {"grading": str(FIXTURE / "PSX_tiny" / "grading.py"), "notebook": str(FIXTURE / "PSX_tiny"
+               / "PSX_tiny.ipynb"), "other": str(subs / "correct" / "PSX_tiny.ipynb"), "gradebook": str(out),
+               "git": str(ROOT / ".git" / "HEAD")}
+    marker = tmp / "unpickled"
+    written = write_corpus(subs, str(marker), secrets)
+    start = time.perf_counter()
+    grade("PSX_tiny", subs, out, source=FIXTURE, jobs=4, limits=LIMITS, preset="unit")
+    print(f"corpus of {len(written)} graded in {time.perf_counter() - start:.1f} s")
+    return written, _rows(out), out.parent / "gradebook_feedback", marker
+
+
+@pytest.mark.parametrize("student", [a.student for a in attacks("unused", {"grading": ""})])
+def test_attack_is_graded_as_it_should(corpus, student):
+    graded, rows, feedback, marker = corpus
+    attack = next(a for a in graded if a.student == student)
+    row, result = rows[student], json.loads((feedback / f"{student}.json").read_text())
+    if attack.namespaces_only and row["sandbox"] != "namespaces":
+        pytest.skip(f"{student}: only the namespaces sandbox hides the disk (this run: {row['sandbox']})")
+    assert row["status"] == attack.status, result.get("error") or result["log"][-2000:]
+    assert float(row["score"]) == attack.score, json.dumps(result["tests"], indent=1) + result["log"][-3000:]
+    assert float(row["max_score"]) == 4.0
+    if attack.error:
+        assert attack.error in result["error"]
+    text = " ".join(result["notes"] + [p["message"] for t in result["tests"] for p in t["probes"]])
+    assert attack.note in text, text
+    assert not marker.exists(), "something unpickled a submitted pickle"
+
+
+def test_feedback_reveals_no_hidden_tests(corpus):
+    _, rows, feedback, _ = corpus
+    grading_py = (FIXTURE / "PSX_tiny" / "grading.py").read_text()
+    for path in feedback.iterdir():
+        text = path.read_text()
+        assert "HIDDEN-MARKER" not in text and "BEGIN HIDDEN" not in text, path.name
+        assert "reference_softmax" not in text and grading_py[-300:] not in text, path.name
+    html = (feedback / "wrong.html").read_text()
+    assert "softmax_check.values" in html and "0 / 1" in html
+
+
+def test_gradebook_has_nbgrader_columns(corpus):
+    graded, rows, _, _ = corpus
+    header = list(next(iter(rows.values())))
+    assert header[: len(GRADEBOOK_COLUMNS)] == GRADEBOOK_COLUMNS
+    assert header[len(GRADEBOOK_COLUMNS):] == ["status", "sandbox", "softmax_check", "affine_check"]
+    assert sorted(rows) == sorted(a.student for a in graded)
+    assert rows["wrong"]["softmax_check"] == "0.0" and rows["wrong"]["affine_check"] == "2.0"
+
+
+def test_sandbox_mode_is_recorded(corpus):
+    _, rows, feedback, _ = corpus
+    sandbox = json.loads((feedback / "correct.json").read_text())["sandbox"]
+    assert sandbox["mode"] == rows["correct"]["sandbox"] == detect_mode()
+    assert sandbox["limits"]["memory_mb"] == LIMITS.memory_mb and sandbox["user"]
+
+
+def test_rlimits_mode_grades_and_is_recorded(tmp_path):
+    """The fallback sandbox (no namespaces) grades the same; the gradebook and feedback say which mode ran."""
+    _submission(tmp_path, "ann", {"softmax": SOFTMAX, "affine": AFFINE})
+    _submission(tmp_path, "bob", {"softmax": WRONG_SOFTMAX, "affine": AFFINE})
+    results = grade("PSX_tiny", tmp_path / "subs", tmp_path / "gb.csv", source=FIXTURE, limits=LIMITS,
+                    mode="rlimits")
+    assert {r["student_id"]: r["score"] for r in results} == {"ann": 4.0, "bob": 2.0}
+    assert {r["sandbox"] for r in _rows(tmp_path / "gb.csv").values()} == {"rlimits"}
+    assert all(r["sandbox"]["mode"] == "rlimits" and r["sandbox"]["user"] for r in results)
+    with pytest.raises(ValueError, match="valid modes: namespaces, rlimits"):
+        grade("PSX_tiny", tmp_path / "subs", tmp_path / "gb.csv", source=FIXTURE, mode="docker")
+
+
+# ------------------------------------------------------------------------------------------------ resuming
+def test_rerun_reuses_unchanged_and_regrades_changed(tmp_path):
+    _submission(tmp_path, "ann", {"softmax": SOFTMAX, "affine": AFFINE})
+    bob = _submission(tmp_path, "bob", {"softmax": WRONG_SOFTMAX, "affine": AFFINE})
+    out = tmp_path / "gb.csv"
+    first = {r["student_id"]: r for r in grade("PSX_tiny", tmp_path / "subs", out, source=FIXTURE, limits=LIMITS)}
+    assert (first["ann"]["score"], first["bob"]["score"]) == (4.0, 2.0)
+    # bob resubmits a fix; ann's feedback must be reused as is (same digest, nothing rerun)
+    nb = json.loads((bob / "PSX_tiny.ipynb").read_text())
+    for cell in nb["cells"]:
+        if cell["metadata"].get("nbgrader", {}).get("grade_id") == "softmax":
+            cell["source"] = SOFTMAX
+    (bob / "PSX_tiny.ipynb").write_text(json.dumps(nb))
+    seen = []
+    second = grade("PSX_tiny", tmp_path / "subs", out, source=FIXTURE, limits=LIMITS, progress=seen.append)
+    assert [r["student_id"] for r in seen] == ["bob"]
+    # a new secret seed means a new hidden split: everyone is graded again (and the environment is restored)
+    seen.clear()
+    grade("PSX_tiny", tmp_path / "subs", out, source=FIXTURE, limits=LIMITS, secret="42", progress=seen.append)
+    assert sorted(r["student_id"] for r in seen) == ["ann", "bob"] and "MTLKIT_GRADING_SECRET" not in os.environ
+    assert {r["student_id"]: r["score"] for r in second} == {"ann": 4.0, "bob": 4.0}
+    assert _rows(out)["bob"]["score"] == "4.0"
+
+
+def test_crash_mid_grading_keeps_what_was_graded(tmp_path):
+    for s in ("a1", "a2", "a3"):
+        _submission(tmp_path, s, {"softmax": SOFTMAX, "affine": AFFINE})
+    out = tmp_path / "gb.csv"
+
+    def crash(result):
+        raise KeyboardInterrupt  # the grader dies right after the first student's feedback was written
+
+    with pytest.raises(KeyboardInterrupt):
+        grade("PSX_tiny", tmp_path / "subs", out, source=FIXTURE, limits=LIMITS, progress=crash)
+    assert len(_rows(out)) == 1
+    seen = []
+    grade("PSX_tiny", tmp_path / "subs", out, source=FIXTURE, limits=LIMITS, progress=seen.append)
+    assert len(seen) == 2 and {r["score"] for r in _rows(out).values()} == {"4.0"}
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def test_only_plain_arrays_come_back(tmp_path):
+    from safetensors.numpy import save_file
+
+    from mtlkit.grading.grade import _read_outputs
+
+    np.save(tmp_path / "ok.npy", np.arange(3))
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    save_file({"w": np.ones(2, np.float32)}, str(tmp_path / "w.safetensors"))
+    (tmp_path / "bad.safetensors").write_bytes(b"\x80\x04not safetensors")
+    outputs, problems = _read_outputs(tmp_path)
+    assert sorted(outputs) == ["ok", "w"] and outputs["w"]["w"].tolist() == [1.0, 1.0]
+    assert len(problems) == 2 and all("not a plain array" in p for p in problems)
+
+
+def test_emit_rejects_objects(tmp_path):
+    from mtlkit.grading import child
+
+    child._state["outputs"] = tmp_path
+    try:
+        child.emit("scalar", np.float64(2.5))
+        assert np.load(tmp_path / "scalar.npy").shape == ()
+        with pytest.raises(TypeError, match="emit takes numbers"):
+            child.emit("bad", [object()])
+        with pytest.raises(ValueError, match="array name"):
+            child.emit("../escape", 1.0)
+    finally:
+        child._state["outputs"] = None
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def test_cli_errors(tmp_path, capsys):
+    assert cli_main(["grade", "PS9_nope", str(tmp_path), "--out", str(tmp_path / "g.csv"),
+                     "--source", str(FIXTURE)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mtlkit: error: unknown assignment 'PS9_nope'") and "PSX_tiny" in err
+    assert cli_main(["grade", "PSX_tiny", str(tmp_path / "missing"), "--out", str(tmp_path / "g.csv"),
+                     "--source", str(FIXTURE)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mtlkit: error: submissions folder") and str(tmp_path / "missing") in err
+
+
+def test_cli_grade_writes_gradebook(tmp_path, capsys):
+    _submission(tmp_path, "ann", {"softmax": SOFTMAX, "affine": AFFINE})
+    out = tmp_path / "gb.csv"
+    assert cli_main(["grade", "PSX_tiny", str(tmp_path / "subs"), "--out", str(out), "--source", str(FIXTURE),
+                     "--timeout", "20", "--memory-mb", "1024"]) == 0
+    assert "ann: 4 / 4 graded" in capsys.readouterr().out
+    assert _rows(out)["ann"]["score"] == "4.0"
+
+
+def test_slurm_executor_through_submitit_locally(tmp_path):
+    """``--executor slurm``: where SLURM is absent submitit runs the array tasks as local processes."""
+    pytest.importorskip("submitit")
+    _submission(tmp_path, "ann", {"softmax": SOFTMAX, "affine": AFFINE})
+    _submission(tmp_path, "bob", {"softmax": WRONG_SOFTMAX, "affine": AFFINE})
+    results = grade("PSX_tiny", tmp_path / "subs", tmp_path / "gb.csv", source=FIXTURE, limits=LIMITS,
+                    executor="slurm", cluster="local")
+    assert {r["student_id"]: r["score"] for r in results} == {"ann": 4.0, "bob": 2.0}
+
+
+# ------------------------------------------------------------------------------------------------ the real PS
+def test_real_assignments_instructor_solutions_get_full_marks(tmp_path, monkeypatch):
+    """Grade every shipped problem set's instructor solution in the unit preset: all points (two PS at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = list_assignments(REAL)
+    assert names, "no assignments under assignments/source"
+    monkeypatch.setenv("MTLKIT_PRESET", "unit")
+    monkeypatch.setenv("MTLKIT_GRADING_SECRET", "7")
+    for name in names:
+        subs = tmp_path / name / "subs" / "instructor"
+        subs.mkdir(parents=True)
+        (subs / f"{name}.ipynb").write_bytes((REAL / name / f"{name}.ipynb").read_bytes())
+
+    def run(name: str) -> dict:
+        return grade(name, tmp_path / name / "subs", tmp_path / name / "gb.csv", source=REAL,
+                     limits=Limits(timeout_s=300.0))[0]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # the parents only wait on their children: 2 cores
+        results = dict(zip(names, pool.map(run, names)))
+    for name, result in results.items():
+        row = _rows(tmp_path / name / "gb.csv")["instructor"]
+        assert row["status"] == "graded" and float(row["score"]) == float(row["max_score"]) > 0, \
+            name + json.dumps(result["tests"], indent=1) + result["log"][-4000:]

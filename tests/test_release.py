@@ -1,0 +1,119 @@
+"""`mtlkit assignments release`: the student version holds no solution or hidden-test text, locks instructor cells."""
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mtlkit.cli import main as cli_main
+from mtlkit.grading.assignment import list_assignments, load_assignment
+from mtlkit.grading.cells import HIDDEN_BEGIN, SOLUTION_BEGIN, cell_source, grade_id, is_solution, load_notebook
+from mtlkit.grading.release import release
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "grading" / "fixtures" / "source"
+REAL = ROOT / "assignments" / "source"
+
+
+def _secret_lines(nb: dict) -> list[str]:
+    """Every non-blank line inside a solution or hidden-test region of the instructor's notebook."""
+    lines, inside = [], False
+    for cell in nb["cells"]:
+        for line in cell_source(cell).splitlines():
+            s = line.strip()
+            if s in (SOLUTION_BEGIN, HIDDEN_BEGIN):
+                inside = True
+            elif s in ("### END SOLUTION", "### END HIDDEN TESTS"):
+                inside = False
+            elif inside and len(s) > 12 and not s.startswith("#"):
+                lines.append(s)
+    return lines
+
+
+def _released_text(nb: dict) -> str:
+    return "\n".join(cell_source(c) for c in nb["cells"])
+
+
+@pytest.mark.parametrize("source,name", [(FIXTURE, "PSX_tiny")] + [(REAL, n) for n in list_assignments(REAL)])
+def test_release_holds_no_solution_or_hidden_text(tmp_path, source, name):
+    path = release(name, tmp_path / "release", source=source)
+    assert path == tmp_path / "release" / name / f"{name}.ipynb"
+    instructor, student = load_notebook(source / name / f"{name}.ipynb"), load_notebook(path)
+    text = _released_text(student)
+    assert SOLUTION_BEGIN not in text and HIDDEN_BEGIN not in text and "HIDDEN-MARKER" not in text
+    # a line both in a solution and in the released notebook must be one the notebook also shows elsewhere
+    public = _released_text({"cells": [c for c in instructor["cells"] if not is_solution(c)]})
+    public = re.sub(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS", "", public, flags=re.S)
+    leaked = [s for s in _secret_lines(instructor) if s in text and s not in public]
+    assert not leaked, leaked[:5]
+    assert not (path.parent / "grading.py").exists()
+    assert [grade_id(c) for c in student["cells"]] == [grade_id(c) for c in instructor["cells"]]
+    for cell in student["cells"]:
+        meta = cell["metadata"]
+        nbg = meta.get("nbgrader", {})
+        if (nbg.get("locked") or nbg.get("grade")) and not is_solution(cell):
+            assert meta["editable"] is False and meta["deletable"] is False, grade_id(cell)
+        if is_solution(cell):
+            assert meta["deletable"] is False and "editable" not in meta
+            stub = "YOUR ANSWER HERE" if cell["cell_type"] == "markdown" else "raise NotImplementedError()"
+            assert stub in cell_source(cell)
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None
+
+
+def test_release_stubs_keep_the_scaffold(tmp_path):
+    student = load_notebook(release("PSX_tiny", tmp_path, source=FIXTURE))
+    affine = next(cell_source(c) for c in student["cells"] if grade_id(c) == "affine")
+    # the class and method signatures stay, each body becomes an indented stub
+    assert "def __init__(self, d_in, d_out, seed=0):\n        # YOUR CODE HERE\n        raise NotImplementedError()" \
+        in affine
+    assert affine.count("raise NotImplementedError()") == 2 and "default_rng" not in affine
+    compile(affine, "affine", "exec")
+
+
+def test_release_cli(tmp_path, capsys):
+    assert cli_main(["assignments", "release", "PSX_tiny", "--out", str(tmp_path), "--source", str(FIXTURE)]) == 0
+    assert "released PSX_tiny" in capsys.readouterr().out
+    assert cli_main(["assignments", "release", "PS0", "--out", str(tmp_path), "--source", str(FIXTURE)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mtlkit: error: unknown assignment 'PS0'") and "PSX_tiny" in err
+    # releasing into the instructor's own folder would overwrite the solutions
+    assert cli_main(["assignments", "release", "PSX_tiny", "--out", str(FIXTURE), "--source", str(FIXTURE)]) == 2
+    assert "overlaps the instructor's sources" in capsys.readouterr().err
+
+
+def test_nbgrader_releases_and_autogrades_the_same_sources(tmp_path):
+    """Instructors who run nbgrader can use the same sources (grading.py ignored as parent-side code), and its
+    autograder gives the instructor's solution the same autograded points as ``mtlkit grade``."""
+    exe = shutil.which("nbgrader")
+    if exe is None:
+        pytest.skip("nbgrader is not installed (pip install nbgrader) - checked where it is")
+    course = tmp_path / "course"
+    shutil.copytree(FIXTURE / "PSX_tiny", course / "source" / "PSX_tiny")
+    (course / "nbgrader_config.py").write_text(
+        f"c = get_config()\nc.CourseDirectory.root = {str(course)!r}\n"
+        "c.CourseDirectory.ignore = ['grading.py', '__pycache__']\n"
+        "c.CourseDirectory.db_assignments = [dict(name='PSX_tiny')]\n"
+        "c.CourseDirectory.db_students = [dict(id='alice')]\n")
+
+    def nbgrader(*args: str) -> None:
+        run = subprocess.run([exe, *args], cwd=course, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout + run.stderr
+
+    nbgrader("generate_assignment", "PSX_tiny", "--force")
+    released = (course / "release" / "PSX_tiny" / "PSX_tiny.ipynb").read_text()
+    assert "HIDDEN-MARKER" not in released and "shift-invariant" not in released
+    assert not (course / "release" / "PSX_tiny" / "grading.py").exists()
+    submitted = course / "submitted" / "alice" / "PSX_tiny"
+    submitted.mkdir(parents=True)
+    shutil.copy(FIXTURE / "PSX_tiny" / "PSX_tiny.ipynb", submitted)
+    nbgrader("autograde", "PSX_tiny", "--force")
+    nbgrader("export")
+    with (course / "grades.csv").open() as f:
+        row = next(csv.DictReader(f))
+    # nbgrader's max_score also counts the manually graded written answer ("why", 1 point); mtlkit grades code only
+    assert float(row["raw_score"]) == load_assignment("PSX_tiny", FIXTURE).max_score == 4.0
