@@ -1,7 +1,7 @@
 """Synthetic generation speed: images/s per core per variant (smoke and paper sizes) and the whole smoke preset.
 
-Run: ``python -m benchmarks.bench_synth`` (``--help`` for options). Writes the "Synthetic generation" section of
-``benchmarks/RESULTS.md`` (between the ``synth`` markers; the rest of the file is kept).
+Run: ``python -m benchmarks synth`` or ``python -m benchmarks.bench_synth`` (``--help`` for options). Writes the
+"Synthetic generation" section of ``benchmarks/RESULTS.md`` (between the ``synth`` markers; the rest is kept).
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import numpy as np
 from mtlkit.data import synthetic
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-BEGIN, END = "<!-- synth:begin -->", "<!-- synth:end -->"
 TARGETS = {"smoke": 150.0, "paper": 6.0}  # images/s per core at 64x64 and 288x384
 
 
@@ -66,18 +65,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, path: Path = RESULTS) -> None:
     """Replace (or append) the synth section of RESULTS.md, keeping everything else."""
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + block + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, RESULTS)
+    from benchmarks.common import write_section as write
+
+    write("synth", text, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-smoke", type=int, default=60, help="images per repeat at smoke size")
     ap.add_argument("--n-paper", type=int, default=4, help="images per repeat at paper size")
     ap.add_argument("--repeats", type=int, default=3, help="repeats (the median is reported)")
-    ap.add_argument("--processes", type=int, default=2, help="pool size for the whole smoke preset")
+    ap.add_argument("--processes", type=int, default=2,
+                    help="pool size for the whole smoke preset (0: skip that measurement)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the results file to update")
     args = ap.parse_args(argv)
 
     rows = []
@@ -97,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             h, w = synthetic.get_variant(variant).sizes[preset]
             rows.append((variant, preset, f"{h}x{w}", wall, cpu))
             print(f"{variant:18s} {preset:6s} {h}x{w:<4d} {wall:7.1f} img/s wall  {cpu:7.1f} img/s cpu", flush=True)
-    total, count = whole_preset("smoke", args.processes)
+    total, count = whole_preset("smoke", args.processes) if args.processes > 0 else (float("nan"), 0)
     print(f"whole smoke preset: {count} images in {total:.1f} s with {args.processes} processes", flush=True)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -124,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines)
     if not args.no_write:
-        write_section(text)
-        print(f"wrote {RESULTS}")
+        write_section(text, args.results)
+        print(f"wrote {args.results}")
     return 0
 
 

@@ -63,6 +63,8 @@ def _pct(num: Tensor | float, den: Tensor | float) -> float:
 def _labels(pred: Tensor, target: Tensor) -> Tensor:
     """Class indices from logits (one more dim than target, classes at dim 1) or pass-through indices."""
     if pred.dim() == target.dim() + 1:
+        if pred.device.type == "cpu":  # same indices (first maximum, NaN wins) as argmax, ~3x faster over dim 1
+            return pred.max(dim=1).indices
         return pred.argmax(dim=1)
     if pred.shape == target.shape:
         return pred.long()

@@ -611,7 +611,7 @@ class Trainer:
                 with torch.autocast(self.device.type, enabled=self.amp):
                     preds = self._forward(model, images, active[0])
                 losses = self.task_losses(preds, batch, active)
-                self._check_finite(losses, epoch, step)
+                loss_values = self._check_finite(losses, epoch, step)  # the one host sync for the task losses
                 if gradient_method:
                     total = self.weighting(losses).detach()
                     self.weighting.backward(losses, shared)
@@ -630,11 +630,12 @@ class Trainer:
                     dist.broadcast(buf, 0)
 
             n = images.shape[0]
+            total_value = float(total.detach())
             for i, t in enumerate(self.task_names):
                 if t in losses:
-                    sums[i] += float(losses[t].detach()) * n
+                    sums[i] += loss_values[t] * n
                     counts[i] += n
-            sums[-2] += float(total.detach()) * n
+            sums[-2] += total_value * n
             sums[-1] += n
             weights = self.weighting.weights()
             self.history["step_weights"].append([_round(weights[t]) for t in self.task_names])
@@ -644,13 +645,12 @@ class Trainer:
                     for t in active:
                         meters[t].update(fp[t].detach(), self.tasks[t].target(batch))
             self.global_step += 1
-            info = {"epoch": epoch, "loss": float(total.detach()),
-                    "losses": {t: float(v.detach()) for t, v in losses.items()}}
+            info = {"epoch": epoch, "loss": total_value, "losses": dict(loss_values)}
             for cb in self.callbacks:
                 if hasattr(cb, "on_step_end"):
                     cb.on_step_end(self, self.global_step, info)
-            if bar is not None:
-                bar.set_postfix(loss=f"{info['loss']:.4f}")
+            if bar is not None:  # no forced redraw per step: update() redraws at most every mininterval
+                bar.set_postfix(loss=f"{info['loss']:.4f}", refresh=False)
                 bar.update(1)
         if bar is not None:
             bar.close()
@@ -668,8 +668,15 @@ class Trainer:
             "images": int(sums[-1]), "seconds": seconds,
         }
 
-    def _check_finite(self, losses: Mapping[str, torch.Tensor], epoch: int, step: int) -> None:
-        bad = torch.stack([~torch.isfinite(v.detach()).all() for v in losses.values()]).to(torch.float32)
+    def _check_finite(self, losses: Mapping[str, torch.Tensor], epoch: int, step: int) -> dict[str, float]:
+        """Raise :class:`NonFiniteLossError` if a task's loss is NaN/inf; else return the losses as floats.
+
+        The scalar losses come to the host in ONE transfer (float64 holds every float32/float16 value exactly, so
+        the floats equal ``float(loss)``): one sync per step instead of one per task and use.
+        """
+        host = torch.stack([v.detach().reshape(()).to(torch.float64) for v in losses.values()]).cpu()
+        values = dict(zip(losses, host.tolist()))
+        bad = (~torch.isfinite(host)).to(torch.float32)
         if self.dist.enabled:  # every rank must stop together, or the others would wait forever in backward
             bad = bad.to(self._comm_device())
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
@@ -683,6 +690,7 @@ class Trainer:
                 f"non-finite loss at epoch {epoch} step {step} (global step {self.global_step}) for task(s) "
                 f"{', '.join(names)}: {values}; training stopped and {kept}. Lower the learning rate, set "
                 "grad_clip, or check that task's data and predictions.")
+        return values
 
     def _last_checkpointed_epoch(self) -> int | None:
         eps = self.history["epochs"]
