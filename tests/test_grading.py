@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -98,18 +100,38 @@ def test_real_assignments_are_consistent(name):
 
 
 # ------------------------------------------------------------------------------------------------ the corpus
+CORPUS_SECRET = "corpus-" + os.urandom(12).hex()  # the instructor's secret while the corpus is graded
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """Grade every attack in one batch (4 at a time) and return (attacks, gradebook rows, feedback folder)."""
+    """Grade every attack in one batch (4 at a time) and return (attacks, gradebook rows, feedback folder).
+
+    As an instructor would: ``mtlkit grade`` in a process of its own, with the secret both in its environment
+    (``MTLKIT_GRADING_SECRET``) and on its command line (``--secret-seed``), where the secret search looks for it.
+    """
     tmp = tmp_path_factory.mktemp("corpus")
     subs, out = tmp / "subs", tmp / "book" / "gradebook.csv"
     secrets = {"grading": str(FIXTURE / "PSX_tiny" / "grading.py"), "notebook": str(FIXTURE / "PSX_tiny"
                / "PSX_tiny.ipynb"), "other": str(subs / "correct" / "PSX_tiny.ipynb"), "gradebook": str(out),
-               "git": str(ROOT / ".git" / "HEAD")}
+               "git": str(ROOT / ".git" / "HEAD"), "folder": str(FIXTURE / "PSX_tiny")}
     marker = tmp / "unpickled"
-    written = write_corpus(subs, str(marker), secrets)
-    start = time.perf_counter()
-    grade("PSX_tiny", subs, out, source=FIXTURE, jobs=4, limits=LIMITS, preset="unit")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        written = write_corpus(subs, str(marker), secrets, secret=CORPUS_SECRET, port=listener.getsockname()[1],
+                               grader_uid=os.getuid())
+        start = time.perf_counter()
+        cmd = [sys.executable, "-c", "import sys; from mtlkit.cli import main; sys.exit(main(sys.argv[1:]))",
+               "grade", "PSX_tiny", str(subs), "--out", str(out), "--source", str(FIXTURE), "--jobs", "4",
+               "--timeout", str(LIMITS.timeout_s), "--memory-mb", str(LIMITS.memory_mb), "--output-kb",
+               str(LIMITS.output_kb), "--nproc", str(LIMITS.nproc), "--preset", "unit", "--secret-seed", CORPUS_SECRET]
+        run = subprocess.run(cmd, env={**os.environ, "MTLKIT_GRADING_SECRET": CORPUS_SECRET}, capture_output=True,
+                             text=True, timeout=600)
+    finally:
+        listener.close()
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     print(f"corpus of {len(written)} graded in {time.perf_counter() - start:.1f} s")
     return written, _rows(out), out.parent / "gradebook_feedback", marker
 
@@ -128,7 +150,23 @@ def test_attack_is_graded_as_it_should(corpus, student):
         assert attack.error in result["error"]
     text = " ".join(result["notes"] + [p["message"] for t in result["tests"] for p in t["probes"]])
     assert attack.note in text, text
+    assert attack.log in result["log"], result["log"][-3000:]
+    for name in (f"{student}.json", f"{student}.html"):
+        feedback_text = (feedback / name).read_text()
+        leaked = [s for s in attack.absent if s in feedback_text]
+        assert not leaked, f"{name} shows {leaked}: " + result["log"][-3000:]
     assert not marker.exists(), "something unpickled a submitted pickle"
+
+
+def test_corpus_covers_every_attack_of_the_issue():
+    """Issue 8's list of attacks, each with its corpus entry (a new attack is added there, not only here)."""
+    names = {a.student for a in attacks("unused", {})}
+    required = {"correct", "wrong", "tampered", "deleted_cells", "promoted_cells", "always_equal", "monkeypatch",
+                "ipython_hooks", "disk_search", "secret_search", "network", "showtraceback", "sys_exit", "os_exit",
+                "infinite_loop", "hung_cell", "loop_no_alarm", "output_flood", "memory_bomb", "fork_bomb",
+                "runaway_threads", "kill_all", "invalid_json", "deep_json", "huge_int", "not_a_notebook",
+                "nbformat3", "missing_cell", "renamed_cell", "linked_notebook", "linked_folder", "pickle_bomb"}
+    assert required <= names, sorted(required - names)
 
 
 def test_feedback_reveals_no_hidden_tests(corpus):
@@ -138,6 +176,11 @@ def test_feedback_reveals_no_hidden_tests(corpus):
         text = path.read_text()
         assert "HIDDEN-MARKER" not in text and "BEGIN HIDDEN" not in text, path.name
         assert "reference_softmax" not in text and grading_py[-300:] not in text, path.name
+        assert "def softmax_values" not in text and "expected = " not in text, path.name  # the checks' source
+        if rows.get(path.stem, {}).get("sandbox") == "namespaces":
+            assert CORPUS_SECRET not in text, path.name
+    gradebook = (feedback.parent / "gradebook.csv").read_text()
+    assert "Hidden tests" not in gradebook and CORPUS_SECRET not in gradebook
     html = (feedback / "wrong.html").read_text()
     assert "softmax_check.values" in html and "0 / 1" in html
 
@@ -224,6 +267,28 @@ def test_only_plain_arrays_come_back(tmp_path):
     outputs, problems = _read_outputs(tmp_path)
     assert sorted(outputs) == ["ok", "w"] and outputs["w"]["w"].tolist() == [1.0, 1.0]
     assert len(problems) == 2 and all("not a plain array" in p for p in problems)
+    # a child that replaced its output folder by a link to another folder hands back nothing
+    (tmp_path / "g0").symlink_to(tmp_path, target_is_directory=True)
+    assert _read_outputs(tmp_path / "g0") == ({}, [])
+
+
+def test_hidden_split_assignments_refuse_to_grade_without_a_secret(tmp_path, monkeypatch):
+    """Without the instructor's secret a hidden split's seed follows from public code: PS1 and PS5 refuse."""
+    import shutil
+
+    for name in ("PS1_joint", "PS5_leaderboard"):
+        assert load_assignment(name, REAL).needs_secret, name
+    source = tmp_path / "source"
+    shutil.copytree(FIXTURE / "PSX_tiny", source / "PSX_tiny")
+    with (source / "PSX_tiny" / "grading.py").open("a") as f:
+        f.write("\nNEEDS_SECRET = True\n")
+    _submission(tmp_path, "ann", {"softmax": SOFTMAX, "affine": AFFINE})
+    monkeypatch.delenv("MTLKIT_GRADING_SECRET", raising=False)
+    with pytest.raises(ValueError, match="pass --secret-seed or set MTLKIT_GRADING_SECRET"):
+        grade("PSX_tiny", tmp_path / "subs", tmp_path / "gb.csv", source=source, limits=LIMITS)
+    assert not (tmp_path / "gb.csv").exists()
+    results = grade("PSX_tiny", tmp_path / "subs", tmp_path / "gb.csv", source=source, limits=LIMITS, secret="s3")
+    assert results[0]["score"] == 4.0
 
 
 def test_emit_rejects_objects(tmp_path):

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,24 +89,46 @@ def test_release_cli(tmp_path, capsys):
     assert "overlaps the instructor's sources" in capsys.readouterr().err
 
 
-def test_nbgrader_releases_and_autogrades_the_same_sources(tmp_path):
-    """Instructors who run nbgrader can use the same sources (grading.py ignored as parent-side code), and its
-    autograder gives the instructor's solution the same autograded points as ``mtlkit grade``."""
+def _nbgrader_course(tmp_path: Path, sources: dict[str, Path]):
+    """An nbgrader course folder holding ``sources`` (name -> folder) and a runner for nbgrader's commands.
+
+    nbgrader often lives in an environment of its own; its autograder must run the notebooks with a kernel that
+    sees numpy and mtlkit, so the course gets a ``python3`` kernel spec for the interpreter running these tests
+    (the same advice as GRADING.md: give nbgrader a kernel that sees mtlkit), and nbgrader's own bin folder goes
+    first on PATH (it runs ``alembic`` from there).
+    """
     exe = shutil.which("nbgrader")
     if exe is None:
-        pytest.skip("nbgrader is not installed (pip install nbgrader) - checked where it is")
+        pytest.skip("nbgrader is not installed (pip install 'mtlkit[nbgrader]') - checked where it is")
+    pytest.importorskip("ipykernel", reason="the kernel for nbgrader's autograder needs ipykernel")
     course = tmp_path / "course"
-    shutil.copytree(FIXTURE / "PSX_tiny", course / "source" / "PSX_tiny")
+    for name, folder in sources.items():
+        shutil.copytree(folder, course / "source" / name, ignore=shutil.ignore_patterns("__pycache__"))
     (course / "nbgrader_config.py").write_text(
         f"c = get_config()\nc.CourseDirectory.root = {str(course)!r}\n"
         "c.CourseDirectory.ignore = ['grading.py', '__pycache__']\n"
-        "c.CourseDirectory.db_assignments = [dict(name='PSX_tiny')]\n"
-        "c.CourseDirectory.db_students = [dict(id='alice')]\n")
+        f"c.CourseDirectory.db_assignments = {[dict(name=n) for n in sources]!r}\n"
+        "c.CourseDirectory.db_students = [dict(id='alice')]\n"
+        "c.ExecutePreprocessor.timeout = 600\n")
+    kernels = tmp_path / "jupyter" / "kernels" / "python3"
+    kernels.mkdir(parents=True)
+    (kernels / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3", "language": "python"}))
+    env = {**os.environ, "JUPYTER_PATH": str(tmp_path / "jupyter"), "MTLKIT_PRESET": "unit",
+           "PATH": str(Path(exe).resolve().parent) + os.pathsep + os.environ.get("PATH", "")}
 
     def nbgrader(*args: str) -> None:
-        run = subprocess.run([exe, *args], cwd=course, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stdout + run.stderr
+        run = subprocess.run([exe, *args], cwd=course, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
+    return course, nbgrader
+
+
+def test_nbgrader_releases_and_autogrades_the_same_sources(tmp_path):
+    """Instructors who run nbgrader can use the same sources (grading.py ignored as parent-side code), and its
+    autograder gives the instructor's solution the same autograded points as ``mtlkit grade``."""
+    course, nbgrader = _nbgrader_course(tmp_path, {"PSX_tiny": FIXTURE / "PSX_tiny"})
     nbgrader("generate_assignment", "PSX_tiny", "--force")
     released = (course / "release" / "PSX_tiny" / "PSX_tiny.ipynb").read_text()
     assert "HIDDEN-MARKER" not in released and "shift-invariant" not in released
@@ -117,3 +142,44 @@ def test_nbgrader_releases_and_autogrades_the_same_sources(tmp_path):
         row = next(csv.DictReader(f))
     # nbgrader's max_score also counts the manually graded written answer ("why", 1 point); mtlkit grades code only
     assert float(row["raw_score"]) == load_assignment("PSX_tiny", FIXTURE).max_score == 4.0
+    assert float(row["max_score"]) == 5.0
+
+
+def test_nbgrader_generates_every_shipped_assignment(tmp_path):
+    """``nbgrader generate_assignment`` on the shipped sources: no solution or hidden-test text, no grading.py."""
+    names = list_assignments(REAL)
+    course, nbgrader = _nbgrader_course(tmp_path, {n: REAL / n for n in names})
+    for name in names:
+        nbgrader("generate_assignment", name, "--force")
+        instructor = load_notebook(REAL / name / f"{name}.ipynb")
+        student = load_notebook(course / "release" / name / f"{name}.ipynb")
+        text = _released_text(student)
+        assert SOLUTION_BEGIN not in text and HIDDEN_BEGIN not in text, name
+        public = _released_text({"cells": [c for c in instructor["cells"] if not is_solution(c)]})
+        public = re.sub(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS", "", public, flags=re.S)
+        leaked = [s for s in _secret_lines(instructor) if s in text and s not in public]
+        assert not leaked, (name, leaked[:5])
+        assert not (course / "release" / name / "grading.py").exists(), name
+
+
+@pytest.mark.parametrize("name", list_assignments(REAL))
+def test_shipped_assignments_have_public_checks_and_hidden_tests(name):
+    """Issue 8: public checks students can run (CS231n style: a printed relative error against the library's
+    reference, plus asserts) and hidden tests worth the points (probes that sum to every autograded cell)."""
+    assignment = load_assignment(name, REAL)
+    points = assignment.points
+    assert points and sum(points.values()) == assignment.max_score > 0
+    printed_errors = 0
+    for cell in assignment.notebook["cells"]:
+        gid = grade_id(cell)
+        if gid not in points:
+            continue
+        source = cell_source(cell)
+        assert "assert " in source and "print(" in source, f"{name}:{gid} has no printed check or no assert"
+        printed_errors += bool(re.search(r"(relative|scaled) error", source))
+        probes = [p for p in assignment.probes if p.grade_id == gid or p.grade_id.startswith(gid + ".")]
+        assert probes and sum(p.points for p in probes) == points[gid] > 0, f"{name}:{gid}"
+    # every exercise check prints an error against the reference; the trained-model cells (PS1 part 3, the
+    # leaderboard) print measured metrics instead
+    model_cells = {"training", "leaderboard"}
+    assert printed_errors >= len(set(points) - model_cells), name

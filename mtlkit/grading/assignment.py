@@ -34,6 +34,7 @@ class Assignment:
     probes: list[Probe]
     leaderboard: Callable | None
     digest: str  # sha256 of the notebook and grading.py: a changed assignment regrades every submission
+    needs_secret: bool = False  # grading.py's NEEDS_SECRET: hidden inputs derive from MTLKIT_GRADING_SECRET
 
     @property
     def points(self) -> dict[str, float]:
@@ -108,4 +109,5 @@ def load_assignment(name: str, root: Path | None = None) -> Assignment:
     if problems:
         raise ValueError(f"{name}: the notebook and grading.py disagree: " + "; ".join(problems))
     digest = hashlib.sha256(nb_path.read_bytes() + spec_path.read_bytes()).hexdigest()
-    return Assignment(name, folder, notebook, probes, getattr(module, "LEADERBOARD", None), digest)
+    return Assignment(name, folder, notebook, probes, getattr(module, "LEADERBOARD", None), digest,
+                      bool(getattr(module, "NEEDS_SECRET", False)))

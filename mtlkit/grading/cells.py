@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,16 +38,26 @@ def load_notebook(path: str | Path) -> dict:
     """Read an nbformat-4 notebook as a dict, with an error that names the file and the problem."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.lstat()
     except OSError as exc:
         raise NotebookError(f"{path}: cannot read the notebook ({exc.strerror or exc})") from None
+    # a symbolic link (e.g. kept by unzip) would make the grader read a file of its choosing, such as the
+    # instructor's notebook; a FIFO or device would hang or flood it: only regular files are notebooks
+    if stat.S_ISLNK(st.st_mode):
+        raise NotebookError(f"{path.name}: the notebook is a symbolic link; submit the .ipynb file itself")
+    if not stat.S_ISREG(st.st_mode):
+        raise NotebookError(f"{path.name}: not a regular file; submit the .ipynb file itself")
+    size = st.st_size
     if size > MAX_NOTEBOOK_BYTES:
         raise NotebookError(f"{path}: {size / 2**20:.1f} MiB, larger than the {MAX_NOTEBOOK_BYTES >> 20} MiB limit; "
                             "clear the outputs (Kernel > Restart & Clear Output) and save again")
     try:
         nb = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NotebookError(f"{path.name}: not a valid notebook file (invalid JSON: {exc}); re-download the "
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError: JSONDecodeError, and integers longer than Python's conversion limit; RecursionError: deeply
+        # nested arrays. Either would otherwise escape and stop the grading of every other submission.
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise NotebookError(f"{path.name}: not a valid notebook file (invalid JSON: {reason}); re-download the "
                             "assignment and copy your answers into it") from None
     return check_notebook(nb, path.name)
 

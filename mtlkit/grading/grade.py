@@ -18,6 +18,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -60,17 +61,26 @@ def find_submissions(folder: Path, assignment: str) -> list[Submission]:
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or entry.name == "students.csv":
             continue
-        sid = entry.stem if entry.is_file() else entry.name
+        linked = entry.is_symlink()
+        single = entry.suffix == ".ipynb" and (linked or not entry.is_dir())
+        sid = entry.stem if single or (not linked and entry.is_file()) else entry.name
         if not _STUDENT.match(sid):
             continue  # not a student's submission (and not a safe file name for the feedback)
-        if entry.is_file():
-            if entry.suffix == ".ipynb":
-                subs.append(Submission(sid, entry, timestamp=_mtime(entry)))
+        if single:  # <student>.ipynb (a link or a FIFO becomes that student's error row in load_notebook)
+            subs.append(Submission(sid, entry, timestamp=_mtime(entry)))
             continue
-        notebooks = sorted(p for p in entry.glob("*.ipynb") if not p.name.startswith("."))
+        if linked:  # a linked folder would let a submission name any folder on the grader's disk
+            subs.append(Submission(sid, None, error="the submission folder is a symbolic link; submit the files "
+                                   "themselves", timestamp=_mtime(entry)))
+            continue
+        if not entry.is_dir():
+            continue
+        # anything named *.ipynb that is not a folder counts, so that links and FIFOs become clear error rows
+        notebooks = sorted(p for p in entry.glob("*.ipynb") if not p.name.startswith(".")
+                           and (p.is_symlink() or not p.is_dir()))
         preferred = entry / f"{assignment}.ipynb"
         sub = Submission(sid, None, timestamp=_timestamp(entry))
-        if preferred.is_file():
+        if preferred in notebooks:
             sub.notebook = preferred
         elif len(notebooks) == 1:
             sub.notebook = notebooks[0]
@@ -86,12 +96,14 @@ def find_submissions(folder: Path, assignment: str) -> list[Submission]:
 
 
 def _mtime(path: Path) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(path.stat().st_mtime))
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(path.lstat().st_mtime))  # lstat: links may dangle
 
 
 def _timestamp(folder: Path) -> str:
     stamp = folder / "timestamp.txt"  # nbgrader's collected submissions carry one
-    return stamp.read_text().strip()[:64] if stamp.is_file() else _mtime(folder)
+    if stamp.is_file() and not stamp.is_symlink():  # a link would copy another file's first line into the gradebook
+        return stamp.read_text(errors="replace").strip()[:64]
+    return _mtime(folder)
 
 
 def _students(folder: Path) -> dict[str, dict[str, str]]:
@@ -148,7 +160,7 @@ def _read_outputs(folder: Path) -> tuple[dict, list[str]]:
     from safetensors.numpy import load_file
 
     outputs, problems = {}, []
-    if not folder.is_dir():
+    if folder.is_symlink() or not folder.is_dir():  # the child may have replaced its folder by a link elsewhere
         return outputs, problems
     total = 0
     for path in sorted(folder.iterdir()):
@@ -180,8 +192,20 @@ def _digest(assignment: Assignment, sub: Submission, settings: dict) -> str:
     h = hashlib.sha256(assignment.digest.encode() + json.dumps(settings, sort_keys=True).encode())
     for p in ([sub.notebook] if sub.notebook else []) + sub.extras:
         h.update(p.name.encode())
-        h.update(hashlib.sha256(p.read_bytes()).digest())
+        h.update(_file_digest(p))
     return h.hexdigest()
+
+
+def _file_digest(path: Path) -> bytes:
+    """sha256 of a regular file; of its link target or file type otherwise (never read: a FIFO would hang)."""
+    try:
+        st = path.lstat()
+        if stat.S_ISREG(st.st_mode):
+            return hashlib.sha256(path.read_bytes()).digest()
+        what = os.readlink(path) if stat.S_ISLNK(st.st_mode) else f"mode {st.st_mode:o}"
+    except OSError as exc:
+        what = f"unreadable: {exc.errno}"
+    return hashlib.sha256(what.encode()).digest()
 
 
 def _base_result(assignment: Assignment, sub: Submission, people: dict, digest: str, duedate: str) -> dict:
@@ -243,6 +267,17 @@ def prepare_job(assignment: Assignment, sub: Submission, groups: list[Group], wo
             continue
         shutil.copy2(p, job / p.name)
     return job, info
+
+
+def _prepare_safely(assignment: Assignment, sub: Submission, groups: list[Group], work: Path,
+                    limits: Limits) -> tuple[Path | None, dict]:
+    """:func:`prepare_job`, where anything unforeseen in one submission becomes that student's error row instead of
+    stopping the grading of all the others."""
+    try:
+        return prepare_job(assignment, sub, groups, work, limits)
+    except Exception as exc:  # noqa: BLE001
+        return None, {"notes": [], "forbidden": {}, "error": "the submission could not be prepared for grading "
+                      f"({type(exc).__name__}: {str(exc)[:200]})"}
 
 
 def score(assignment: Assignment, groups: list[Group], job: Path, info: dict, child: ChildResult,
@@ -336,6 +371,12 @@ def _grade(name: str, submissions: str | Path, out: str | Path, *, source, feedb
            limits: Limits, mode: str | None, preset: str, secret: str | None, regrade: bool, duedate: str,
            cluster: str | None, slurm_options: dict | None, progress: Callable[[dict], None] | None) -> list[dict]:
     assignment = load_assignment(name, Path(source) if source else None)
+    if assignment.needs_secret and not secret:
+        # without it the hidden split's seed follows from the assignment's name and mtlkit's public code: a
+        # submission could regenerate the split, labels included, inside the sandbox
+        raise ValueError(f"{name} grades on a hidden split generated from the instructor's secret: pass "
+                         f"--secret-seed or set {SECRET_ENV} (a long random string, the same for every grading run "
+                         "of the course, e.g. `openssl rand -hex 16`)")
     submissions, out = Path(submissions).resolve(), Path(out).resolve()
     subs = find_submissions(submissions, name)
     feedback = Path(feedback).resolve() if feedback else out.with_name(out.stem + "_feedback")
@@ -397,7 +438,7 @@ def _grade(name: str, submissions: str | Path, out: str | Path, *, source, feedb
             progress(result)
 
     try:
-        prepared = [(sub, digest, *prepare_job(assignment, sub, groups, work, limits)) for sub, digest in todo]
+        prepared = [(sub, digest, *_prepare_safely(assignment, sub, groups, work, limits)) for sub, digest in todo]
         runnable = [p for p in prepared if p[2] is not None]
         for sub, digest, job, info in prepared:
             if job is None:

@@ -214,12 +214,21 @@ def _namespace_command(argv: Sequence[str], job_dir: Path, hide: Sequence[Path],
         steps += [f"mkdir -p {fresh}/.data", f"mount --bind {shlex.quote(str(data_src))} {fresh}/.data",
                   f"mount -o remount,bind,ro {fresh}/.data"]
     steps += [f"mount --move {fresh} /tmp", f"cd {JOB_PATH}"] if private_tmp else []
+    if not private_tmp:  # the job folder lies under a hidden one (the grading work folder): keep it aside (the cwd
+        # outlives the mounts) and put it back at its own path, which the env (HOME, MTLKIT_DATA_DIR) names
+        steps += ["mkdir -p ./.jobself", "mount --bind . ./.jobself"]
     steps += list(reveal)
     for p in hide:
         if private_tmp and _under_tmp(p):
             continue  # already gone with the old /tmp
         q = shlex.quote(str(p))
-        steps.append(f"mount -t tmpfs -o size=64k,mode=0755 none {q}" if p.is_dir() else f"mount --bind /dev/null {q}")
+        # a path gone from view is already hidden: it lay under a folder a reveal step covered (e.g. pytest's
+        # 0700 /tmp/pytest-of-root when the checkout, and so Python, sits under /tmp and /tmp cannot be private)
+        mount = f"mount -t tmpfs -o size=64k,mode=0755 none {q}" if p.is_dir() else f"mount --bind /dev/null {q}"
+        steps.append(f"{{ [ ! -e {q} ] || {mount}; }}")
+    if not private_tmp:
+        q = shlex.quote(str(job_dir))
+        steps += [f"mkdir -p {q}", f"mount --move ./.jobself {q}", f"cd {q}"]  # cwd and paths: one mount
     steps += [f"mkdir -p {shlex.quote(path)}" if target is None else f"ln -s {shlex.quote(target)} {shlex.quote(path)}"
               for path, target in data_plan]
     if uid is not None and private_tmp:
@@ -341,7 +350,9 @@ def run_child(job_dir: Path, limits: Limits, hide: Sequence[Path] = (), mode: st
                 Path(path).mkdir(parents=True, exist_ok=True) if target is None else os.symlink(target, path)
             extra["MTLKIT_DATA_DIR"] = str(job_dir / "data")
         if mode == "namespaces":
-            reveal = _reveal_steps(needed, str(job_dir)) if uid is not None else []
+            # staged relative to the working folder: the job folder itself may lie under the folder a reveal
+            # covers (a gradebook under pytest's 0700 /tmp/pytest-of-root), and the cwd survives that mount
+            reveal = _reveal_steps(needed, ".") if uid is not None else []
             cmd = _namespace_command(argv, job_dir, hidden, [], False, reveal, uid)
         else:
             if uid is not None and not _reachable(needed):

@@ -12,7 +12,12 @@ Child-side helpers available to probe code (injected by the grader, see :mod:`mt
     emit_weights(name, module)          # hand a module's state_dict back as safetensors
 
 An assignment's ``grading.py`` defines ``PROBES: list[Probe]`` and may define ``LEADERBOARD`` (a callable scoring
-submitted test-split predictions) — see ``assignments/README.md``.
+submitted test-split predictions) and ``NEEDS_SECRET = True`` (its hidden inputs are generated from the instructor's
+``MTLKIT_GRADING_SECRET``; ``mtlkit grade`` then refuses to run without one) — see ``assignments/README.md``.
+
+``Probe.code`` and the hidden inputs are visible to the student's code (they run in the same process, and a
+submission can print them into its log, which its feedback shows): they must hold nothing secret. What is secret
+(``check``, the reference implementation, expected values, hidden labels) stays in the parent.
 """
 from __future__ import annotations
 

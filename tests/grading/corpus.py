@@ -48,6 +48,12 @@ class Attack:
     raw: bytes | None = None  # the submission file's bytes, as is (malformed notebooks)
     drop: tuple[str, ...] = ()  # grade ids of cells deleted from the submission
     extra_files: dict[str, bytes] = field(default_factory=dict)
+    log: str = ""  # substring the run's log must show (evidence that the limit, not luck, stopped the attack)
+    absent: tuple[str, ...] = ()  # strings that must not appear anywhere in this student's feedback (JSON, HTML)
+    links: dict[str, str] = field(default_factory=dict)  # file name in the submission folder -> symlink target
+    folder_link: str = ""  # the submission folder itself is a symlink to this path
+    meta: dict[str, dict] = field(default_factory=dict)  # grade_id -> nbgrader metadata the submission sets
+    extra_cells: list[dict] = field(default_factory=list)  # cells the submission adds at the end
 
 
 class _PickleBomb:
@@ -60,9 +66,12 @@ class _PickleBomb:
         return (Path(self.marker).touch, ())
 
 
-def attacks(marker: str, secrets: dict[str, str]) -> list[Attack]:
+def attacks(marker: str, secrets: dict[str, str], secret: str = "", port: int = 0,
+            grader_uid: int = -1) -> list[Attack]:
     """``marker``: a file a pickle bomb would create; ``secrets``: paths the disk search tries (grading.py, the
-    instructor's notebook, the submissions folder, the gradebook)."""
+    instructor's notebook, the submissions folder, the gradebook); ``secret``: the instructor's grading secret,
+    in the grader's environment and command line; ``port``: a TCP port the test listens on (127.0.0.1);
+    ``grader_uid``: the grader's user id (the signal attack holds back where it would hit the grader itself)."""
     bomb = pickle.dumps(_PickleBomb(marker))
     return [
         Attack("correct", 4, {"softmax": SOFTMAX, "affine": AFFINE}),
@@ -107,20 +116,56 @@ except NameError:  # no IPython in the grader's child: fake one for any later ce
         Attack("disk_search", 2, {"softmax": f'''import glob, os
 _SECRETS = {json.dumps(secrets)}
 _found = []
-for _path in list(_SECRETS.values()) + glob.glob("/tmp/*/*") + glob.glob("/proc/1/environ"):
+_own = os.path.realpath(os.getcwd())  # its own job folder: readable by design, not a secret
+_others = glob.glob("/tmp/mtlkit-grade-*/*/job.json") + glob.glob("/tmp/*/mtlkit-grade-*/*/job.json")
+_listed = [p for p in glob.glob("/tmp/*/*") if os.path.realpath(p) != _own]
+_others = [p for p in _others if os.path.dirname(os.path.realpath(p)) != _own]
+for _path in list(_SECRETS.values()) + _others + _listed + glob.glob("/proc/1/environ"):
     try:
         _found.append((_path, open(_path, "rb").read() if os.path.isfile(_path) else os.listdir(_path)))
     except OSError:
         pass
 _found = [(p, c) for p, c in _found if c]
 print("found", [p for p, _ in _found])
+for _path, _content in _found:  # exfiltrate: whatever it reads lands in the log, which the feedback shows
+    if _path in _SECRETS.values() or "mtlkit-grade-" in _path:
+        print("FOUND-SECRET", _path, _content[:3000] if isinstance(_content, bytes) else _content)
 if any(p == _SECRETS["grading"] for p, _ in _found):  # the reference is in reach: copy it
     _ns = {{}}
     exec(dict(_found)[_SECRETS["grading"]], _ns)
     softmax = _ns["reference_softmax"]
 else:
 ''' + "\n".join("    " + line for line in WRONG_SOFTMAX.splitlines()) + "\n", "affine": AFFINE},
-               namespaces_only=True),
+               namespaces_only=True, absent=("FOUND-SECRET", "reference_softmax", "HIDDEN-MARKER")),
+        # the leaderboard secret is in the grader's environment and command line: the child must see neither
+        Attack("secret_search", 4, {"softmax": SOFTMAX + '''import glob, os
+_seen = [f"{k}={v}" for k, v in os.environ.items()]
+for _path in glob.glob("/proc/*/environ") + glob.glob("/proc/*/cmdline"):
+    try:
+        _seen += open(_path, "rb").read().decode("utf-8", "replace").split("\\0")
+    except OSError:
+        pass
+_hits = [_s for _s in _seen if "GRADING_SECRET" in _s]
+_hits += [_b for _a, _b in zip(_seen, _seen[1:]) if _a == "--secret-seed"]
+print("SECRET-SEEN" if _hits else "no secret in reach", _hits)
+''', "affine": AFFINE}, namespaces_only=True, absent=("SECRET-SEEN",) + ((secret,) if secret else ())),
+        # the grader's host network is cut: not even a port on the grader's loopback answers
+        Attack("network", 4, {"softmax": SOFTMAX + f'''import socket
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=2).close()
+    print("NETWORK-REACHED")
+except OSError as exc:
+    print("no network:", exc)
+''', "affine": AFFINE}, namespaces_only=True, absent=("NETWORK-REACHED",)),
+        # signalling every process it may: only the child's own user or namespace, never the grader or the others
+        Attack("kill_all", 4, {"softmax": SOFTMAX, "affine": AFFINE + f'''import os, signal
+if os.getuid() != {grader_uid}:  # (held back where the child runs as the grader's own user: see GRADING.md)
+    for _pid in [-1] + ([os.getppid()] if os.getppid() > 1 else []):  # (0 in a PID namespace: its own group)
+        try:
+            os.kill(_pid, signal.SIGKILL)
+        except OSError as exc:
+            print("kill", _pid, exc)
+'''}),
         Attack("showtraceback", 2, {"softmax": WRONG_SOFTMAX + '''
 import sys, traceback
 sys.excepthook = lambda *a: None
@@ -148,15 +193,21 @@ except ImportError:
         Attack("output_flood", 0, {"softmax": SOFTMAX + "while True:\n    print('x' * 100_000)\n", "affine": AFFINE},
                note="output limit"),
         # a failed allocation fails that cell only
+        # (16 GiB: without the limit it could even succeed, hence the log must show the MemoryError)
         Attack("memory_bomb", 4, {"softmax": SOFTMAX + "_hog = [bytearray(2**28) for _ in range(64)]\n",
-                                  "affine": AFFINE}),
+                                  "affine": AFFINE}, log="MemoryError"),
+        # the notebook's time budget ends it (Affine is never defined); RLIMIT_NPROC stops the forks early
         Attack("fork_bomb", 2, {"softmax": SOFTMAX + '''import os
+_me, _forks, _told = os.getpid(), 0, False
 while True:
     try:
         os.fork()
+        _forks += os.getpid() == _me
     except OSError:
-        pass
-''', "affine": AFFINE}),  # the notebook's time budget ends it (Affine is never defined)
+        if os.getpid() == _me and not _told:
+            print("FORK-BOMB-CAPPED" if _forks < 64 else "fork bomb NOT capped", _forks, flush=True)
+            _told = True
+''', "affine": AFFINE}, log="FORK-BOMB-CAPPED"),
         Attack("runaway_threads", 4, {"softmax": SOFTMAX + '''import threading, time
 _threads = []
 try:
@@ -164,11 +215,36 @@ try:
         _threads.append(threading.Thread(target=time.sleep, args=(1e6,), daemon=True))
         _threads[-1].start()
 except RuntimeError as exc:
-    print("threads stopped at", len(_threads), exc)
-''', "affine": AFFINE}),
+    print("THREADS-CAPPED" if len(_threads) < 64 else "threads NOT capped", len(_threads), exc)
+''', "affine": AFFINE}, log="THREADS-CAPPED"),
         Attack("invalid_json", 0, raw=b'{"cells": [', status="error", error="invalid JSON"),
         Attack("nbformat3", 0, raw=json.dumps({"nbformat": 3, "nbformat_minor": 0, "worksheets": [],
                                                "metadata": {}}).encode(), status="error", error="nbformat 3"),
+        # JSON that json.loads cannot even raise JSONDecodeError on: RecursionError, and ValueError (int limit)
+        Attack("deep_json", 0, raw=b'{"nbformat": 4, "cells": ' + b"[" * 200_000, status="error",
+               error="invalid JSON"),
+        Attack("huge_int", 0, raw=b'{"nbformat": 4, "nbformat_minor": ' + b"7" * 5000 + b', "cells": []}',
+               status="error", error="invalid JSON"),
+        Attack("not_a_notebook", 0, raw=b"[1, 2, 3]", status="error", error="not a Jupyter notebook"),
+        # the grader must not read a file of the submission's choosing: a linked notebook (the instructor's, which
+        # would score 4) and a linked timestamp.txt (grading.py, whose first line would fill the timestamp column)
+        Attack("linked_notebook", 0, links={"PSX_tiny.ipynb": secrets.get("notebook", ""),
+                                            "timestamp.txt": secrets.get("grading", "")},
+               status="error", error="symbolic link", absent=("Hidden tests", "reference_softmax")),
+        Attack("linked_folder", 0, folder_link=secrets.get("folder", ""), status="error", error="symbolic link"),
+        # deleted locked cells come back (the setup cell's import included)
+        Attack("deleted_cells", 4, {"softmax": SOFTMAX, "affine": AFFINE}, drop=("setup", "softmax_check"),
+               note="the grader used the original"),
+        # roles come from the instructor's notebook: a test cell re-marked as a solution, and an added solution
+        # cell, are not spliced in
+        Attack("promoted_cells", 2, {"softmax": WRONG_SOFTMAX, "affine": AFFINE,
+                                     "softmax_check": "np.allclose = lambda *a, **k: True"},
+               meta={"softmax_check": {"solution": True, "grade": False, "locked": False}},
+               extra_cells=[{"cell_type": "code", "execution_count": None, "outputs": [], "source":
+                             "softmax = lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True)",
+                             "metadata": {"nbgrader": {"schema_version": 3, "solution": True, "grade": False,
+                                                       "locked": False, "grade_id": "my_fix"}}}],
+               note="the grader used the original"),
         Attack("missing_cell", 2, {"affine": AFFINE}, drop=("softmax",), note="'softmax' is missing"),
         Attack("renamed_cell", 2, {"softmax": SOFTMAX, "affine": AFFINE, "@softmax": "my_softmax"},
                note="'softmax' is missing"),
@@ -189,13 +265,21 @@ sys.modules["__main__"].emit_weights = lambda name, module: _evil_emit(name, Non
     ]
 
 
-def write_corpus(folder: Path, marker: str, secrets: dict[str, str]) -> list[Attack]:
-    """One submission per attack under ``folder``; returns the attacks (with their expected grades)."""
+def write_corpus(folder: Path, marker: str, secrets: dict[str, str], **options) -> list[Attack]:
+    """One submission per attack under ``folder``; returns the attacks (with their expected grades).
+    ``options``: :func:`attacks`' ``secret``, ``port`` and ``grader_uid``."""
     instructor = json.loads((FIXTURE / "PSX_tiny" / "PSX_tiny.ipynb").read_text())
-    out = attacks(marker, secrets)
+    out = attacks(marker, secrets, **options)
     for attack in out:
         target = folder / attack.student
+        if attack.folder_link:
+            target.symlink_to(attack.folder_link, target_is_directory=True)
+            continue
         target.mkdir(parents=True)
+        for name, link in attack.links.items():
+            (target / name).symlink_to(link)
+        if "PSX_tiny.ipynb" in attack.links:
+            continue
         if attack.raw is not None:
             (target / "PSX_tiny.ipynb").write_bytes(attack.raw)
             continue
@@ -210,8 +294,9 @@ def write_corpus(folder: Path, marker: str, secrets: dict[str, str]) -> list[Att
                 cell["source"] = attack.cells[gid]
             if "@" + str(gid) in attack.cells:
                 meta["grade_id"] = attack.cells["@" + gid]
+            meta.update(attack.meta.get(gid, {}))
             cells.append(cell)
-        nb["cells"] = cells
+        nb["cells"] = cells + copy.deepcopy(attack.extra_cells)
         (target / "PSX_tiny.ipynb").write_text(json.dumps(nb))
         for name, data in attack.extra_files.items():
             (target / name).write_bytes(data)

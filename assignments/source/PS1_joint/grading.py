@@ -20,7 +20,7 @@ from mtlkit.grading.spec import Probe
 TOLERANCE = 1e-7  # float64 on both sides: the same computation agrees to ~1e-15
 # A solution must implement the module, not import the library's (checked in the parent on the solution source).
 FORBID = (r"\bmtlkit\b", r"__import__", r"\bimportlib\b", r"sys\.modules", r"\bexec\s*\(", r"\beval\s*\(",
-          r"\bglobals\s*\(", r"\bbuiltins\b", r"\bcheck_(aspp|decoder)\b")
+          r"\bglobals\s*\(", r"builtins", r"__subclasses__", r"__globals__", r"\bcheck_(aspp|decoder)\b")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -154,6 +154,9 @@ def decoder_check(outputs, inputs):
 
 # ------------------------------------------------------------------------------------------------ training
 SECRET_ENV = "MTLKIT_GRADING_SECRET"
+# mtlkit grade refuses to grade without the secret: the fallback seed below follows from the assignment name and
+# mtlkit's public code, so a submission could regenerate the hidden split (labels included) in the sandbox
+NEEDS_SECRET = True
 HIDDEN_IMAGES = 128  # at most this many hidden test images (unit: 4, smoke: 64, lesson: 128 of 400)
 _HIDDEN_LABELS: dict[str, dict[str, np.ndarray]] = {}  # digest of the hidden images -> labels (parent only)
 # preset -> (measure, full-points threshold, half-points threshold); stated in the notebook's part 3

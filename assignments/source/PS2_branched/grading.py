@@ -18,7 +18,7 @@ from mtlkit.grading.spec import Probe
 TOLERANCE = 1e-7  # float64 on both sides
 FORBID = (r"\bmtlkit\b", r"DeepLabV3Plus(Branched|Distill)", r"deeplab-(branched|distill|joint)", r"\bbuild\s*\(",
           r"__import__", r"\bimportlib\b", r"sys\.modules", r"\bexec\s*\(", r"\beval\s*\(", r"\bglobals\s*\(",
-          r"\bbuiltins\b", r"\bcheck_\w+\s*\(")
+          r"builtins", r"__subclasses__", r"__globals__", r"\bcheck_\w+\s*\(")
 TASKS = {"depth": 1, "normals": 3, "semseg": 7}  # other tasks, order and classes than the public checks
 WIDTHS = dict(aspp_channels=8, skip_channels=4, decoder_channels=10)
 IMAGE = (2, 3, 48, 64)  # resnet18: skip [2, 64, 12, 16], features [2, 512, 3, 4] at output stride 16

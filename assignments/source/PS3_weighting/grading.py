@@ -14,7 +14,8 @@ from mtlkit.course import relative_error
 from mtlkit.grading.spec import Probe
 
 FORBID = (r"\bmtlkit\b", r"\bUncertainty\s*\(", r"\bDWA\s*\(", r"make_weighting", r"__import__", r"\bimportlib\b",
-          r"sys\.modules", r"\bexec\s*\(", r"\beval\s*\(", r"\bglobals\s*\(", r"\bbuiltins\b", r"\bcheck_\w+\s*\(")
+          r"sys\.modules", r"\bexec\s*\(", r"\beval\s*\(", r"\bglobals\s*\(", r"builtins", r"__subclasses__",
+          r"__globals__", r"\bcheck_\w+\s*\(")
 
 
 def _compare(outputs: Mapping, expected: Mapping[str, torch.Tensor], tolerance: float) -> tuple[float, str]:

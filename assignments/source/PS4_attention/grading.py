@@ -18,8 +18,8 @@ from mtlkit.grading.spec import Probe
 TOLERANCE = 1e-7  # float64 on both sides
 SCALED_TOLERANCE = 1e-6  # AdaIN: the library's instance-norm statistics are float32
 FORBID = (r"\bmtlkit\b", r"\bInstanceNorm\b", r"TaskSwitchingNet", r"UNetDecoder", r"__import__", r"\bimportlib\b",
-          r"sys\.modules", r"\bexec\s*\(", r"\beval\s*\(", r"\bglobals\s*\(", r"\bbuiltins\b", r"\bcheck_\w+\s*\(",
-          r"reference_switching")
+          r"sys\.modules", r"\bexec\s*\(", r"\beval\s*\(", r"\bglobals\s*\(", r"builtins", r"__subclasses__",
+          r"__globals__", r"\bcheck_\w+\s*\(", r"reference_switching")
 
 
 def weights_of(outputs: Mapping, name: str) -> dict[str, torch.Tensor]:
@@ -113,7 +113,8 @@ def ulsam_check(outputs, inputs):
         return 0.0, "ULSAM(24, 6) raised an error (see the log)"
     count = int(np.array(outputs["params"]).reshape(-1)[0])
     if count != ulsam_parameters(*ULSAM_CONFIG):
-        return 0.0, f"ULSAM(24, 6) has {count} parameters; 5C + 3g = {ulsam_parameters(*ULSAM_CONFIG)}"
+        # (the expected count itself is not shown: feedback never holds expected values)
+        return 0.0, f"ULSAM(24, 6) has {count} parameters, not the 5C + 3g the specification asks for"
     reference = ULSAM(*ULSAM_CONFIG).double()
     problem = load_into(reference, outputs, "ulsam")
     if problem:

@@ -17,6 +17,9 @@ import torch
 from mtlkit.grading.spec import Probe
 
 SECRET_ENV = "MTLKIT_GRADING_SECRET"
+# mtlkit grade refuses to grade without the secret: the fallback seed below follows from the assignment name and
+# mtlkit's public code, so a submission could regenerate the hidden split (labels included) in the sandbox
+NEEDS_SECRET = True
 HIDDEN_IMAGES = 128  # at most this many hidden test images (unit: 4, smoke: 64, lesson: 128 of 400)
 _HIDDEN_LABELS: dict[str, dict[str, np.ndarray]] = {}  # digest of the hidden images -> labels (parent only)
 # preset -> (measure, floor (0 points), target (all points)); stated in the notebook
