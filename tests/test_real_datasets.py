@@ -148,7 +148,10 @@ def test_oxpet_h5_twin(twins):
 
 
 def test_pascal_mt_twin(twins):
-    ds = get_dataset("pascal-mt", "train", root=twins["pascal-mt"], edges="kit")
+    from mtlkit.data.real.pascal_mt import ASTMT_NORMAL_CLASSES, CONTEXT_IDS_OF_VOC
+
+    ds = get_dataset("pascal-mt", "train", root=twins["pascal-mt"], edges="kit", normal_classes="all")
+    masked = get_dataset("pascal-mt", "train", root=twins["pascal-mt"], edges="kit")  # ASTMT's normal classes
     part_of = torch.tensor([0, 1, 2, 3, 5, 0])  # synthetic bg/head/torso/arm/leg/tail -> ASTMT 6-part ids
     seen_parts = False
     for i in range(N):
@@ -168,7 +171,12 @@ def test_pascal_mt_twin(twins):
         cos = (s["normals"] * c["normals"]).sum(0)[valid].clamp(-1, 1)
         assert torch.rad2deg(torch.acos(cos)).max() < 1.0  # 8-bit PNG normals: < 1 degree
         assert torch.allclose(s["normals"].norm(dim=0)[valid], torch.ones(()), atol=1e-5)
+        sem = c["semseg"].numpy()
+        label_map = np.where(sem >= 0, CONTEXT_IDS_OF_VOC[np.clip(sem, 0, 20)], 0)
+        keep = torch.from_numpy(np.isin(label_map, ASTMT_NORMAL_CLASSES))  # background (0) is not among them
+        assert torch.equal(masked[i]["normals"], torch.where(keep, s["normals"], torch.zeros(())))
     assert seen_parts, "twin should contain a person (pick another seed)"
+    assert len(ASTMT_NORMAL_CLASSES) == 170 and 427 in ASTMT_NORMAL_CLASSES and 0 not in ASTMT_NORMAL_CLASSES
 
 
 def test_pascal_laplacian_edges_by_hand():
@@ -178,6 +186,79 @@ def test_pascal_laplacian_edges_by_hand():
     # every pixel with a 4-neighbour of another label; reflect-101 border
     want = np.array([[0, 1, 1, 0], [1, 1, 1, 1], [0, 1, 1, 0]], np.float32)
     assert (laplacian_edges(lab) == want).all()
+
+
+def test_pascal_astmt_edges_are_thinned():
+    from mtlkit.data.real.pascal_mt import astmt_edges, laplacian_edges, thin_edges
+
+    square = np.zeros((7, 7), np.uint8)  # scikit-image's documented `thin` example (Guo-Hall)
+    square[1:-1, 2:-2] = 1
+    square[0, 1] = 1
+    want = np.zeros((7, 7), np.float32)
+    want[0, 1] = want[1, 2] = want[2, 3] = want[3, 3] = want[4, 3] = 1
+    assert (thin_edges(square) == want).all()
+    lab = np.zeros((12, 12), np.int64)
+    lab[3:9, 2:10] = 5
+    thick, thin = laplacian_edges(lab), astmt_edges(lab)
+    assert (thin <= thick).all() and thin.sum() < thick.sum()  # a subset, two-pixel boundary -> one pixel
+    assert (thin_edges(thin) == thin).all()  # idempotent
+
+
+def test_nyud_mt_astmt_layout(tmp_path):
+    """ASTMT's NYUD_MT (.mat labels and depth, JPEG normals, PNG edges) reads as the .npy copy does."""
+    from mtlkit.data.real.nyuv2 import write_nyudmt_twin
+    from mtlkit.data.real.twins import twin_sources
+
+    samples = twin_sources("nyud-mt", n=2)
+    write_nyudmt_twin(tmp_path / "npy", samples)
+    write_nyudmt_twin(tmp_path / "astmt", samples, layout="astmt")
+    for i in range(2):
+        a = get_dataset("nyud-mt", "val", root=tmp_path / "astmt")[i]
+        b = get_dataset("nyud-mt", "val", root=tmp_path / "npy")[i]
+        for key in ("image", "semseg", "depth", "edge"):
+            assert torch.equal(a[key], b[key]), key
+        valid = b["normals"].abs().sum(0) > 0
+        assert torch.equal(a["normals"].abs().sum(0) > 0, valid)
+        cos = (a["normals"] * b["normals"]).sum(0)[valid].clamp(-1, 1)
+        assert torch.rad2deg(torch.acos(cos)).max() < 3.0  # 8-bit JPEG normals
+
+
+def test_label_maps_of_another_size_are_fitted(twins, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "nyud"
+    shutil.copytree(twins["nyud-mt"], root)
+    seg = root / "segmentation" / "val_0000.png"
+    small = np.asarray(Image.open(seg))[::2, ::2]
+    Image.fromarray(small).save(seg)  # half resolution: fitted back by nearest, as the reference loaders do
+    s = get_dataset("nyud-mt", "val", root=root)[0]
+    assert s["semseg"].shape == (32, 32)
+    assert torch.equal(s["semseg"], torch.from_numpy(small.astype(np.int64) - 1).repeat_interleave(2, 0)
+                       .repeat_interleave(2, 1))
+
+
+def test_cityscapes_libmtl_label_folder(twins, tmp_path):
+    root = tmp_path / "city"
+    shutil.copytree(twins["cityscapes"], root)
+    for split in ("train", "val"):
+        shutil.rmtree(root / split / "label_19")
+        (root / split / "label_7").rename(root / split / "label")
+    a = get_dataset("cityscapes", "train", root=root, classes=7)[0]
+    b = get_dataset("cityscapes", "train", root=twins["cityscapes"], classes=7)[0]
+    assert torch.equal(a["semseg"], b["semseg"])
+    with pytest.raises(DatasetLayoutError, match="label_19"):
+        get_dataset("cityscapes", "train", root=root, classes=19)
+
+
+def test_nyuv2_shortened_normals_are_renormalised(twins, tmp_path):
+    root = tmp_path / "nyu"
+    shutil.copytree(twins["nyuv2"], root)
+    path = root / "train" / "normal" / "0.npy"
+    n = np.load(path)
+    np.save(path, (0.8 * n).astype(np.float32))  # what a bilinear resize does near creases
+    s = get_dataset("nyuv2", "train", root=root)[0]
+    ref = get_dataset("nyuv2", "train", root=twins["nyuv2"])[0]
+    assert torch.allclose(s["normals"], ref["normals"], atol=1e-6)
 
 
 def test_broden_twin(twins):

@@ -159,6 +159,36 @@ def test_prepare_nyuv2_from_labelled_mat_twin(tmp_path):
     assert s["image"].shape == (3, 16, 24) and s["normals"].shape == (3, 16, 24)
 
 
+def test_prepare_nyuv2_chains_the_40_and_13_class_mappings(tmp_path):
+    """classMapping40.mat (894 -> 40) then class13Mapping.mat (40 -> 13) give the same labels as one 894 -> 13 table."""
+    import scipy.io as sio
+
+    samples = twin_sources("nyuv2", n=2)
+    write_nyuv2_raw_twin(tmp_path / "raw", samples)
+    raw = tmp_path / "raw"
+    (raw / "mapping13.txt").rename(tmp_path / "mapping13.txt")
+    to40 = np.array([k + 20 if k <= 13 else 0 for k in range(1, 895)], np.float64)[None]  # label k -> class k + 20
+    to13 = np.array([j - 20 if 21 <= j <= 33 else 0 for j in range(1, 41)], np.float64)[None]
+    sio.savemat(str(raw / "classMapping40.mat"), {"mapClass": to40, "className": np.array(["a"] * 40, dtype=object)})
+    sio.savemat(str(raw / "class13Mapping.mat"),
+                {"classMapping13": {"labelIds": to13, "className": np.array(["b"] * 13, dtype=object)}})
+    intr = tuple(samples["train"][0]["meta"]["intrinsics"])
+    chained = prepare("nyuv2", raw=raw, out=tmp_path / "chained", size=None, intrinsics=intr, say=lambda m: None)
+    single = prepare("nyuv2", raw=raw, out=tmp_path / "single", size=None, intrinsics=intr, say=lambda m: None,
+                     mapping=tmp_path / "mapping13.txt")
+    for split in ("train", "val"):
+        a, b = get_dataset("nyuv2", split, root=chained), get_dataset("nyuv2", split, root=single)
+        for i in range(2):
+            assert torch.equal(a[i]["semseg"], b[i]["semseg"])
+    (raw / "classMapping40.mat").unlink()
+    with pytest.raises(Exception, match="needs .*classMapping40.mat"):
+        prepare("nyuv2", raw=raw, out=tmp_path / "alone", size=None, say=lambda m: None)
+    bad = tmp_path / "bad.txt"
+    bad.write_text(" ".join(["1"] * 40))
+    with pytest.raises(CorruptFileError, match="needs 894 entries"):
+        prepare("nyuv2", raw=raw, out=tmp_path / "bad", size=None, say=lambda m: None, mapping=bad)
+
+
 def test_normals_from_depth_of_a_plane():
     fx = fy = 50.0
     cx, cy = 15.5, 11.5

@@ -150,6 +150,48 @@ def check_labels(lab: np.ndarray, num_classes: int, path: Path, index: int) -> n
     return lab
 
 
+def load_mat(path: Path, index: int, key: str):
+    """One variable of a MATLAB v5 ``.mat`` file (scipy), naming the file and index when it cannot be read."""
+    sio = require("scipy.io", "scipy", "reading .mat files")
+    try:
+        return sio.loadmat(str(path))[key]
+    except Exception as exc:
+        raise CorruptFileError(f"cannot read {key!r} from {path} (sample index {index}): {exc}") from None
+
+
+def nearest_to(arr: np.ndarray, hw: Sequence[int]) -> np.ndarray:
+    """Resize ``arr`` [H,W,...] to ``hw`` by nearest neighbour, source index floor(i * in / out) (the rule of
+    OpenCV's INTER_NEAREST, which the reference loaders use to fit a label map to its image)."""
+    h, w = arr.shape[:2]
+    if (h, w) == (int(hw[0]), int(hw[1])):
+        return arr
+    rows = (np.arange(int(hw[0])) * h) // int(hw[0])
+    cols = (np.arange(int(hw[1])) * w) // int(hw[1])
+    return arr[rows][:, cols]
+
+
+def unit_normals(n: np.ndarray, path: Path, index: int, min_norm: float = 0.0, strict: bool = True) -> np.ndarray:
+    """float [H,W,3] normals -> unit vectors, all-zero where invalid (length <= ``min_norm``).
+
+    Stored normals are unit up to the storage's precision, or shorter where a copy was resized with interpolation;
+    vectors off unit length by more than 1e-6 are re-normalised. With ``strict`` (float files) a vector longer than
+    1.05 cannot come from unit normals and raises :class:`CorruptFileError`; 8-bit images of network-distilled normals
+    (``strict=False``) are re-normalised whatever their length, as the reference loaders do.
+    """
+    n = n.astype(np.float32)
+    if not np.isfinite(n).all():
+        raise CorruptFileError(f"{path} (sample index {index}): normals hold NaN/inf; invalid pixels must be 0")
+    norm = np.linalg.norm(n, axis=-1)
+    valid = norm > min_norm
+    if strict and valid.any() and norm[valid].max() > 1.05:
+        raise CorruptFileError(f"{path} (sample index {index}): normals must be unit vectors or all-zero (invalid); "
+                               f"found length {norm[valid].max():.3g}")
+    off = valid & (np.abs(norm - 1.0) > 1e-6)
+    if off.any():
+        n = np.where(off[..., None], n / np.where(off, norm, 1.0)[..., None], n)
+    return np.where(valid[..., None], n, 0.0).astype(np.float32)
+
+
 # ------------------------------------------------------------------------------------------- contract helpers
 def image_tensor(img: np.ndarray, path: Path, index: int) -> torch.Tensor:
     """uint8 or float [H,W,3] -> float32 [3,H,W] in [0,1]."""

@@ -1,4 +1,9 @@
-"""Broden / Broden+ records in the NetDissect release format (``broden``: ``broden1_224``, ``broden1_384``, Broden+).
+"""Broden in the NetDissect release format (``broden``: ``broden1_224``, ``broden1_227``; CSAILVision/NetDissect-Lite
+``loader/data_loader.py``, ``script/dlbroden.sh``).
+
+Broden+ as assembled by CSAILVision/unifiedparsing (``download_Broden+.sh``: the raw ADE20K, PASCAL VOC2010 +
+Context + Part, OpenSurfaces and DTD releases plus that repository's JSON lists) is a different layout: it has no
+``index.csv`` and is not read by this loader.
 
 Layout (root = ``<data dir>/prepared/broden``)::
 
@@ -7,11 +12,13 @@ Layout (root = ``<data dir>/prepared/broden``)::
                     ...); object/part/material = ';'-separated PNG paths under images/ (or a number: one label for
                     the whole image); scene/texture = ';'-separated label numbers; empty = not labelled
     label.csv       number,name,category,frequency,coverage,syns   (global label numbers, 0 = none)
+    category.csv    one row per category (name, frequency, ...); not needed by this loader
     c_{object,part,material,scene,texture}.csv   code,number,name,frequency,coverage (code 1.. per category)
     images/...      the JPEG images and label PNGs; a label PNG encodes number = R + 256 G (0 = unlabelled)
 
 Contract: ``semseg`` = object, ``parts``, ``material`` [H,W] and ``scene``, ``texture`` (0-d) as the category's
-code - 1 (-1 where unlabelled); PNGs stored at (sh, sw) smaller than the image are upsampled (nearest). Where several
+code - 1 (-1 where unlabelled, and for numbers the category's c_*.csv does not list, which NetDissect's dense map
+also sends to 0 = none); PNGs stored at (sh, sw) smaller than the image are upsampled (nearest). Where several
 PNGs label one task, the first non-zero label wins. A task an item has no entry for is filled with -1 and left out of
 ``meta["tasks"]``; ``meta["source"]`` names the source.
 """
@@ -49,7 +56,8 @@ class Broden(RealDataset):
         self.task_info, self.lut = {}, {}
         for task, cat in CATEGORIES.items():
             rows = _read_csv(self.root / f"c_{cat}.csv", self.name)
-            try:
+            try:  # a code-0 row, if present, is the "none" entry: skip it
+                rows = [r for r in rows if int(r["code"]) != 0 and int(r["number"]) != 0]
                 codes = {int(r["number"]): int(r["code"]) - 1 for r in rows}
                 names = [r["name"] for r in sorted(rows, key=lambda r: int(r["code"]))]
             except (KeyError, ValueError) as exc:
@@ -58,8 +66,7 @@ class Broden(RealDataset):
             if sorted(codes.values()) != list(range(len(codes))):
                 raise CorruptFileError(f"{self.root / f'c_{cat}.csv'}: codes must run 1..{len(codes)}")
             self.task_info[task] = class_info(names)
-            lut = np.full(max(codes, default=0) + 1, -2, np.int64)  # -2: a number that is not of this category
-            lut[0] = -1
+            lut = np.full(max(codes, default=0) + 1, -1, np.int64)  # numbers not of this category: none (-1)
             for number, code in codes.items():
                 lut[number] = code
             self.lut[task] = lut
@@ -83,14 +90,10 @@ class Broden(RealDataset):
     def _entries(row: dict, task: str) -> list[str]:
         return [e.strip() for e in (row.get(CATEGORIES[task]) or "").split(";") if e.strip()]
 
-    def _code(self, task: str, numbers: np.ndarray, where: str, index: int) -> np.ndarray:
+    def _code(self, task: str, numbers: np.ndarray) -> np.ndarray:
+        """Global label numbers -> the category's code - 1 (-1: none or not of this category)."""
         lut = self.lut[task]
-        out = np.where(numbers < len(lut), lut[np.clip(numbers, 0, len(lut) - 1)], -2)
-        if (out == -2).any():
-            bad = np.unique(numbers[out == -2])[:5].tolist()
-            raise CorruptFileError(f"{where} (sample index {index}): label numbers {bad} are not "
-                                   f"{CATEGORIES[task]} labels in c_{CATEGORIES[task]}.csv")
-        return out
+        return np.where((numbers >= 0) & (numbers < len(lut)), lut[np.clip(numbers, 0, len(lut) - 1)], -1)
 
     def load(self, index: int) -> tuple[dict, list[str]]:
         row = self.items[index]
@@ -108,13 +111,13 @@ class Broden(RealDataset):
                 lab = np.full(hw, -1, np.int64)
                 for entry in entries:
                     if entry.isdigit():
-                        layer = np.full(hw, self._code(task, np.array(int(entry)), "index.csv", index), np.int64)
+                        layer = np.full(hw, self._code(task, np.array(int(entry))), np.int64)
                     else:
                         p = self.root / "images" / entry
                         rgb = read_png(p, index)
                         rgb = check_shape(rgb, (None, None, None), p, index, "label PNG (RGB)")
                         numbers = rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1].astype(np.int64)
-                        layer = self._code(task, numbers, str(p), index)
+                        layer = self._code(task, numbers)
                         if layer.shape != hw:  # Broden stores labels at (sh, sw), e.g. half resolution
                             rows_ = np.arange(hw[0]) * layer.shape[0] // hw[0]
                             cols = np.arange(hw[1]) * layer.shape[1] // hw[1]
@@ -122,7 +125,7 @@ class Broden(RealDataset):
                     lab = np.where(lab >= 0, lab, layer)
                 sample[task] = label_tensor(lab)
             else:
-                value = int(self._code(task, np.array(int(entries[0])), "index.csv", index)) if entries else -1
+                value = int(self._code(task, np.array(int(entries[0])))) if entries else -1
                 sample[task] = torch.tensor(value, dtype=torch.int64)
             if entries:
                 labelled.append(task)
@@ -153,6 +156,10 @@ def write_broden_twin(out: Path, samples: dict[str, list[dict]], class_names: di
                 w.writerow([c + 1, start + c, name, 0, 0.0])
                 label_rows.append([start + c, f"{name}-{cat[0]}", f"{cat}({c + 1})", 0, 0.0, ""])
         start += len(names)
+    with open(out / "category.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "frequency"])
+        w.writerows([[cat, 0] for cat in CATEGORIES.values()])
     with open(out / "label.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["number", "name", "category", "frequency", "coverage", "syns"])

@@ -1,16 +1,21 @@
 """Cityscapes as preprocessed by the MTAN authors (``cityscapes``) and the DLAD course's MiniScapes (``miniscapes``).
 
-``cityscapes`` layout (root = ``<data dir>/prepared/cityscapes``)::
+``cityscapes`` layout (root = ``<data dir>/prepared/cityscapes``; the MTAN README's ``cityscapes.zip`` 256x512 and
+``cityscapes2.zip`` 128x256, which also hold a ``label_2`` folder this loader does not read)::
 
     {train,val}/image/{i}.npy     float [H,W,3] RGB in [0,1]   (H,W = 128,256 or 256,512; 2975 train / 500 val)
     {train,val}/label_7/{i}.npy   float [H,W] 7 categories 0..6, -1 ignore
     {train,val}/label_19/{i}.npy  float [H,W] 19 train ids 0..18, -1 ignore
+    {train,val}/label/{i}.npy     (LibMTL's repackaged 128x256 copy: the 7-category labels in one ``label`` folder;
+                                   read for ``classes=7`` when ``label_7`` is absent)
     {train,val}/depth/{i}.npy     float [H,W,1] scaled disparity: the official 16-bit disparity PNG value / 65535
                                   (0 = invalid). Metres: disparity_px = (65535 s - 1) / 256, depth = B fx / disparity_px
                                   with the Cityscapes stereo rig B = 0.209313 m, fx = 2262.52 px (full resolution;
                                   disparity is in full-resolution pixels, so a resize does not change it).
+                                  (lorenmt/mtan issue #25: the stored values run 0..0.4922 where the official PNGs
+                                  run 0..32257, and 32257 / 65535 = 0.4922.)
 
-``miniscapes`` layout (DLAD course, Synscapes-derived)::
+``miniscapes`` layout (DLAD course, Synscapes-derived; the course's ``mtl/datasets/dataset_miniscapes.py``)::
 
     {train,val,test}/rgb/{i}.jpg     RGB 256x512 (20000 / 2500 / 2500)
     {train,val,test}/semseg/{i}.png  uint8 (mode L or P) Cityscapes train ids 0..18, 255 ignore
@@ -85,8 +90,11 @@ class Cityscapes(RealDataset):
         self.classes, self.depth_mode = classes, depth
         self.tasks = self.TASKS
         self.task_info = {"semseg": class_info(CITY_19_CLASSES if classes == 19 else CITY_7_CLASSES), "depth": {}}
-        self.label_folder = f"label_{classes}"
         base = need_dir(self.root / split, self.name)
+        self.label_folder = f"label_{classes}"
+        if classes == 7 and not (base / self.label_folder).is_dir() and (base / "label").is_dir():
+            self.label_folder = "label"  # LibMTL's copy of the 128x256 data
+
         folders = ("image", self.label_folder, "depth")
         for folder in folders:
             need_dir(base / folder, self.name)

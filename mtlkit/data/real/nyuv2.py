@@ -1,20 +1,29 @@
 """NYUv2 as preprocessed by the MTAN authors (``nyuv2``) and NYUD-v2 for multi-task learning (``nyud-mt``).
 
-``nyuv2`` layout (root = ``<data dir>/prepared/nyuv2``)::
+``nyuv2`` layout (root = ``<data dir>/prepared/nyuv2``; lorenmt/mtan ``im2im_pred/create_dataset.py``)::
 
     {train,val}/image/{i}.npy   float [288,384,3] RGB in [0,1]  (i = 0..N-1, N = 795 train / 654 val)
     {train,val}/label/{i}.npy   float [288,384]   13 classes 0..12, -1 ignore
     {train,val}/depth/{i}.npy   float [288,384,1] metres, 0 invalid
     {train,val}/normal/{i}.npy  float [288,384,3] unit normals in [-1,1], all-zero invalid
 
-``nyud-mt`` layout (ASTMT / Multi-Task-Learning-PyTorch ``NYUD_MT``)::
+MTAN resized the data (interpolation not published) and took the normals from Eigen's precomputed set; normals a
+resize left shorter than unit are re-normalised on read (see :func:`mtlkit.data.real.base.unit_normals`).
+
+``nyud-mt`` comes in two layouts of the same ``NYUD_MT.tgz`` name; the loader accepts either, per file::
 
     gt_sets/{train,val}.txt        image ids, one a line (795 / 654)
     images/{id}.jpg                RGB 480x640
-    segmentation/{id}.png          uint8 40 classes 1..40, 0 unlabelled (-> -1; class k -> k-1)
-    depth/{id}.npy                 float [H,W] metres, <= 0 invalid
-    normals/{id}.npy               float [H,W,3] in [-1,1], all-zero invalid
-    edge/{id}.npy                  float [H,W] {0,1}
+                                   Multi-Task-Learning-PyTorch copy     ASTMT copy (ETH server)
+    segmentation/{id}.*            .png uint8                          .mat 'segmentation'
+                                   40 classes 1..40, 0 unlabelled (-> -1; class k -> k-1)
+    depth/{id}.*                   .npy float [H,W] m                  .mat 'depth' float m        (<= 0 invalid)
+    normals/{id}.*                 .npy float [H,W,3] in [-1,1]        .jpg uint8 RGB, n = 2 v / 255 - 1
+                                   (all-zero / near-zero length invalid; re-normalised to unit)
+    edge/{id}.*                    .npy float [H,W] {0,1}              .png uint8, edge where v / 255 >= 0.5
+
+A map whose size differs from its image is fitted to it by nearest neighbour, as both reference loaders do
+(they use bicubic for normals).
 """
 from __future__ import annotations
 
@@ -23,8 +32,9 @@ import numpy as np
 import torch
 
 from mtlkit.data.real.base import (CorruptFileError, DatasetLayoutError, RealDataset, check_labels, check_shape,
-                                   class_info, image_tensor, label_tensor, map_tensor, need_dir, need_file,
-                                   read_image, read_lines, read_npy, read_png)
+                                   class_info, image_tensor, label_tensor, load_mat, map_tensor, nearest_to,
+                                   need_dir, need_file, read_image, read_lines, read_npy, read_png, require,
+                                   unit_normals)
 
 NYU_13_CLASSES = ("bed", "books", "ceiling", "chair", "floor", "furniture", "objects", "painting", "sofa", "table",
                   "tv", "wall", "window")
@@ -35,14 +45,10 @@ NYU_40_CLASSES = ("wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "
                   "bag", "otherstructure", "otherfurniture", "otherprop")
 
 
-def _normals(arr: np.ndarray, path: Path, index: int) -> torch.Tensor:
-    """float [H,W,3] -> float32 [3,H,W]; rows must be unit vectors or all zero (invalid)."""
+def _normals(arr: np.ndarray, path: Path, index: int, min_norm: float = 0.0, strict: bool = True) -> torch.Tensor:
+    """float [H,W,3] -> float32 [3,H,W] unit normals, all-zero where invalid."""
     check_shape(arr, (None, None, 3), path, index, "normals")
-    n = arr.astype(np.float32)
-    norm = np.linalg.norm(n, axis=-1)
-    valid = norm > 0
-    if not np.isfinite(n).all() or (valid.any() and np.abs(norm[valid] - 1).max() > 0.05):
-        raise CorruptFileError(f"{path} (sample index {index}): normals must be unit vectors or all-zero (invalid)")
+    n = unit_normals(arr, path, index, min_norm, strict)
     return torch.from_numpy(np.ascontiguousarray(n.transpose(2, 0, 1)))
 
 
@@ -98,6 +104,11 @@ class NYUv2(RealDataset):
         return sample, list(self.tasks)
 
 
+# per folder: the extensions of the Multi-Task-Learning-PyTorch copy first, then ASTMT's
+NYUD_FILES = (("images", ("jpg",)), ("segmentation", ("png", "mat")), ("depth", ("npy", "mat")),
+              ("normals", ("npy", "jpg", "png")), ("edge", ("npy", "png")))
+
+
 class NYUDMT(RealDataset):
     """NYUD-v2 for multi-task learning: semseg (40 classes), depth (m), normals, edge at 480x640; 795/654."""
 
@@ -111,32 +122,55 @@ class NYUDMT(RealDataset):
         self.task_info = {"semseg": class_info(NYU_40_CLASSES), "depth": {}, "normals": {}, "edge": {}}
         self.image_size = (480, 640)
         self.ids = read_lines(self.root / "gt_sets" / f"{split}.txt", self.name)
-        for folder, ext in (("images", "jpg"), ("segmentation", "png"), ("depth", "npy"), ("normals", "npy"),
-                            ("edge", "npy")):
+        for folder, _ in NYUD_FILES:
             need_dir(self.root / folder, self.name)
-            for i in self.ids:
-                need_file(self.root / folder / f"{i}.{ext}", self.name)
-        self.items = list(self.ids)
+        self.items = []
+        for i in self.ids:
+            paths = {}
+            for folder, exts in NYUD_FILES:
+                found = next((self.root / folder / f"{i}.{e}" for e in exts
+                              if (self.root / folder / f"{i}.{e}").is_file()), None)
+                if found is None:
+                    raise DatasetLayoutError(f"{self.name}: missing file {self.root / folder / f'{i}.{exts[0]}'} "
+                                             f"(or {', '.join('.' + e for e in exts[1:]) or 'no alternative'}; see "
+                                             f"data/README.md for the expected layout)")
+                paths[folder] = found
+            self.items.append(paths)
 
     def load(self, index: int) -> tuple[dict, list[str]]:
-        i = self.ids[index]
-        p = {k: self.root / k / f"{i}.{e}" for k, e in (("images", "jpg"), ("segmentation", "png"),
-                                                           ("depth", "npy"), ("normals", "npy"), ("edge", "npy"))}
+        p = self.items[index]
         img = read_image(p["images"], index)
         hw = img.shape[:2]
-        seg = check_shape(read_png(p["segmentation"], index, modes=("L", "P")), hw, p["segmentation"], index,
-                          "segmentation").astype(np.int64)
-        seg = check_labels(seg - 1, 40, p["segmentation"], index)  # 0 unlabelled -> -1
-        depth = read_npy(p["depth"], index)
-        check_shape(depth[..., 0] if depth.ndim == 3 else depth, hw, p["depth"], index, "depth")
-        edge = check_shape(read_npy(p["edge"], index), hw, p["edge"], index, "edge").astype(np.float32)
-        if not np.isin(edge, (0.0, 1.0)).all():
-            raise CorruptFileError(f"{p['edge']} (sample index {index}): edge values must be 0 or 1")
-        normals = read_npy(p["normals"], index)
-        check_shape(normals, (*hw, 3), p["normals"], index, "normals")
+        if p["segmentation"].suffix == ".mat":
+            seg = np.asarray(load_mat(p["segmentation"], index, "segmentation"))
+        else:
+            seg = read_png(p["segmentation"], index, modes=("L", "P"))
+        seg = nearest_to(check_shape(seg, (None, None), p["segmentation"], index, "segmentation"), hw)
+        if not np.isfinite(seg).all() or (seg != np.round(seg)).any():
+            raise CorruptFileError(f"{p['segmentation']} (sample index {index}): labels must be integers")
+        seg = check_labels(seg.astype(np.int64) - 1, 40, p["segmentation"], index)  # 0 unlabelled -> -1
+        if p["depth"].suffix == ".mat":
+            depth = np.asarray(load_mat(p["depth"], index, "depth"), np.float32)
+        else:
+            depth = read_npy(p["depth"], index)
+        depth = nearest_to(depth[..., 0] if depth.ndim == 3 else depth, hw)
+        if p["edge"].suffix == ".png":
+            raw = read_png(p["edge"], index)
+            edge = ((raw[..., 0] if raw.ndim == 3 else raw).astype(np.float32) / 255.0 >= 0.5).astype(np.float32)
+        else:
+            edge = read_npy(p["edge"], index).astype(np.float32)
+            if not np.isin(edge, (0.0, 1.0)).all():
+                raise CorruptFileError(f"{p['edge']} (sample index {index}): edge values must be 0 or 1")
+        edge = nearest_to(check_shape(edge, (None, None), p["edge"], index, "edge"), hw)
+        if p["normals"].suffix == ".npy":
+            normals, min_norm, strict = read_npy(p["normals"], index), 0.0, True
+        else:  # 8-bit image: v = 128 grey (length ~0.004) or JPEG noise around it means no normal
+            raw = read_png(p["normals"], index) if p["normals"].suffix == ".png" else read_image(p["normals"], index)
+            normals, min_norm, strict = 2.0 * raw.astype(np.float32) / 255.0 - 1.0, 0.5, False
+        normals = nearest_to(check_shape(normals, (None, None, 3), p["normals"], index, "normals"), hw)
         sample = {"image": image_tensor(img, p["images"], index), "semseg": label_tensor(seg),
-                  "depth": _depth(depth, p["depth"], index), "normals": _normals(normals, p["normals"], index),
-                  "edge": map_tensor(edge)}
+                  "depth": _depth(depth, p["depth"], index),
+                  "normals": _normals(normals, p["normals"], index, min_norm, strict), "edge": map_tensor(edge)}
         return sample, list(self.tasks)
 
 
@@ -159,12 +193,18 @@ def write_nyuv2_twin(out: Path, samples: dict[str, list[dict]]) -> None:
             np.save(out / split / "normal" / f"{i}.npy", s["normals"].astype(np.float32).transpose(1, 2, 0))
 
 
-def write_nyudmt_twin(out: Path, samples: dict[str, list[dict]]) -> None:
-    """NYUD_MT layout: JPEG images (quality 100, no chroma subsampling), 1-based 40-class PNG, npy maps."""
+def write_nyudmt_twin(out: Path, samples: dict[str, list[dict]], layout: str = "mtl-pytorch") -> None:
+    """NYUD_MT layout: JPEG images (quality 100, no chroma subsampling), 1-based 40-class labels, and
+    ``layout="mtl-pytorch"`` (default): PNG labels, npy depth/normals/edges; ``"astmt"``: .mat labels and depth,
+    JPEG normals (invalid = grey 128), PNG edges (0/255)."""
     from PIL import Image
 
+    from mtlkit.data.real.pascal_mt import normals_to_png
     from mtlkit.data.synthetic import edges_from_labels
 
+    if layout not in ("mtl-pytorch", "astmt"):
+        raise ValueError(f"nyud-mt twin layout must be 'mtl-pytorch' or 'astmt', got {layout!r}")
+    sio = require("scipy.io", "scipy", "writing the ASTMT nyud-mt twin's .mat files") if layout == "astmt" else None
     for folder in ("images", "segmentation", "depth", "normals", "edge", "gt_sets"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     for split, items in samples.items():
@@ -175,8 +215,15 @@ def write_nyudmt_twin(out: Path, samples: dict[str, list[dict]]) -> None:
                                                                subsampling=0)
             sem = s["semseg"].astype(np.int64)
             seg = np.where(sem >= 0, TWIN_13_TO_40[np.clip(sem, 0, 12)] + 1, 0).astype(np.uint8)
-            Image.fromarray(seg).save(out / "segmentation" / f"{i}.png")
-            np.save(out / "depth" / f"{i}.npy", s["depth"][0].astype(np.float32))
-            np.save(out / "normals" / f"{i}.npy", s["normals"].transpose(1, 2, 0).astype(np.float32))
-            np.save(out / "edge" / f"{i}.npy", edges_from_labels(sem).astype(np.float32))
-
+            edge = edges_from_labels(sem).astype(np.float32)
+            if layout == "astmt":
+                sio.savemat(str(out / "segmentation" / f"{i}.mat"), {"segmentation": seg})
+                sio.savemat(str(out / "depth" / f"{i}.mat"), {"depth": s["depth"][0].astype(np.float32)})
+                Image.fromarray(normals_to_png(s["normals"])).save(out / "normals" / f"{i}.jpg", quality=100,
+                                                                   subsampling=0)
+                Image.fromarray((edge * 255).astype(np.uint8)).save(out / "edge" / f"{i}.png")
+            else:
+                Image.fromarray(seg).save(out / "segmentation" / f"{i}.png")
+                np.save(out / "depth" / f"{i}.npy", s["depth"][0].astype(np.float32))
+                np.save(out / "normals" / f"{i}.npy", s["normals"].transpose(1, 2, 0).astype(np.float32))
+                np.save(out / "edge" / f"{i}.npy", edge)

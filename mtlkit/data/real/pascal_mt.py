@@ -1,6 +1,7 @@
 """PASCAL-Context with the multi-task labels of ASTMT / Multi-Task-Learning-PyTorch (``pascal-mt``, ``PASCAL_MT.tgz``).
 
-Layout (root = ``<data dir>/prepared/pascal-mt``)::
+Layout (root = ``<data dir>/prepared/pascal-mt``; facebookresearch/astmt ``fblib/dataloaders/pascal_context.py``,
+SimonVandenhende/Multi-Task-Learning-PyTorch ``data/pascal_context.py``)::
 
     ImageSets/Context/{train,val}.txt    image ids (4998 / 5105)
     JPEGImages/{id}.jpg                  RGB, up to 500x500
@@ -12,12 +13,15 @@ Layout (root = ``<data dir>/prepared/pascal-mt``)::
     normals_distill/{id}.png             uint8 RGB, n = 2 v / 255 - 1 (distilled normals; re-normalised to unit)
     sal_distill/{id}.png                 uint8 grey, salient where v / 255 > 0.5
 
-Conversions: semseg 255 -> -1. Edges from ``LabelMap``: ``edges="laplacian"`` (default) marks pixels where the
-4-neighbour Laplacian of the label map (reflect-101 border, as cv2) is non-zero. ASTMT additionally thins that map
-with skimage's ``thin``: not applied here (see data/README.md). ``edges="kit"`` uses the kit's synthetic rule (right or
-lower neighbour differs). Human parts: images without a person that has parts give all -1 (ignore) and ``parts`` is
-left out of ``meta["tasks"]``, as ASTMT's ignore regions do. Normals: valid everywhere the PNG is not (128,128,128)
-grey-zero unless ``normal_classes`` (context LabelMap ids where normals are meaningful) is given.
+Conversions: semseg 255 -> -1. Edges from ``LabelMap``: ``edges="astmt"`` (default, as the reference loaders) marks
+pixels where the 4-neighbour Laplacian of the label map (reflect-101 border, as OpenCV's) is non-zero, then thins that
+map with the Guo-Hall two-subiteration algorithm (the one scikit-image's ``thin`` implements); ``edges="laplacian"``
+skips the thinning; ``edges="kit"`` uses the kit's synthetic rule (right or lower neighbour differs). Human parts:
+images without a person that has parts give all -1 (ignore) and ``parts`` is left out of ``meta["tasks"]``, as
+ASTMT's ignore regions do. Normals: as ASTMT, valid only on pixels whose ``LabelMap`` class also names an NYUv2 class
+(``normal_classes="astmt"``, the default: :data:`ASTMT_NORMAL_CLASSES`); ``"all"`` keeps every pixel whose PNG is not
+grey-zero, or pass your own LabelMap ids. A map whose size differs from its image is fitted to it by nearest
+neighbour, as the reference loaders do (they use bicubic for normals).
 """
 from __future__ import annotations
 
@@ -28,8 +32,8 @@ import numpy as np
 import torch
 
 from mtlkit.data.real.base import (CorruptFileError, RealDataset, check_labels, check_shape, class_info,
-                                   image_tensor, label_tensor, map_tensor, need_dir, need_file, read_image,
-                                   read_lines, read_png, require)
+                                   image_tensor, label_tensor, load_mat, map_tensor, nearest_to, need_dir, need_file,
+                                   read_image, read_lines, read_png, require, unit_normals)
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -43,6 +47,18 @@ HUMAN_PART_6 = {"hair": 1, "head": 1, "lear": 1, "lebrow": 1, "leye": 1, "mouth"
                 "rebrow": 1, "reye": 1, "neck": 2, "torso": 2, "luarm": 3, "ruarm": 3, "lhand": 4, "llarm": 4,
                 "rhand": 4, "rlarm": 4, "luleg": 5, "ruleg": 5, "lfoot": 6, "llleg": 6, "rfoot": 6, "rlleg": 6}
 PERSON = 15
+# LabelMap ids (of the 459 PASCAL-Context classes) on which ASTMT trusts the distilled normals: the context classes
+# whose name is also one of NYUv2's 894 class names, except "unknown", plus "tvmonitor" (ASTMT's custom addition).
+# Derived from data/db_info/context_classes.json and nyu_classes.json of Multi-Task-Learning-PyTorch (170 ids).
+ASTMT_NORMAL_CLASSES = np.array([
+    3, 4, 6, 9, 10, 11, 13, 15, 17, 18, 22, 23, 29, 30, 33, 34, 36, 37, 38, 39, 41, 43, 46, 49, 50, 51, 53, 55, 56, 59,
+    61, 62, 65, 66, 68, 69, 72, 73, 78, 83, 84, 85, 87, 88, 95, 96, 101, 104, 105, 107, 111, 113, 115, 122, 124, 135,
+    141, 142, 143, 146, 150, 154, 157, 158, 159, 165, 172, 174, 181, 183, 184, 191, 193, 195, 197, 199, 202, 213, 215,
+    216, 219, 220, 223, 225, 228, 230, 232, 233, 238, 239, 242, 243, 246, 250, 251, 252, 255, 260, 261, 263, 269, 272,
+    273, 275, 281, 283, 284, 285, 286, 287, 288, 290, 291, 292, 293, 295, 304, 307, 309, 310, 314, 315, 319, 323, 329,
+    330, 331, 336, 342, 345, 349, 350, 351, 352, 355, 357, 368, 370, 371, 374, 379, 380, 383, 384, 397, 401, 403, 405,
+    407, 408, 411, 412, 413, 414, 417, 419, 421, 423, 427, 429, 430, 432, 440, 441, 442, 443, 444, 446, 454, 457],
+    np.int64)
 
 
 def laplacian_edges(labels: np.ndarray) -> np.ndarray:
@@ -60,12 +76,52 @@ def kit_edges(labels: np.ndarray) -> np.ndarray:
     return e.astype(np.float32)
 
 
+def _guo_hall_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Deletion tables of the two Guo-Hall subiterations, indexed by the 8-neighbour code.
+
+    Bit k of the code is neighbour x_{k+1}, counter-clockwise from the east: E, NE, N, NW, W, SW, S, SE. A pixel is
+    deleted when G1 (crossing number X_H = 1), G2 (2 <= min(N1, N2) <= 3) and G3 ((x2 | x3 | ~x8) & x1 == 0; in the
+    second subiteration G3': (x6 | x7 | ~x4) & x5 == 0) hold (Guo & Hall, CACM 32(3), 1989).
+    """
+    code = np.arange(256)
+    x = [((code >> k) & 1).astype(bool) for k in range(8)]
+    crossing = sum((~x[2 * k]) & (x[2 * k + 1] | x[(2 * k + 2) % 8]) for k in range(4))
+    n1 = sum(x[2 * k] | x[2 * k + 1] for k in range(4))
+    n2 = sum(x[2 * k + 1] | x[(2 * k + 2) % 8] for k in range(4))
+    g12 = (crossing == 1) & np.isin(np.minimum(n1, n2), (2, 3))
+    first = g12 & ~((x[1] | x[2] | ~x[7]) & x[0])
+    second = g12 & ~((x[5] | x[6] | ~x[3]) & x[4])
+    return first, second
+
+
+_GUO_HALL = _guo_hall_tables()
+
+
+def thin_edges(mask: np.ndarray) -> np.ndarray:
+    """Guo-Hall thinning of a binary map (zeros outside the image) to one-pixel-wide lines: float32 {0,1}."""
+    skel = np.asarray(mask).astype(bool).copy()
+    while True:
+        before = int(skel.sum())
+        for table in _GUO_HALL:
+            p = np.pad(skel, 1)
+            neighbours = (p[1:-1, 2:], p[:-2, 2:], p[:-2, 1:-1], p[:-2, :-2], p[1:-1, :-2], p[2:, :-2], p[2:, 1:-1],
+                          p[2:, 2:])
+            code = sum(nb.astype(np.int64) << k for k, nb in enumerate(neighbours))
+            skel &= ~table[code]
+        if int(skel.sum()) == before:
+            return skel.astype(np.float32)
+
+
+def astmt_edges(labels: np.ndarray) -> np.ndarray:
+    """ASTMT's PASCAL edges: non-zero 4-neighbour Laplacian of the label map, thinned (Guo-Hall)."""
+    return thin_edges(laplacian_edges(labels) > 0)
+
+
 def _loadmat(path: Path, index: int, key: str):
-    sio = require("scipy.io", "scipy", "reading PASCAL-Context .mat files")
-    try:
-        return sio.loadmat(str(path))[key]
-    except Exception as exc:
-        raise CorruptFileError(f"cannot read {key!r} from {path} (sample index {index}): {exc}") from None
+    return load_mat(path, index, key)
+
+
+EDGE_RULES = {"astmt": astmt_edges, "laplacian": laplacian_edges, "kit": kit_edges}
 
 
 class PascalMT(RealDataset):
@@ -76,12 +132,18 @@ class PascalMT(RealDataset):
     TASKS: tuple[str, ...] = ("edge", "semseg", "parts", "normals", "saliency")
 
     def __init__(self, split: str, preset: str = "paper", root=None, transform=None, size=None,
-                 edges: str = "laplacian", normal_classes: Iterable[int] | None = None) -> None:
+                 edges: str = "astmt", normal_classes: str | Iterable[int] = "astmt") -> None:
         super().__init__(split, preset, root, transform, size)
-        if edges not in ("laplacian", "kit"):
-            raise ValueError(f"pascal-mt edges must be 'laplacian' or 'kit', got {edges!r}")
+        if edges not in EDGE_RULES:
+            raise ValueError(f"pascal-mt edges must be one of {', '.join(EDGE_RULES)}, got {edges!r}")
         self.edge_rule = edges
-        self.normal_classes = None if normal_classes is None else np.asarray(sorted(normal_classes), np.int64)
+        if isinstance(normal_classes, str):
+            if normal_classes not in ("astmt", "all"):
+                raise ValueError(f"pascal-mt normal_classes must be 'astmt', 'all' or LabelMap ids, got "
+                                 f"{normal_classes!r}")
+            self.normal_classes = ASTMT_NORMAL_CLASSES if normal_classes == "astmt" else None
+        else:
+            self.normal_classes = np.asarray(sorted(normal_classes), np.int64)
         self.tasks = self.TASKS
         self.task_info = {"edge": {}, "semseg": class_info(VOC_CLASSES), "parts": class_info(HUMAN_PART_CLASSES),
                           "normals": {}, "saliency": {}}
@@ -113,15 +175,16 @@ class PascalMT(RealDataset):
                                        f"{exc}") from None
             if not is_person or np.asarray(parts).size == 0:
                 continue
-            if target is None:
-                target = np.zeros(hw, np.int64)
             for part in parts[0]:
                 pname = str(np.asarray(part[0]).reshape(-1)[0])
                 if pname not in HUMAN_PART_6:
                     raise CorruptFileError(f"{path} (sample index {index}): unknown human part {pname!r}")
-                mask = check_shape(np.asarray(part[1]).astype(bool), hw, path, index, "part mask")
+                mask = np.asarray(part[1]).astype(bool)
+                if target is None:  # the annotation's own size; fitted to the image below
+                    target = np.zeros(mask.shape, np.int64)
+                check_shape(mask, target.shape, path, index, "part mask")
                 target[mask] = HUMAN_PART_6[pname]
-        return target
+        return None if target is None else nearest_to(target, hw)
 
     def load(self, index: int) -> tuple[dict, list[str]]:
         i = self.ids[index]
@@ -129,11 +192,13 @@ class PascalMT(RealDataset):
         img = read_image(img_path, index)
         hw = img.shape[:2]
         seg_path = self.items[index]
-        seg = check_shape(read_png(seg_path, index, modes=("L", "P")), hw, seg_path, index, "semseg").astype(np.int64)
+        seg = read_png(seg_path, index, modes=("L", "P")).astype(np.int64)
+        seg = nearest_to(check_shape(seg, (None, None), seg_path, index, "semseg"), hw)
         seg = check_labels(np.where(seg == 255, -1, seg), 21, seg_path, index)
         lm_path = self.root / "pascal-context" / "trainval" / f"{i}.mat"
-        label_map = check_shape(np.asarray(_loadmat(lm_path, index, "LabelMap")), hw, lm_path, index, "LabelMap")
-        edge = laplacian_edges(label_map) if self.edge_rule == "laplacian" else kit_edges(label_map)
+        label_map = np.asarray(_loadmat(lm_path, index, "LabelMap"))
+        label_map = nearest_to(check_shape(label_map, (None, None), lm_path, index, "LabelMap"), hw)
+        edge = EDGE_RULES[self.edge_rule](label_map)
         labelled = ["edge", "semseg"]
         parts = self._parts(self.root / "human_parts" / f"{i}.mat", index, hw)
         if parts is None:
@@ -141,16 +206,16 @@ class PascalMT(RealDataset):
         else:
             labelled.append("parts")
         n_path = self.root / "normals_distill" / f"{i}.png"
-        raw = check_shape(read_png(n_path, index, modes=("RGB",)), (*hw, 3), n_path, index, "normals")
-        n = 2.0 * raw.astype(np.float32) / 255.0 - 1.0
-        norm = np.linalg.norm(n, axis=-1, keepdims=True)
-        valid = norm[..., 0] > 0.5  # a stored normal is unit up to 8-bit rounding; far shorter means no normal
+        raw = nearest_to(check_shape(read_png(n_path, index, modes=("RGB",)), (None, None, 3), n_path, index,
+                                     "normals"), hw)
+        # a stored normal is unit up to 8-bit rounding; far shorter (grey 128) means no normal
+        n = unit_normals(2.0 * raw.astype(np.float32) / 255.0 - 1.0, n_path, index, min_norm=0.5, strict=False)
         if self.normal_classes is not None:
-            valid &= np.isin(label_map, self.normal_classes)
-        n = np.where(valid[..., None], n / np.maximum(norm, 1e-6), 0.0).astype(np.float32)
+            n = np.where(np.isin(label_map, self.normal_classes)[..., None], n, 0.0).astype(np.float32)
         s_path = self.root / "sal_distill" / f"{i}.png"
         sal = read_png(s_path, index)
-        sal = check_shape(sal[..., 0] if sal.ndim == 3 else sal, hw, s_path, index, "saliency")
+        sal = nearest_to(check_shape(sal[..., 0] if sal.ndim == 3 else sal, (None, None), s_path, index,
+                                     "saliency"), hw)
         labelled += ["normals", "saliency"]
         sample = {"image": image_tensor(img, img_path, index), "edge": map_tensor(edge), "semseg": label_tensor(seg),
                   "parts": label_tensor(parts), "normals": torch.from_numpy(np.ascontiguousarray(n.transpose(2, 0, 1))),

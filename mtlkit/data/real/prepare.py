@@ -6,10 +6,13 @@ can also be built from their official raw data, because the preprocessed copies'
 
 - ``nyuv2`` from ``nyu_depth_v2_labeled.mat`` (MATLAB v7.3 = HDF5: images [N,3,W,H] uint8, depths [N,W,H] metres,
   labels [N,W,H] uint16 in the 894-class vocabulary, 0 unlabelled), a split file (``splits.mat`` with 1-based
-  ``trainNdxs``/``testNdxs``, or JSON ``{"train": [...], "val": [...]}``) and an 894 -> 13 (or -> 40) mapping
-  (``.mat`` holding one 894-entry array, or ``.npy``/``.txt`` with 894 integers; 0 = unlabelled); resized to
-  288x384 (image bilinear, labels and depth nearest). Normals are computed from the depth with the NYU Kinect
-  intrinsics (the MTAN release used precomputed normals whose code is not public: values differ slightly).
+  ``trainNdxs``/``testNdxs``, or JSON ``{"train": [...], "val": [...]}``) and a class mapping: one 894 -> K table, or a
+  chain of tables applied in turn, as the public converters do with ``classMapping40.mat`` (``mapClass``, 894 -> 40)
+  then ``class13Mapping.mat`` (``classMapping13``, 40 -> 13). Each table is a ``.mat`` holding one numeric array, or
+  ``.npy``/``.txt`` integers, 1-based with 0 = unlabelled. Resized to 288x384 (image bilinear, labels and depth
+  nearest). Normals are computed from the depth with the NYU Kinect intrinsics: the MTAN release took Eigen's
+  precomputed normals (cs.nyu.edu/~deigen/dnl) and also cropped the images' invalid borders before resizing (crop
+  not published; lorenmt/mtan issues #10, #42); neither is reproduced, so values differ.
 - ``cityscapes`` from ``leftImg8bit/``, ``gtFine/`` (``*_gtFine_labelIds.png``) and ``disparity/`` (or their
   ``*_trainvaltest.zip``): labelIds -> train ids (19) and categories (7), disparity PNG / 65535, resized to
   128x256 (``size=(256, 512)`` for the larger variant), files numbered in sorted name order.
@@ -127,17 +130,25 @@ def _nyu_options(raw: Path, options: dict) -> dict:
         cands = [raw / "splits.mat", raw / "splits.json"]
         opts["splits"] = next((c for c in cands if c.is_file()), None)
     if "mapping" not in opts:
-        cands = [raw / n for n in ("class13Mapping.mat", "mapping13.npy", "mapping13.txt")]
-        opts["mapping"] = next((c for c in cands if c.is_file()), None)
-    for key, what in (("splits", "splits.mat or splits.json"), ("mapping", "class13Mapping.mat or mapping13.txt")):
+        chain = [raw / "classMapping40.mat", raw / "class13Mapping.mat"]
+        single = [raw / n for n in ("mapping13.npy", "mapping13.txt")]
+        if all(c.is_file() for c in chain):
+            opts["mapping"] = chain
+        else:
+            opts["mapping"] = next((c for c in single if c.is_file()), None)
+            if opts["mapping"] is None and chain[1].is_file():
+                raise DatasetLayoutError(f"nyuv2: {chain[1]} maps the 40 NYU classes to 13; it needs {chain[0]} "
+                                         f"(894 -> 40) next to it; see `mtlkit data download nyuv2`")
+    for key, what in (("splits", "splits.mat or splits.json"),
+                      ("mapping", "classMapping40.mat + class13Mapping.mat, or mapping13.txt")):
         if opts[key] is None:
             raise DatasetLayoutError(f"nyuv2: converting nyu_depth_v2_labeled.mat needs {what} in {raw} (or "
                                      f"--{key} PATH); see `mtlkit data download nyuv2`")
     return opts
 
 
-def _read_mapping(path: Path) -> np.ndarray:
-    """894 target classes (1-based, 0 = unlabelled) -> int64 [895] lookup with entry 0 = unlabelled."""
+def _read_table(path: Path) -> np.ndarray:
+    """One mapping table: the single numeric array of a ``.mat``, or the integers of a ``.npy``/``.txt``."""
     path = Path(path)
     if path.suffix == ".mat":
         sio = require("scipy.io", "scipy", "reading the NYUv2 class mapping .mat")
@@ -151,22 +162,44 @@ def _read_mapping(path: Path) -> np.ndarray:
             elif isinstance(x, np.ndarray) and x.dtype == object:
                 for item in x.ravel():
                     walk(item)
-            elif isinstance(x, np.ndarray) and x.size == 894 and np.issubdtype(x.dtype, np.number):
+            elif isinstance(x, np.ndarray) and x.size > 1 and np.issubdtype(x.dtype, np.number):
                 arrays.append(x.ravel())
 
         for key, value in sio.loadmat(str(path)).items():
             if not key.startswith("__"):
                 walk(value)
         if len(arrays) != 1:
-            raise CorruptFileError(f"{path}: expected exactly one 894-entry numeric array, found {len(arrays)}")
+            raise CorruptFileError(f"{path}: expected exactly one numeric mapping array, found {len(arrays)} "
+                                   f"(sizes {[a.size for a in arrays]})")
         values = arrays[0]
     elif path.suffix == ".npy":
         values = np.load(path, allow_pickle=False).ravel()
     else:
         values = np.array(path.read_text().split(), dtype=np.float64)
-    if values.size != 894 or (values < 0).any() or (values != np.round(values)).any():
-        raise CorruptFileError(f"{path}: the mapping must hold 894 non-negative integers, got {values.size} values")
-    return np.concatenate([[0], values.astype(np.int64)])
+    if (values < 0).any() or (values != np.round(values)).any():
+        raise CorruptFileError(f"{path}: a class mapping must hold non-negative integers")
+    return values.astype(np.int64)
+
+
+def _read_mapping(mapping) -> np.ndarray:
+    """The 894-class labels (0 = unlabelled) -> target classes (1-based, 0 = unlabelled): int64 [895].
+
+    ``mapping`` is one path, a list of paths, or a comma-separated string of paths (a chain applied in order: the
+    first table has 894 entries, each next one as many entries as the previous table's largest class).
+    """
+    paths = [Path(p) for p in (mapping.split(",") if isinstance(mapping, str) else
+                               mapping if isinstance(mapping, (list, tuple)) else [mapping])]
+    lut = None
+    for path in paths:
+        values = _read_table(path)
+        need = 894 if lut is None else int(lut.max())
+        if (lut is None and values.size != 894) or (lut is not None and values.size < need):
+            raise CorruptFileError(f"{path}: this mapping needs {need} entries (one per "
+                                   f"{'NYUv2 894-vocabulary label' if lut is None else 'class of the previous table'}"
+                                   f"), got {values.size}")
+        table = np.concatenate([[0], values])
+        lut = table if lut is None else table[lut]
+    return lut
 
 
 def _read_splits(path: Path) -> dict[str, np.ndarray]:
