@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -35,16 +35,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
     The temp file is removed on any exception, KeyboardInterrupt included.
     """
+    atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], Any],
+                      replace: Callable[[Path, Path], None] | None = None) -> None:
+    """:func:`atomic_write_bytes` for a writer that streams into the open temp file (``torch.save(obj, f)``), so
+    large files are never held in memory twice. ``replace(tmp, path)`` (default ``os.replace``) may rotate the old
+    file aside first; it runs only after the new one is complete and fsynced.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; shared data and run folders need the usual modes
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             _fsync(f.fileno())
-        os.replace(tmp, path)
+        (replace or os.replace)(Path(tmp), path)
     except BaseException:
         try:
             os.unlink(tmp)

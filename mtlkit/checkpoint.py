@@ -5,18 +5,16 @@ Checkpoints hold only tensors, dicts, lists, numbers and strings so that they lo
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from mtlkit.atomic import atomic_write_bytes, fsync_dir
+from mtlkit.atomic import atomic_write_with
 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "rotate_and_save",
@@ -30,9 +28,7 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> None:
     """``torch.save`` through an atomic write."""
-    buf = io.BytesIO()
-    torch.save(dict(obj), buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_with(path, lambda f: torch.save(dict(obj), f))  # streamed: no second copy in memory
 
 
 def rotate_and_save(obj: Mapping[str, Any], folder: str | os.PathLike, name: str = "last.pt",
@@ -43,24 +39,13 @@ def rotate_and_save(obj: Mapping[str, Any], folder: str | os.PathLike, name: str
     at least one complete checkpoint: the old ``last.pt``, or ``prev.pt`` if it died between the two renames.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(dict(obj), buf)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        last = folder / name
+
+    def rotate(tmp: Path, last: Path) -> None:
         if last.exists():
             os.replace(last, folder / previous)
         os.replace(tmp, last)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(folder)
+
+    atomic_write_with(folder / name, lambda f: torch.save(dict(obj), f), replace=rotate)
     return folder / name
 
 
