@@ -165,3 +165,42 @@ def test_delta_m_uses_each_runs_own_single_task_baselines(course):
     table = pd.read_csv(out / "results.csv").set_index(["notebook", "model"])
     assert table.loc[("00_ok", "joint"), "delta_m"] == pytest.approx(50.0)
     assert table.loc[("02_other", "joint"), "delta_m"] == pytest.approx(50.0)
+
+
+def test_sigkill_of_the_whole_command_then_rerun_redoes_the_run(course, tmp_path):
+    """The real thing: SIGKILL `mtlkit reproduce` (its whole process group, kernel included) mid-run, run again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    nbdir, out = course
+    block, started = tmp_path / "block", tmp_path / "started"
+    block.touch()
+    _notebook(nbdir / "02_slow.ipynb", f"""
+import pathlib, time
+if pathlib.Path({str(block)!r}).exists():  # the first invocation hangs here until it is killed
+    pathlib.Path({str(started)!r}).touch()
+    time.sleep(120)
+{WRITE_METRICS}""")
+    cmd = [sys.executable, "-m", "mtlkit.cli", "reproduce", "--preset", "unit", "--notebook-dir", str(nbdir),
+           "--out", str(out), "--notebooks", "02"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert proc.poll() is None, "reproduce ended before the notebook started"
+            assert time.monotonic() < deadline, "the notebook never started"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    run_dir = out / "02_slow"
+    assert not (run_dir / "run.json").exists() or json.loads((run_dir / "run.json").read_text())["status"] != "ok"
+    block.unlink()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "ok"
+    assert json.loads((run_dir / "metrics.json").read_text())["runs"]["joint"]["depth/abs_err"] == 1.0
+    assert not list(run_dir.glob("*.partial.ipynb"))
