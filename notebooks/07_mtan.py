@@ -40,7 +40,7 @@ MODELS = None  # None: the preset's list; full grid: ["stan", "split-wide", "spl
 WEIGHTINGS = None  # None: the preset's grid, model -> weightings (see the first code cell); e.g. ["equal", "dwa", "uncertainty"]
 EPOCHS = None  # None: the preset's schedule
 TRAIN_IMAGES = None  # None: the preset's choice (smoke: 96 of the 192 training images)
-WIDTH_MULT = None  # None: the preset's SegNet width multiplier (1.0 = full size, as in the paper)
+WIDTH_MULT = None  # None: the preset's SegNet width multiplier (1.0: full size, as in the paper)
 
 # %%
 from pathlib import Path

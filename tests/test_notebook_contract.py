@@ -45,3 +45,20 @@ def test_pair_is_in_sync(path):
     from_nb = jupytext.read(path)
     code = lambda nb: [c.source.strip() for c in nb.cells if c.cell_type == "code"]  # noqa: E731
     assert code(from_py) == code(from_nb), "the .py and .ipynb differ: run `jupytext --sync` and re-execute"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_sees_every_parameter(path, caplog):
+    """Every top-level assignment of the parameters cell is a papermill parameter (so `--grid KEY=...` accepts it).
+
+    papermill silently drops a line it cannot parse (it only logs "Unable to parse line"), and `mtlkit reproduce`
+    then refuses that knob as unknown.
+    """
+    papermill = pytest.importorskip("papermill")
+    nb = json.loads(path.read_text())
+    source = "".join(next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))["source"])
+    assigned = re.findall(r"^([A-Za-z_]\w*)\s*(?::[^=]+)?=", source, re.M)
+    with caplog.at_level("WARNING"):
+        found = list(papermill.inspect_notebook(str(path)))
+    assert not [r.getMessage() for r in caplog.records if "Unable to parse" in r.getMessage()]
+    assert found == assigned
