@@ -3,8 +3,8 @@
 ``python -m mtlkit.grading.child JOB_DIR [--uid UID]`` reads ``JOB_DIR/job.json`` (the notebook's code cells and
 the probe groups), executes the cells in one namespace with plain ``exec`` (no IPython: no input transformers, event
 hooks or ``showtraceback`` to hijack; a failing cell is logged and the next one runs, as with nbgrader's
-``allow_errors``; the cells share a time budget), then runs each probe group's code with ``load_input`` / ``emit`` /
-``emit_weights`` bound to that group's folders, each under its own time limit.
+``allow_errors``; the cells share a time budget), then runs each probe group's code with ``load_input`` /
+``load_weights`` / ``emit`` / ``emit_weights`` bound to that group's folders, each under its own time limit.
 
 Nothing the child says is trusted: the parent reads only the ``.npy`` files (``allow_pickle=False``) and
 ``.safetensors`` files it finds under ``JOB_DIR/outputs/<group>/`` and scores them itself. Whatever student code does
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["load_input", "emit", "emit_weights", "main"]
+__all__ = ["load_input", "load_weights", "emit", "emit_weights", "main"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 _state: dict[str, Path | None] = {"inputs": None, "outputs": None}
@@ -55,6 +55,20 @@ def load_input(name: str) -> np.ndarray:
     if folder is None:
         raise RuntimeError("load_input is only available inside the grader's probes")
     return np.load(folder / f"{_check_name(name)}.npy", allow_pickle=False)
+
+
+def load_weights(name: str) -> dict[str, np.ndarray]:
+    """Weights the parent wrote for the running probe (a state_dict as ``{key: array}``; safetensors).
+
+    Probes load them into the student's module (``module.load_state_dict``) so that the parent, which chose them,
+    can compute the expected outputs with the same weights: weights a submission reports itself could be chosen to
+    make the reference trivial (all zeros)."""
+    from safetensors.numpy import load
+
+    folder = _state["inputs"]
+    if folder is None:
+        raise RuntimeError("load_weights is only available inside the grader's probes")
+    return load((folder / f"{_check_name(name)}.safetensors").read_bytes())
 
 
 def emit(name: str, value: Any) -> None:
@@ -122,7 +136,7 @@ def main(job_dir: str) -> int:
         out = job_path / "outputs" / name
         out.mkdir(parents=True, exist_ok=True)
         _state["inputs"], _state["outputs"] = job_path / "inputs" / name, out
-        namespace.update(load_input=load_input, emit=emit, emit_weights=emit_weights)
+        namespace.update(load_input=load_input, load_weights=load_weights, emit=emit, emit_weights=emit_weights)
         _log(f"\n----- probe {name}\n")
         signal.signal(signal.SIGALRM, _alarm)
         signal.setitimer(signal.ITIMER_REAL, float(group["timeout_s"]))

@@ -21,7 +21,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -123,7 +123,7 @@ class Group:
     name: str
     code: str
     timeout_s: float
-    inputs: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray | dict[str, np.ndarray]]  # arrays (load_input) and weights (load_weights)
     probes: list
 
 
@@ -140,9 +140,21 @@ def make_groups(assignment: Assignment, secret: str | None) -> list[Group]:
         else:
             k = len(groups)
             inputs = probe.inputs(np.random.default_rng([base, k])) if probe.inputs else {}
-            groups.append(Group(f"g{k}", probe.code, probe.timeout_s,
-                                {n: np.asarray(v) for n, v in inputs.items()}, [probe]))
+            groups.append(Group(f"g{k}", probe.code, probe.timeout_s, {n: _input_value(v) for n, v in inputs.items()},
+                                [probe]))
     return groups
+
+
+def _input_value(value) -> np.ndarray | dict[str, np.ndarray]:
+    """An array (written as ``.npy``, read with ``load_input``) or a mapping of arrays, i.e. weights (written as
+    ``.safetensors``, read with ``load_weights``)."""
+    if isinstance(value, Mapping):
+        return {str(k): np.array(_as_numpy(v), order="C") for k, v in value.items()}  # (0-d arrays stay 0-d)
+    return np.asarray(_as_numpy(value))
+
+
+def _as_numpy(value):
+    return value.detach().cpu().numpy() if hasattr(value, "detach") and hasattr(value, "cpu") else np.asarray(value)
 
 
 def _forbidden(probe, sources: dict[str, str]) -> str | None:
@@ -254,8 +266,13 @@ def prepare_job(assignment: Assignment, sub: Submission, groups: list[Group], wo
     (job / "job.json").write_text(json.dumps(job_spec))
     for g in groups:
         (job / "inputs" / g.name).mkdir(parents=True)
-        for name, array in g.inputs.items():
-            np.save(job / "inputs" / g.name / f"{name}.npy", array, allow_pickle=False)
+        for name, value in g.inputs.items():
+            if isinstance(value, dict):  # weights: a state_dict for load_weights
+                from safetensors.numpy import save
+
+                (job / "inputs" / g.name / f"{name}.safetensors").write_bytes(save(value))
+            else:
+                np.save(job / "inputs" / g.name / f"{name}.npy", value, allow_pickle=False)
     if assignment.files.is_dir():
         shutil.copytree(assignment.files, job / "files")
     size = 0

@@ -8,8 +8,14 @@ runs in the parent on those arrays — expected values come from mtlkit's own im
 Child-side helpers available to probe code (injected by the grader, see :mod:`mtlkit.grading.child`)::
 
     load_input(name) -> np.ndarray      # an array the parent wrote with Probe.inputs
+    load_weights(name) -> {key: array}  # weights (a state_dict) the parent wrote with Probe.inputs (safetensors)
     emit(name, array_like)              # hand an array back (float/int/bool numpy or torch tensor; no objects)
     emit_weights(name, module)          # hand a module's state_dict back as safetensors
+
+Weights that decide expected values come from the parent: a probe loads ``load_weights(...)`` into the student's
+module and the check computes the reference with the same weights. Weights the child emits are the submission's
+word only (it may override ``state_dict`` or zero its own layers so that the reference outputs zeros): use them for
+structure (names, shapes, initialisation), never as the reference's weights.
 
 An assignment's ``grading.py`` defines ``PROBES: list[Probe]`` and may define ``LEADERBOARD`` (a callable scoring
 submitted test-split predictions) and ``NEEDS_SECRET = True`` (its hidden inputs are generated from the instructor's
@@ -44,8 +50,9 @@ class Probe:
         code: Python source run in the child after the notebook's cells (student solutions spliced in).
         check: parent-side comparison, ``check(outputs, inputs) -> (fraction, message)``; messages must not
             reveal expected values beyond what the public checks already print.
-        inputs: ``inputs(rng) -> {name: array}``, hidden inputs written for the child (``rng`` is seeded by the
-            grader per assignment, so every student gets the same inputs).
+        inputs: ``inputs(rng) -> {name: array or {key: array}}``, hidden inputs written for the child (``rng`` is
+            seeded by the grader per assignment, so every student gets the same inputs); a mapping is a set of
+            weights, read in the child with ``load_weights(name)``.
         solution_ids: grade ids of the solution cells this test exercises (for the feedback).
         forbid: source patterns (regular expressions) that must not appear in those solution cells, checked in the
             parent before anything runs (e.g. importing the library's reference ``ASPP`` in an "implement ASPP" task).

@@ -90,6 +90,16 @@ def attacks(marker: str, secrets: dict[str, str], secret: str = "", port: int = 
 def softmax(x):
     return _Anything()
 ''', "affine": AFFINE}),
+        # weights chosen so that the reference is trivial (all zeros: it outputs zeros too) and an output to match;
+        # the grader checks outputs with weights it chose itself, loaded into the submission's module
+        Attack("forged_weights", 2, {"softmax": SOFTMAX, "affine": '''class Affine:
+    def __init__(self, d_in, d_out, seed=0):
+        self.weight = np.zeros((d_out, d_in))
+        self.bias = np.zeros(d_out)
+
+    def __call__(self, x):
+        return np.zeros((x.shape[0], len(self.bias)))
+'''}),
         Attack("monkeypatch", 2, {"softmax": WRONG_SOFTMAX + '''
 import numpy.testing
 numpy.testing.assert_allclose = lambda *a, **k: None
