@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "grading"))
 from corpus import AFFINE, FIXTURE, SOFTMAX, WRONG_SOFTMAX, attacks, write_corpus  # noqa: E402
+from forgeries import FORGED_TESTS, FORGERIES  # noqa: E402
 
 from mtlkit.cli import main as cli_main  # noqa: E402
 from mtlkit.grading.assignment import check_consistency, list_assignments, load_assignment  # noqa: E402
@@ -165,7 +166,8 @@ def test_corpus_covers_every_attack_of_the_issue():
                 "ipython_hooks", "disk_search", "secret_search", "network", "showtraceback", "sys_exit", "os_exit",
                 "infinite_loop", "hung_cell", "loop_no_alarm", "output_flood", "memory_bomb", "fork_bomb",
                 "runaway_threads", "kill_all", "invalid_json", "deep_json", "huge_int", "not_a_notebook",
-                "nbformat3", "missing_cell", "renamed_cell", "linked_notebook", "linked_folder", "pickle_bomb"}
+                "nbformat3", "missing_cell", "renamed_cell", "linked_notebook", "linked_folder", "pickle_bomb",
+                "forged_weights"}  # (the last: not in the issue's list; a module checked with its own weights)
     assert required <= names, sorted(required - names)
 
 
@@ -272,6 +274,52 @@ def test_only_plain_arrays_come_back(tmp_path):
     assert _read_outputs(tmp_path / "g0") == ({}, [])
 
 
+def test_weights_chosen_by_the_grader_reach_the_child_as_safetensors(tmp_path):
+    """A probe input that is a mapping (a state_dict) is written as safetensors for ``load_weights``; the parent
+    keeps the same arrays to compute the reference with."""
+    from safetensors.numpy import load
+
+    from mtlkit.grading.grade import Submission, make_groups, prepare_job
+
+    assignment = load_assignment("PSX_tiny", FIXTURE)
+    groups = make_groups(assignment, None)
+    sub = Submission("ann", _submission(tmp_path, "ann", {"softmax": SOFTMAX, "affine": AFFINE}) / "PSX_tiny.ipynb")
+    job, info = prepare_job(assignment, sub, groups, tmp_path)
+    affine = next(g for g in groups if "affine" in g.inputs)
+    written = load((job / "inputs" / affine.name / "affine.safetensors").read_bytes())
+    assert sorted(written) == ["bias", "weight"] and not (job / "inputs" / affine.name / "affine.npy").exists()
+    for key, value in affine.inputs["affine"].items():
+        assert np.array_equal(written[key], value) and np.count_nonzero(value) == value.size
+    assert np.load(job / "inputs" / affine.name / "x.npy", allow_pickle=False).shape == (4, 3)
+
+
+def test_random_state_and_structure_problem():
+    """The weights a probe checks a module with: every floating entry drawn (valid BatchNorm statistics), given
+    buffers and counters kept; a student's own state with other names or shapes gets a message naming them."""
+    import torch
+    import torch.nn as nn
+
+    from mtlkit.grading.weights import load_state, random_state, structure_problem
+
+    module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    module.register_buffer("codes", torch.eye(2))
+    state = random_state(module, np.random.default_rng(0), keep=("codes",))
+    reference = module.state_dict()
+    assert list(state) == list(reference)
+    assert all(state[k].shape == tuple(reference[k].shape) for k in state)
+    assert np.array_equal(state["codes"], np.eye(2)) and state["1.num_batches_tracked"] == 0
+    assert (state["1.running_var"] > 0).all() and np.count_nonzero(state["0.weight"]) == state["0.weight"].size
+    assert not np.allclose(state["0.weight"], reference["0.weight"].numpy())
+    copy = load_state(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), {k: v for k, v in state.items()
+                                                                            if k != "codes"})
+    assert np.array_equal(copy.state_dict()["0.weight"].numpy(), state["0.weight"].astype(np.float32))
+    own = {k: v.numpy() for k, v in reference.items()}
+    assert structure_problem(module, own) is None
+    assert "raised an error" in structure_problem(module, None)
+    assert "missing ['0.bias']" in structure_problem(module, {k: v for k, v in own.items() if k != "0.bias"})
+    assert "shapes differ" in structure_problem(module, {**own, "0.bias": np.zeros(5)})
+
+
 def test_hidden_split_assignments_refuse_to_grade_without_a_secret(tmp_path, monkeypatch):
     """Without the instructor's secret a hidden split's seed follows from public code: PS1 and PS5 refuse."""
     import shutil
@@ -361,3 +409,38 @@ def test_real_assignments_instructor_solutions_get_full_marks(tmp_path, monkeypa
         row = _rows(tmp_path / name / "gb.csv")["instructor"]
         assert row["status"] == "graded" and float(row["score"]) == float(row["max_score"]) > 0, \
             name + json.dumps(result["tests"], indent=1) + result["log"][-4000:]
+
+
+def test_forged_weights_earn_nothing_on_the_shipped_assignments(tmp_path, monkeypatch):
+    """Modules that implement nothing but report all-zero weights (so the library's reference, given those weights,
+    outputs zeros) and output zeros: the grader checks outputs with weights it chose itself, so each forged module
+    test scores 0 (every one of them scored in full when the probes took the submission's own weights)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("MTLKIT_PRESET", "unit")
+    monkeypatch.setenv("MTLKIT_GRADING_SECRET", "7")
+    for name, forged in FORGERIES.items():
+        nb = json.loads((REAL / name / f"{name}.ipynb").read_text())
+        replaced = set()
+        for cell in nb["cells"]:
+            gid = cell["metadata"].get("nbgrader", {}).get("grade_id")
+            if gid in forged:
+                cell["source"], _ = forged[gid], replaced.add(gid)
+        assert replaced == set(forged), name
+        folder = tmp_path / name / "subs" / "forger"
+        folder.mkdir(parents=True)
+        (folder / f"{name}.ipynb").write_text(json.dumps(nb))
+
+    def run(name: str) -> dict:
+        return grade(name, tmp_path / name / "subs", tmp_path / name / "gb.csv", source=REAL,
+                     limits=Limits(timeout_s=300.0))[0]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(FORGERIES, pool.map(run, FORGERIES)))
+    for name, result in results.items():
+        assert result["status"] == "graded", result["error"]
+        probes = {p["grade_id"]: p for t in result["tests"] for p in t["probes"]}
+        for test in FORGED_TESTS[name]:
+            assert probes[test]["points"] == 0.0, f"{name}:{test} " + json.dumps(probes[test]) + result["log"][-3000:]
+            # the forged module was built, loaded and run: it fails on its outputs, not on an error
+            assert "error" in probes[test]["message"] and "raised" not in probes[test]["message"], probes[test]

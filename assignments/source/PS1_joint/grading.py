@@ -1,8 +1,9 @@
 """PS1 (joint DeepLabV3+) hidden tests, run by ``mtlkit grade`` (parent side; never copied to students).
 
 Each :class:`~mtlkit.grading.spec.Probe` runs its ``code`` in the child after the notebook (the student's solution
-cells spliced into the instructor's notebook) and hands plain arrays back; ``check`` recomputes the expected values
-here with mtlkit's own modules (``mtlkit.models.blocks``) and compares. Hidden configurations differ from the
+cells spliced into the instructor's notebook): it loads weights drawn here into the student's module and hands
+plain arrays back; ``check`` recomputes the expected values here with mtlkit's own modules
+(``mtlkit.models.blocks``) and the same weights, and compares. Hidden configurations differ from the
 notebook's public checks (other channels, rates, sizes; batch of one in train mode).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from mtlkit.course import relative_error
 from mtlkit.grading.spec import Probe
+from mtlkit.grading.weights import emitted_state, load_state, random_state, structure_problem
 
 TOLERANCE = 1e-7  # float64 on both sides: the same computation agrees to ~1e-15
 # A solution must implement the module, not import the library's (checked in the parent on the solution source).
@@ -24,34 +26,10 @@ FORBID = (r"\bmtlkit\b", r"__import__", r"\bimportlib\b", r"sys\.modules", r"\be
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def weights_of(outputs: Mapping, name: str) -> dict[str, torch.Tensor]:
-    """The state_dict the probe emitted with ``emit_weights(name, module)``, as float64 tensors.
-
-    Accepts the grader's two possible forms: ``outputs[name]`` a mapping of arrays, or flat ``name.<key>`` arrays.
-    """
-    if isinstance(outputs.get(name), Mapping):
-        flat = dict(outputs[name])
-    else:
-        prefix = name + "."
-        flat = {k[len(prefix):]: v for k, v in outputs.items() if k.startswith(prefix)}
-    if not flat:
-        raise KeyError(name)
-    return {k: torch.from_numpy(np.array(v)) for k, v in flat.items()}
-
-
-def load_into(reference: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
-    """Load ``state`` into ``reference`` (strict); a message naming the mismatch, or None when it fits."""
-    expected = reference.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        return (f"your module's parameters do not have the names the skeleton fixes; missing {missing[:6]}, "
-                f"unexpected {unexpected[:6]} (keep the attribute names of the docstring)")
-    wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
-    if wrong:
-        return f"parameter shapes differ from the specification: {[(k, tuple(state[k].shape)) for k in wrong[:4]]}"
-    reference.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
-    return None
+# The weights a module is checked with are drawn here (random_state) and loaded into the student's module in the
+# child: weights the submission reported itself could be chosen to make the reference trivial (all zeros).
+# What the child emits of its own module ("own") only names the parameters, for the feedback.
+LOAD_WEIGHTS = "_m.load_state_dict({k: torch.from_numpy(v) for k, v in load_weights('weights').items()})"
 
 
 def compare(outputs: Mapping, name: str, expected: torch.Tensor, what: str) -> tuple[bool, str]:
@@ -64,15 +42,13 @@ def compare(outputs: Mapping, name: str, expected: torch.Tensor, what: str) -> t
     return error < TOLERANCE, f"{what}: relative error {error:.1e}"
 
 
-def module_check(outputs, reference, weights_name, runs) -> tuple[float, str]:
-    """Load the emitted weights into ``reference``; run it as ``runs`` says: [(output name, mode, args), ...]."""
-    try:
-        state = weights_of(outputs, weights_name)
-    except KeyError:
-        return 0.0, "no weights came back (building your module raised an error; see the log)"
-    problem = load_into(reference, state)
+def module_check(outputs, inputs, reference, what, runs) -> tuple[float, str]:
+    """Check the student's parameter names, load the grader's weights into ``reference`` and run it as ``runs``
+    says: [(output name, mode, args), ...]; the fraction of outputs that match."""
+    problem = structure_problem(reference, emitted_state(outputs, "own"), what)
     if problem:
         return 0.0, problem
+    load_state(reference, inputs["weights"])
     passed, messages = 0, []
     for name, mode, args in runs:
         reference.train(mode == "train")
@@ -92,14 +68,17 @@ def t64(inputs: Mapping, name: str) -> torch.Tensor:
 ASPP_CONFIG = dict(in_channels=24, out_channels=8, rates=(2, 3, 5))
 
 
-def aspp_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {"x": rng.standard_normal((1, 24, 6, 10))}  # batch of one in train mode: needs the GroupNorm branch
+def aspp_inputs(rng: np.random.Generator) -> dict:
+    from mtlkit.models.blocks import ASPP
+
+    # batch of one in train mode: needs the GroupNorm branch
+    return {"x": rng.standard_normal((1, 24, 6, 10)), "weights": random_state(ASPP(**ASPP_CONFIG), rng)}
 
 
-ASPP_CODE = """
-torch.manual_seed(1234)
-_m = randomize_norms(ASPP(24, 8, rates=(2, 3, 5)).double(), seed=7)
-emit_weights("aspp", _m)  # before the forwards: train mode updates the running statistics
+ASPP_CODE = f"""
+_m = ASPP(24, 8, rates=(2, 3, 5)).double()
+emit_weights("own", _m)
+{LOAD_WEIGHTS}
 _x = torch.from_numpy(load_input("x")).double()
 _m.eval()
 with torch.no_grad():
@@ -114,22 +93,25 @@ def aspp_check(outputs, inputs):
     from mtlkit.models.blocks import ASPP
 
     x = t64(inputs, "x")
-    runs = [("eval", "eval", (x,)), ("train", "train", (x,))]
-    return module_check(outputs, ASPP(**ASPP_CONFIG).double(), "aspp", runs)
+    return module_check(outputs, inputs, ASPP(**ASPP_CONFIG).double(), "your ASPP",
+                        [("eval", "eval", (x,)), ("train", "train", (x,))])
 
 
 # ------------------------------------------------------------------------------------------------ decoder
 DECODER_CONFIG = dict(in_channels=10, skip_in_channels=6, out_channels=7, skip_channels=4, channels=12)
 
 
-def decoder_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {"x": rng.standard_normal((2, 10, 3, 4)), "skip": rng.standard_normal((2, 6, 11, 14))}
+def decoder_inputs(rng: np.random.Generator) -> dict:
+    from mtlkit.models.blocks import DeepLabV3PlusDecoder
+
+    return {"x": rng.standard_normal((2, 10, 3, 4)), "skip": rng.standard_normal((2, 6, 11, 14)),
+            "weights": random_state(DeepLabV3PlusDecoder(**DECODER_CONFIG), rng)}
 
 
-DECODER_CODE = """
-torch.manual_seed(4321)
-_m = randomize_norms(DeepLabV3PlusDecoder(10, 6, 7, skip_channels=4, channels=12).double(), seed=8)
-emit_weights("decoder", _m)
+DECODER_CODE = f"""
+_m = DeepLabV3PlusDecoder(10, 6, 7, skip_channels=4, channels=12).double()
+emit_weights("own", _m)
+{LOAD_WEIGHTS}
 _x, _s = (torch.from_numpy(load_input(n)).double() for n in ("x", "skip"))
 _m.eval()
 with torch.no_grad():
@@ -145,8 +127,7 @@ def decoder_check(outputs, inputs):
     from mtlkit.models.blocks import DeepLabV3PlusDecoder
 
     x, skip = t64(inputs, "x"), t64(inputs, "skip")
-    reference = DeepLabV3PlusDecoder(**DECODER_CONFIG).double()
-    return module_check(outputs, reference, "decoder", [
+    return module_check(outputs, inputs, DeepLabV3PlusDecoder(**DECODER_CONFIG).double(), "your decoder", [
         ("eval_sized", "eval", (x, skip, (41, 53))), ("eval", "eval", (x, skip)),
         ("train_sized", "train", (x, skip, (41, 53))),
     ])

@@ -1,8 +1,10 @@
 """PS2 (branched model, task distillation) hidden tests for ``mtlkit grade`` (parent side; never copied to students).
 
-The child builds the student's modules on hidden tasks and widths, emits their head weights, the encoder features it
-fed them and their outputs; here the library's ``deeplab-branched`` / ``deeplab-distill`` and
-``mtlkit.models.blocks.SelfAttentionGate`` get the same weights and features, and the outputs are compared.
+The child builds the student's modules on hidden tasks and widths, loads weights drawn here into them (the
+submission's own weights could be chosen to make the reference trivial), feeds them hidden encoder features and
+emits their outputs; here the library's ``deeplab-branched`` / ``deeplab-distill`` and
+``mtlkit.models.blocks.SelfAttentionGate`` get the same weights and features, and the outputs are compared. What
+the child emits of its own modules' state only names their parameters, for the feedback.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch.nn as nn
 
 from mtlkit.course import relative_error
 from mtlkit.grading.spec import Probe
+from mtlkit.grading.weights import emitted_state, load_state, random_state, structure_problem
 
 TOLERANCE = 1e-7  # float64 on both sides
 FORBID = (r"\bmtlkit\b", r"DeepLabV3Plus(Branched|Distill)", r"deeplab-(branched|distill|joint)", r"\bbuild\s*\(",
@@ -35,29 +38,12 @@ class FixedEncoder(nn.Module):
         return self.skip, self.features
 
 
-def weights_of(outputs: Mapping, name: str) -> dict[str, torch.Tensor]:
-    """The state_dict emitted with ``emit_weights(name, ...)`` (a mapping, or flat ``name.<key>`` arrays)."""
-    if isinstance(outputs.get(name), Mapping):
-        flat = dict(outputs[name])
-    else:
-        flat = {k[len(name) + 1:]: v for k, v in outputs.items() if k.startswith(name + ".")}
-    if not flat:
-        raise KeyError(name)
-    return {k: torch.from_numpy(np.array(v)) for k, v in flat.items()}
+def heads_of(model: nn.Module) -> nn.ModuleDict:
+    """Everything of a DeepLab model but its encoder (the part the student writes)."""
+    return nn.ModuleDict({k: v for k, v in model.named_children() if k != "encoder"})
 
 
-def load_into(reference: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
-    """Strict load; a message naming the mismatch, or None."""
-    expected = reference.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        return (f"parameter names differ from the skeleton's: missing {missing[:6]}, unexpected {unexpected[:6]} "
-                "(keep the attribute names of the docstring)")
-    wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
-    if wrong:
-        return f"parameter shapes differ: {[(k, tuple(state[k].shape)) for k in wrong[:4]]}"
-    reference.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
-    return None
+LOAD_WEIGHTS = "{k: torch.from_numpy(v) for k, v in load_weights('weights').items()}"
 
 
 def compare_all(outputs: Mapping, expected: Mapping[str, torch.Tensor]) -> tuple[float, str]:
@@ -78,10 +64,19 @@ def compare_all(outputs: Mapping, expected: Mapping[str, torch.Tensor]) -> tuple
     return passed / len(expected), "; ".join(messages)
 
 
-def feature_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    b, _, h, w = IMAGE
-    return {"skip": rng.standard_normal((b, 64, h // 4, w // 4)),
-            "features": rng.standard_normal((b, 512, h // 16, w // 16))}
+def model_inputs(name: str):
+    """Hidden encoder features, and weights for the heads of ``name`` (the library's model on the hidden config)."""
+    def inputs(rng: np.random.Generator) -> dict:
+        from mtlkit.models import build
+
+        b, _, h, w = IMAGE
+        return {"skip": rng.standard_normal((b, 64, h // 4, w // 4)),
+                "features": rng.standard_normal((b, 512, h // 16, w // 16)),
+                "weights": random_state(heads_of(build(name, TASKS, encoder="resnet18", **WIDTHS)), rng)}
+    return inputs
+
+
+BRANCHED_INPUTS, DISTILL_INPUTS = model_inputs("deeplab-branched"), model_inputs("deeplab-distill")
 
 
 def _model_code(cls: str) -> str:
@@ -90,13 +85,11 @@ torch.manual_seed(21)
 _tasks = {TASKS!r}
 _m = {cls}(_tasks, encoder="resnet18", **{WIDTHS!r})
 emit("params", torch.tensor(sum(p.numel() for p in _m.parameters()), dtype=torch.int64))
-with torch.no_grad():
-    for _gates in getattr(_m, "distill", {{}}).values():
-        for _g in _gates.values():
-            _g.gate.weight.normal_(0, 0.3)  # non-zero gates, so the gating matters
 _m.encoder = FixedEncoder(*(torch.from_numpy(load_input(n)).double() for n in ("skip", "features")))
 _m.double().eval()
-emit_weights("heads", nn.ModuleDict({{k: v for k, v in _m.named_children() if k != "encoder"}}))
+_heads = nn.ModuleDict({{k: v for k, v in _m.named_children() if k != "encoder"}})
+emit_weights("own", _heads)
+_heads.load_state_dict({LOAD_WEIGHTS})
 with torch.no_grad():
     _out = _m(torch.zeros({IMAGE!r}, dtype=torch.float64))
 for _t in _tasks:
@@ -109,18 +102,14 @@ for _t in _tasks:
 def _reference(name: str, outputs: Mapping, inputs: Mapping) -> tuple[nn.Module | None, str]:
     from mtlkit.models import build
 
-    torch.manual_seed(0)
     reference = build(name, TASKS, encoder="resnet18", **WIDTHS)
-    try:
-        heads = weights_of(outputs, "heads")
-    except KeyError:
-        return None, "no weights came back (building your model raised an error; see the log)"
-    problem = load_into(nn.ModuleDict({k: v for k, v in reference.named_children() if k != "encoder"}), heads)
+    problem = structure_problem(heads_of(reference), emitted_state(outputs, "own"), "your model")
     if problem:
         return None, problem
     skip, features = (torch.from_numpy(np.array(inputs[n], dtype=np.float64)) for n in ("skip", "features"))
     reference.encoder = FixedEncoder(skip, features)
-    return reference.double().eval(), ""
+    load_state(heads_of(reference.double().eval()), inputs["weights"])  # float64 weights into a float64 model
+    return reference, ""
 
 
 def params_check(name: str):
@@ -157,8 +146,15 @@ GATE_TASKS = ("depth", "normals", "semseg")
 GATE_SHAPE = (1, 5, 7, 4)
 
 
-def gate_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {t: rng.standard_normal(GATE_SHAPE) for t in GATE_TASKS}
+def _gates(gate_class) -> nn.ModuleDict:
+    return nn.ModuleDict({t: nn.ModuleDict({s: gate_class(5, 5) for s in GATE_TASKS if s != t}) for t in GATE_TASKS})
+
+
+def gate_inputs(rng: np.random.Generator) -> dict:
+    from mtlkit.models.blocks import SelfAttentionGate
+
+    return {**{t: rng.standard_normal(GATE_SHAPE) for t in GATE_TASKS},
+            "weights": random_state(_gates(SelfAttentionGate), rng)}  # non-zero gates, so the gating matters
 
 
 GATE_CODE = f"""
@@ -167,10 +163,8 @@ emit_weights("fresh", SelfAttentionGate(5, 7))
 _tasks = {GATE_TASKS!r}
 _g = nn.ModuleDict({{t: nn.ModuleDict({{s: SelfAttentionGate(5, 5) for s in _tasks if s != t}})
                    for t in _tasks}}).double()
-with torch.no_grad():
-    for _p in _g.parameters():
-        _p.normal_(0, 0.3)
-emit_weights("gates", _g)
+emit_weights("own", _g)
+_g.load_state_dict({LOAD_WEIGHTS})
 with torch.no_grad():
     _o = distill_features({{t: torch.from_numpy(load_input(t)).double() for t in _tasks}}, _g)
 for _t in _tasks:
@@ -179,15 +173,14 @@ for _t in _tasks:
 
 
 def gate_init_check(outputs, inputs):
-    try:
-        fresh = weights_of(outputs, "fresh")
-    except KeyError:
+    fresh = emitted_state(outputs, "fresh")
+    if fresh is None:
         return 0.0, "SelfAttentionGate(5, 7) raised an error (see the log)"
     if set(fresh) != {"message.weight", "gate.weight"}:
         return 0.0, f"a gate's parameters are {sorted(fresh)}; expected message.weight and gate.weight (no biases)"
-    if any(tuple(v.shape) != (7, 5, 3, 3) for v in fresh.values()):
+    if any(tuple(np.shape(v)) != (7, 5, 3, 3) for v in fresh.values()):
         return 0.0, "the gate's convs must be 3x3 from in_channels to out_channels"
-    if torch.count_nonzero(fresh["gate.weight"]) or not torch.count_nonzero(fresh["message.weight"]):
+    if np.count_nonzero(fresh["gate.weight"]) or not np.count_nonzero(fresh["message.weight"]):
         return 0.0, "at initialisation the gate's conv must be zero and the message conv random"
     return 1.0, "gate initialisation as specified"
 
@@ -195,14 +188,11 @@ def gate_init_check(outputs, inputs):
 def gate_outputs_check(outputs, inputs):
     from mtlkit.models.blocks import SelfAttentionGate
 
-    reference = nn.ModuleDict({t: nn.ModuleDict({s: SelfAttentionGate(5, 5) for s in GATE_TASKS if s != t})
-                               for t in GATE_TASKS}).double()
-    try:
-        problem = load_into(reference, weights_of(outputs, "gates"))
-    except KeyError:
-        return 0.0, "no gate weights came back (see the log)"
+    reference = _gates(SelfAttentionGate).double()
+    problem = structure_problem(reference, emitted_state(outputs, "own"), "your gates")
     if problem:
         return 0.0, problem
+    load_state(reference, inputs["weights"])
     f = {t: torch.from_numpy(np.array(inputs[t], dtype=np.float64)) for t in GATE_TASKS}
     with torch.no_grad():
         expected = {t: f[t] + sum(reference[t][s](f[s]) for s in GATE_TASKS if s != t) for t in GATE_TASKS}
@@ -211,19 +201,19 @@ def gate_outputs_check(outputs, inputs):
 
 PROBES = [
     Probe("branched_check.params", 1, _model_code("BranchedDeepLab"), params_check("deeplab-branched"),
-          inputs=feature_inputs, solution_ids=("branched",), forbid=FORBID,
+          inputs=BRANCHED_INPUTS, solution_ids=("branched",), forbid=FORBID,
           description="branched model: parameter count on hidden tasks and widths"),
     Probe("branched_check.outputs", 3, _model_code("BranchedDeepLab"), outputs_check("deeplab-branched"),
-          inputs=feature_inputs, solution_ids=("branched",), forbid=FORBID,
+          inputs=BRANCHED_INPUTS, solution_ids=("branched",), forbid=FORBID,
           description="branched model: every task's output on hidden features"),
     Probe("gate_check.init", 1, GATE_CODE, gate_init_check, inputs=gate_inputs, solution_ids=("gate",), forbid=FORBID,
           description="self-attention gate: parameters and initialisation"),
     Probe("gate_check.distill", 3, GATE_CODE, gate_outputs_check, inputs=gate_inputs, solution_ids=("gate",),
           forbid=FORBID, description="distilled features with three tasks on hidden inputs"),
     Probe("distill_check.params", 1, _model_code("DistillDeepLab"), params_check("deeplab-distill"),
-          inputs=feature_inputs, solution_ids=("branched", "gate", "distill"), forbid=FORBID,
+          inputs=DISTILL_INPUTS, solution_ids=("branched", "gate", "distill"), forbid=FORBID,
           description="distillation model: parameter count on hidden tasks and widths"),
     Probe("distill_check.outputs", 3, _model_code("DistillDeepLab"), outputs_check("deeplab-distill"),
-          inputs=feature_inputs, solution_ids=("branched", "gate", "distill"), forbid=FORBID,
+          inputs=DISTILL_INPUTS, solution_ids=("branched", "gate", "distill"), forbid=FORBID,
           description="distillation model: final and initial predictions on hidden features"),
 ]

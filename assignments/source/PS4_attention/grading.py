@@ -1,8 +1,10 @@
 """PS4 (ULSAM, AdaIN, task switching) hidden tests, run by ``mtlkit grade`` (parent side; never copied to students).
 
-The child builds the student's modules on hidden configurations, emits their weights and outputs on hidden inputs;
+The child builds the student's modules on hidden configurations, loads weights drawn here into them (the
+submission's own weights could be chosen to make the reference trivial) and emits their outputs on hidden inputs;
 here ``mtlkit.models.ulsam.ULSAM`` and ``mtlkit.models.tsn`` (AdaINConv, MappingNetwork, task_codes) get the same
-weights and inputs, and the outputs are compared.
+weights and inputs, and the outputs are compared. What the child emits of its own modules' state only names their
+parameters (and shows the style layer's initialisation), for the feedback.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch.nn as nn
 
 from mtlkit.course import relative_error
 from mtlkit.grading.spec import Probe
+from mtlkit.grading.weights import emitted_state, load_state, random_state, structure_problem
 
 TOLERANCE = 1e-7  # float64 on both sides
 SCALED_TOLERANCE = 1e-6  # AdaIN: the library's instance-norm statistics are float32
@@ -22,32 +25,17 @@ FORBID = (r"\bmtlkit\b", r"\bInstanceNorm\b", r"TaskSwitchingNet", r"UNetDecoder
           r"__globals__", r"\bcheck_\w+\s*\(", r"reference_switching")
 
 
-def weights_of(outputs: Mapping, name: str) -> dict[str, torch.Tensor]:
-    """The state_dict emitted with ``emit_weights(name, ...)`` (a mapping, or flat ``name.<key>`` arrays)."""
-    if isinstance(outputs.get(name), Mapping):
-        flat = dict(outputs[name])
-    else:
-        flat = {k[len(name) + 1:]: v for k, v in outputs.items() if k.startswith(name + ".")}
-    if not flat:
-        raise KeyError(name)
-    return {k: torch.from_numpy(np.array(v)) for k, v in flat.items()}
+LOAD_WEIGHTS = "{k: torch.from_numpy(v) for k, v in load_weights(%r).items()}"
 
 
-def load_into(reference: nn.Module, outputs: Mapping, name: str) -> str | None:
-    """Strict load of the emitted weights ``name``; a message naming the problem, or None."""
-    try:
-        state = weights_of(outputs, name)
-    except KeyError:
-        return "no weights came back (building your module raised an error; see the log)"
-    expected = reference.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        return (f"parameter names differ from the skeleton's: missing {missing[:6]}, unexpected {unexpected[:6]} "
-                "(keep the attribute names of the docstring)")
-    wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
-    if wrong:
-        return f"parameter shapes differ: {[(k, tuple(state[k].shape)) for k in wrong[:4]]}"
-    reference.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+def load_checked(reference: nn.Module, outputs: Mapping, inputs: Mapping, own: str, weights: str,
+                 what: str) -> str | None:
+    """The student's own parameter names (``own``) against ``reference``'s, then the grader's ``weights`` loaded
+    into ``reference``; a message naming the problem, or None."""
+    problem = structure_problem(reference, emitted_state(outputs, own), what)
+    if problem:
+        return problem
+    load_state(reference, inputs[weights])
     return None
 
 
@@ -87,15 +75,17 @@ def t64(inputs: Mapping, name: str) -> torch.Tensor:
 ULSAM_CONFIG = (24, 6)  # channels, groups
 
 
-def ulsam_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {"x": rng.standard_normal((2, 24, 5, 9))}
+def ulsam_inputs(rng: np.random.Generator) -> dict:
+    from mtlkit.models.ulsam import ULSAM
+
+    return {"x": rng.standard_normal((2, 24, 5, 9)), "weights": random_state(ULSAM(*ULSAM_CONFIG), rng)}
 
 
-ULSAM_CODE = """
-torch.manual_seed(41)
-_m = randomize_norms(ULSAM(24, 6).double(), seed=9)
+ULSAM_CODE = f"""
+_m = ULSAM(24, 6).double()
 emit("params", torch.tensor(sum(p.numel() for p in _m.parameters())))
-emit_weights("ulsam", _m)
+emit_weights("own", _m)
+_m.load_state_dict({LOAD_WEIGHTS % "weights"})
 _x = torch.from_numpy(load_input("x"))
 with torch.no_grad():
     _m.eval()
@@ -116,7 +106,7 @@ def ulsam_check(outputs, inputs):
         # (the expected count itself is not shown: feedback never holds expected values)
         return 0.0, f"ULSAM(24, 6) has {count} parameters, not the 5C + 3g the specification asks for"
     reference = ULSAM(*ULSAM_CONFIG).double()
-    problem = load_into(reference, outputs, "ulsam")
+    problem = load_checked(reference, outputs, inputs, "own", "weights", "your ULSAM")
     if problem:
         return 0.0, problem
     x = t64(inputs, "x")
@@ -132,10 +122,15 @@ def ulsam_check(outputs, inputs):
 ADAIN_CASES = {"a": (5, 7, 3, 9, (2, 5, 6, 4), 2), "b": (3, 4, 1, 6, (3, 3, 1, 1), 1)}  # c_in, c_out, k, d, x, w rows
 
 
-def adain_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
+def adain_inputs(rng: np.random.Generator) -> dict:
+    from mtlkit.models.tsn import AdaINConv
+
     out = {}
     for name, (c_in, c_out, k, d, shape, rows) in ADAIN_CASES.items():
         out[f"x_{name}"], out[f"w_{name}"] = rng.standard_normal(shape), rng.standard_normal((rows, d))
+        weights = random_state(AdaINConv(c_in, c_out, k, d), rng)
+        weights["style.bias"] = rng.standard_normal(2 * c_out)  # a trained-looking style layer
+        out[f"weights_{name}"] = weights
     return out
 
 
@@ -144,22 +139,20 @@ torch.manual_seed(42)
 emit_weights("fresh", AdaINConv(4, 3, 3, 5))
 for _name, (_ci, _co, _k, _d, _shape, _rows) in {ADAIN_CASES!r}.items():
     _m = AdaINConv(_ci, _co, _k, _d).double()
-    with torch.no_grad():
-        _m.style.bias.normal_()
-    emit_weights("m_" + _name, _m)
+    emit_weights("own_" + _name, _m)
+    _m.load_state_dict({{k: torch.from_numpy(v) for k, v in load_weights("weights_" + _name).items()}})
     with torch.no_grad():
         emit("y_" + _name, _m(torch.from_numpy(load_input("x_" + _name)), torch.from_numpy(load_input("w_" + _name))))
 """
 
 
 def adain_init_check(outputs, inputs):
-    try:
-        fresh = weights_of(outputs, "fresh")
-    except KeyError:
+    fresh = emitted_state(outputs, "fresh")
+    if fresh is None:
         return 0.0, "AdaINConv(4, 3, 3, 5) raised an error (see the log)"
     if "style.bias" not in fresh:
         return 0.0, f"AdaINConv's parameters are {sorted(fresh)}; expected conv.* and style.*"
-    ok = torch.equal(fresh["style.bias"].double(), torch.tensor([1.0, 1, 1, 0, 0, 0], dtype=torch.float64))
+    ok = np.array_equal(np.asarray(fresh["style.bias"], dtype=np.float64), [1.0, 1, 1, 0, 0, 0])
     if ok:
         return 1.0, "style bias initialised to gamma = 1, beta = 0"
     return 0.0, "the style bias must start at gamma = 1 (first C entries) and beta = 0 (last C entries)"
@@ -171,7 +164,7 @@ def adain_outputs_check(outputs, inputs):
     expected, problems = {}, []
     for name, (c_in, c_out, k, d, _, _) in ADAIN_CASES.items():
         reference = AdaINConv(c_in, c_out, k, d).double()
-        problem = load_into(reference, outputs, f"m_{name}")
+        problem = load_checked(reference, outputs, inputs, f"own_{name}", f"weights_{name}", "your AdaINConv")
         if problem:
             problems.append(problem)
             continue
@@ -187,20 +180,22 @@ SWITCH_TASKS = {"depth": 1, "normals": 3, "semseg": 6, "edge": 1}
 SWITCH_CONFIG = dict(in_channels=5, widths=(6, 4, 7), code_dim=12, mapping_layers=3)
 
 
-def switching_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {"x": rng.standard_normal((2, 5, 6, 5))}
+def switching_inputs(rng: np.random.Generator) -> dict:
+    weights = random_state(_ReferenceSwitching(SWITCH_TASKS, **SWITCH_CONFIG), rng, keep=("codes",))  # codes: given
+    for key in weights:
+        if key.endswith("style.bias"):
+            weights[key] = rng.standard_normal(weights[key].shape)  # trained-looking styles, so tasks really differ
+    return {"x": rng.standard_normal((2, 5, 6, 5)), "weights": weights}
 
 
 SWITCHING_CODE = f"""
 torch.manual_seed(43)
 _m = TaskSwitchingDecoder({SWITCH_TASKS!r}, **{SWITCH_CONFIG!r}).double()
-with torch.no_grad():
-    for _b in _m.blocks:
-        _b.style.bias.normal_()
-emit_weights("switching", _m)
 emit("params", torch.tensor(sum(p.numel() for p in _m.parameters())))
 emit("params_two_tasks", torch.tensor(sum(p.numel() for p in TaskSwitchingDecoder({{"semseg": 6, "depth": 1}},
                                                                                   **{SWITCH_CONFIG!r}).parameters())))
+emit_weights("own", _m)
+_m.load_state_dict({LOAD_WEIGHTS % "weights"})
 _x = torch.from_numpy(load_input("x"))
 with torch.no_grad():
     for _t in {tuple(SWITCH_TASKS)!r}:
@@ -232,7 +227,7 @@ class _ReferenceSwitching(nn.Module):
 
 def switching_check(outputs, inputs):
     reference = _ReferenceSwitching(SWITCH_TASKS, **SWITCH_CONFIG).double()
-    problem = load_into(reference, outputs, "switching")
+    problem = load_checked(reference, outputs, inputs, "own", "weights", "your decoder")
     if problem:
         return 0.0, problem
     x = t64(inputs, "x")
