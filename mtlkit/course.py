@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,20 +26,27 @@ PRESETS = ("unit", "smoke", "lesson", "paper")
 # Schedules per preset for the DeepLab notebooks (01-05). smoke/unit shrink the model (ResNet-18, narrow ASPP and
 # decoder) because a full-width DeepLabV3+ takes ~0.7 s per step at 64x128 on 2 cores; cells that check parameter
 # counts always build the full-size model. paper is the DLAD course recipe (REFERENCE.md).
+# train_images / val_images: the first N images of those splits (None: all). Notebook 01 trains one model on that;
+# notebooks 02-05 compare several models each, and in smoke every one of those runs uses the shorter *study*
+# schedule (study_epochs on the first study_train_images), so the whole course stays within a few CPU minutes.
 DEEPLAB_SCHEDULES: dict[str, dict[str, Any]] = {
     "unit": dict(data="synthetic-city", data_preset="unit", epochs=1, batch_size=4, optimizer="adam", lr=1e-3,
                  weight_decay=0.0, scheduler=None, encoder="resnet18", aspp_channels=16, decoder_channels=16,
-                 skip_channels=8, loss_weights={"semseg": 0.5, "depth": 0.5}),
+                 skip_channels=8, loss_weights={"semseg": 0.5, "depth": 0.5}, train_images=None, val_images=None,
+                 study_epochs=None, study_train_images=None),
     "smoke": dict(data="synthetic-city", data_preset="smoke", epochs=3, batch_size=8, optimizer="adam", lr=1e-3,
                   weight_decay=0.0, scheduler=None, encoder="resnet18", aspp_channels=64, decoder_channels=64,
-                  skip_channels=24, loss_weights={"semseg": 0.5, "depth": 0.5}),
+                  skip_channels=24, loss_weights={"semseg": 0.5, "depth": 0.5}, train_images=96, val_images=32,
+                  study_epochs=2, study_train_images=64),
     "lesson": dict(data="synthetic-city", data_preset="lesson", epochs=12, batch_size=8, optimizer="adam",
                    lr=5e-4, weight_decay=1e-4, scheduler="poly", encoder="resnet34", aspp_channels=256,
-                   decoder_channels=256, skip_channels=48, loss_weights={"semseg": 0.5, "depth": 0.5}),
+                   decoder_channels=256, skip_channels=48, loss_weights={"semseg": 0.5, "depth": 0.5},
+                   train_images=None, val_images=None, study_epochs=None, study_train_images=None),
     "paper": dict(data="miniscapes", data_preset="paper", epochs=16, batch_size=4, optimizer="sgd", lr=0.01,
                   momentum=0.9, weight_decay=1e-4, scheduler="poly", power=0.9, encoder="resnet34",
                   aspp_channels=256, decoder_channels=256, skip_channels=48, pretrained=True,
-                  loss_weights={"semseg": 0.5, "depth": 0.5}),
+                  loss_weights={"semseg": 0.5, "depth": 0.5}, train_images=None, val_images=None,
+                  study_epochs=None, study_train_images=None),
 }
 
 # Numbers from the papers and courses (REFERENCE.md), always shown labelled as references, never as kit results.
@@ -62,6 +70,60 @@ def check_preset(preset: str) -> str:
 def deeplab_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
     """The DeepLab notebooks' schedule for ``preset`` (a copy), with ``overrides`` applied."""
     return {**DEEPLAB_SCHEDULES[check_preset(preset)], **overrides}
+
+
+@dataclass
+class DeepLabSetup:
+    """What a DeepLab notebook (01-05) needs before it builds models: see :func:`deeplab_setup`."""
+
+    schedule: dict[str, Any]  # the preset's schedule with the overrides applied
+    data: str  # dataset id
+    splits: dict[str, Any]  # train / val (the schedule's first N images) / test
+    tasks: dict[str, Any]  # {"semseg": Task, "depth": Task}
+    task_channels: dict[str, int]  # {"semseg": 19, "depth": 1}
+    model_options: dict[str, Any]  # build("deeplab-...", task_channels, **model_options)
+    trainer_options: dict[str, Any]  # Trainer / train_or_load arguments: schedule, device, seed (no weighting)
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        return dict(self.schedule["loss_weights"])
+
+
+def deeplab_setup(preset: str, data: str = "auto", seed: int = 0, device: str = "auto", study: bool = True,
+                  epochs: int | None = None, train_images: int | None = None, **overrides: Any) -> DeepLabSetup:
+    """Schedule, data, tasks, model and Trainer options of a DeepLab notebook, in one place.
+
+    ``study=True`` (notebooks 02-05, which train several models) uses the preset's study schedule where it has one
+    (smoke: ``study_epochs`` on the first ``study_train_images``); ``study=False`` (notebook 01) the full one.
+    ``epochs`` / ``train_images`` override either; ``data="auto"`` is the preset's dataset; other ``overrides``
+    change schedule entries (e.g. ``optimizer="sgd"``).
+    """
+    schedule = deeplab_schedule(preset, **overrides)
+    if epochs is None:
+        epochs = (study and schedule.get("study_epochs")) or schedule["epochs"]
+    if train_images is None:
+        train_images = (study and schedule.get("study_train_images")) or schedule.get("train_images")
+    schedule["epochs"], schedule["train_images"] = int(epochs), train_images
+    name = schedule["data"] if data == "auto" else data
+    splits = load_splits(name, schedule["data_preset"], seed=seed)  # a real dataset says how to prepare it
+    if train_images:
+        splits["train"] = subset(splits["train"], int(train_images))
+    if schedule.get("val_images") and splits.get("val") is not None:
+        splits["val"] = subset(splits["val"], min(int(schedule["val_images"]), len(splits["val"])))
+    from mtlkit.tasks import tasks_for
+
+    tasks = tasks_for(splits["train"].task_info)
+    model_options = {k: schedule[k] for k in ("encoder", "aspp_channels", "decoder_channels", "skip_channels")}
+    model_options["pretrained"] = bool(schedule.get("pretrained", False))
+    trainer_options = {k: schedule[k] for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay",
+                                                "scheduler")}
+    if schedule["optimizer"] == "sgd":
+        trainer_options["momentum"] = schedule.get("momentum", 0.9)
+    if schedule["scheduler"] == "poly":
+        trainer_options["power"] = schedule.get("power", 0.9)
+    trainer_options.update(device=device, seed=seed)
+    return DeepLabSetup(schedule, name, splits, tasks, {t: task.out_channels for t, task in tasks.items()},
+                        model_options, trainer_options)
 
 
 def load_splits(name: str, preset: str, seed: int = 0, **options: Any) -> dict[str, Any]:

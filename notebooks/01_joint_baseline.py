@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -36,7 +38,7 @@ SEED = 0
 DATA = "auto"  # "auto": the preset's dataset (synthetic-city; the paper preset uses the real MiniScapes data)
 OUT_DIR = "../runs/notebooks/01_joint_baseline"
 PRETRAINED = None  # ImageNet initialisation of the encoder; None -> the preset's (paper: True, needs the HF hub)
-EPOCHS = None  # None -> the preset's (smoke: 3)
+EPOCHS = None  # None -> the preset's (smoke: 3, on the first 96 training images)
 OPTIMIZER = None  # "sgd" | "adam" | "adamw"; None -> the preset's (smoke: adam, paper: sgd)
 LR = None  # None -> the preset's (smoke: 1e-3, paper: 0.01)
 BATCH_SIZE = None  # None -> the preset's (smoke: 8, paper: 4)
@@ -60,12 +62,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlkit import viz
-from mtlkit.course import (REFERENCE_RESULTS, check_preset, course_table, deeplab_schedule, load_splits,
-                           relative_error, subset, summarize, train_or_load, write_notebook_results)
+from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_setup, relative_error, subset, summarize,
+                           train_or_load, write_notebook_results)
 from mtlkit.data import collate
 from mtlkit.metrics import grader_score
 from mtlkit.models import build, count_parameters
-from mtlkit.tasks import tasks_for
 from mtlkit.train import Callback, seed_everything
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -73,27 +74,22 @@ NOTEBOOK = "01_joint_baseline"
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
 
-# The preset's schedule, with every knob that is not None applied on top.
-schedule = deeplab_schedule(check_preset(PRESET))
-for key, value in dict(epochs=EPOCHS, optimizer=OPTIMIZER, lr=LR, batch_size=BATCH_SIZE,
-                       pretrained=PRETRAINED).items():
-    if value is not None:
-        schedule[key] = value
+# The preset's schedule with every knob that is not None applied on top, its data (smoke: the first 96 training
+# and 32 validation images), tasks and model options.
+overrides = {k: v for k, v in dict(optimizer=OPTIMIZER, lr=LR, batch_size=BATCH_SIZE, pretrained=PRETRAINED).items()
+             if v is not None}
+setup = deeplab_setup(PRESET, data=DATA, seed=SEED, device=DEVICE, study=False, epochs=EPOCHS, **overrides)
+schedule, DATA_NAME, splits = setup.schedule, setup.data, setup.splits
 w_seg = schedule["loss_weights"]["semseg"] if SEMSEG_WEIGHT is None else float(SEMSEG_WEIGHT)
 if not 0.0 <= w_seg <= 1.0:
     raise ValueError(f"SEMSEG_WEIGHT must be in [0, 1] (depth gets 1 - SEMSEG_WEIGHT); got {SEMSEG_WEIGHT}")
 LOSS_WEIGHTS = {"semseg": w_seg, "depth": 1.0 - w_seg}
-DATA_NAME = schedule["data"] if DATA == "auto" else DATA
 HPARAMS = {"OPTIMIZER": schedule["optimizer"], "LR": float(schedule["lr"]), "BATCH_SIZE": int(schedule["batch_size"]),
            "SEMSEG_WEIGHT": w_seg, "EPOCHS": int(schedule["epochs"]), "PRETRAINED": bool(schedule.get("pretrained"))}
 
-splits = load_splits(DATA_NAME, schedule["data_preset"], seed=SEED)  # the paper preset names how to prepare it
 train_set = splits["train"]
-TASKS = tasks_for(train_set.task_info)  # {"semseg": Task, "depth": Task}
-TASK_CHANNELS = {name: task.out_channels for name, task in TASKS.items()}
-MODEL_OPTIONS = dict(encoder=schedule["encoder"], aspp_channels=schedule["aspp_channels"],
-                     decoder_channels=schedule["decoder_channels"], skip_channels=schedule["skip_channels"],
-                     pretrained=bool(schedule.get("pretrained", False)))
+TASKS, TASK_CHANNELS = setup.tasks, setup.task_channels  # {"semseg": Task, "depth": Task}, {"semseg": 19, "depth": 1}
+MODEL_OPTIONS = setup.model_options
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -35,8 +37,8 @@ SEED = 0
 DATA = "auto"  # "auto": the preset's dataset (synthetic-city; the paper preset uses the real MiniScapes data)
 OUT_DIR = "../runs/notebooks/02_dilation"
 STRIDES = (32, 16, 8)  # output strides to train and compare
-EPOCHS = None  # None -> the preset's schedule, except smoke: 2 of its 3 epochs (three trainings, one at OS 8)
-TRAIN_IMAGES = None  # None -> the preset's choice (smoke: the first 128 of the 192 training images; others: all)
+EPOCHS = None  # None -> the preset's study schedule (smoke: 2 epochs; lesson and paper: their full schedules)
+TRAIN_IMAGES = None  # None -> the preset's study schedule (smoke: the first 64 of the 192 training images)
 N_SHOW = 2  # test images in the prediction figure
 
 # %%
@@ -52,11 +54,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlkit import viz
-from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_schedule, load_splits, relative_error,
-                           subset, summarize, train_or_load, write_notebook_results)
+from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_setup, relative_error, summarize, train_or_load,
+                           write_notebook_results)
 from mtlkit.models import build, count_parameters
 from mtlkit.models.encoders import DILATION_TO_OUTPUT_STRIDE, create_encoder
-from mtlkit.tasks import tasks_for
 from mtlkit.train import seed_everything
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -64,8 +65,9 @@ plt.rcParams["figure.dpi"] = 70
 seed_everything(SEED)
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
-schedule = deeplab_schedule(PRESET)
-data_name = schedule["data"] if DATA == "auto" else DATA
+# schedule, data (train/val cut to the study's images), tasks, model and Trainer options: one call for 02-05
+setup = deeplab_setup(PRESET, data=DATA, seed=SEED, device=DEVICE, epochs=EPOCHS, train_images=TRAIN_IMAGES)
+schedule, data_name = setup.schedule, setup.data
 
 # %% [markdown]
 # ## 1 · Dilated convolution
@@ -293,28 +295,18 @@ for stride in STRIDES:
 #
 # The same joint DeepLabV3+ (semseg + depth), schedule and seed; only the dilation flags differ. In `smoke` the
 # model is narrow (ResNet-18, 64-wide ASPP/decoder) and — because three trainings, one of them at OS 8 (over twice
-# the time per step of OS 16), must fit in about a minute on a laptop CPU — each trains **2 epochs** instead of the
-# schedule's 3, on the first 128 of the 192 training images. Set `EPOCHS` and `TRAIN_IMAGES` to override; `lesson`
-# and `paper` use their schedules and all images. A finished run in
+# the time per step of OS 16), share the CPU budget with the rest of the course — each follows the preset's short
+# *study* schedule: 2 epochs on the first 64 of the 192 training images, validated on the first 32 validation
+# images (the test split is always whole). Set `EPOCHS` and `TRAIN_IMAGES` to override; `lesson` and `paper` use
+# their full schedules and all images. A finished run in
 # `OUT_DIR` is loaded instead of retrained.
 
 # %%
-splits = load_splits(data_name, schedule["data_preset"], seed=SEED)
-n_train = TRAIN_IMAGES if TRAIN_IMAGES is not None else (128 if PRESET == "smoke" else None)
-if n_train:
-    splits["train"] = subset(splits["train"], n_train)
-task_info = splits["train"].task_info
-tasks = {name: task.out_channels for name, task in tasks_for(task_info).items()}
-epochs = EPOCHS if EPOCHS is not None else (2 if PRESET == "smoke" else schedule["epochs"])
-trainer_options = dict(
-    epochs=epochs, batch_size=schedule["batch_size"], optimizer=schedule["optimizer"], lr=schedule["lr"],
-    weight_decay=schedule["weight_decay"], scheduler=schedule["scheduler"], momentum=schedule.get("momentum", 0.9),
-    power=schedule.get("power", 0.9), weighting="static", weighting_options={"weights": schedule["loss_weights"]},
-    device=DEVICE, seed=SEED,
-)
-model_options["pretrained"] = schedule.get("pretrained", False)
+splits, tasks = setup.splits, setup.task_channels
+trainer_options = dict(setup.trainer_options, weighting="static", weighting_options={"weights": setup.loss_weights})
+model_options["pretrained"] = setup.model_options["pretrained"]
 print(f"{data_name}/{schedule['data_preset']}: tasks {tasks}, {len(splits['train'])} training images, "
-      f"{epochs} epochs, {model_options['encoder']}")
+      f"{trainer_options['epochs']} epochs, {model_options['encoder']}")
 
 # %%
 models, metrics = {}, {}

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -37,8 +39,8 @@ DATA = "auto"  # "auto": the preset's dataset (synthetic-city; the paper preset 
 OUT_DIR = "../runs/notebooks/03_aspp_skip"
 OUTPUT_STRIDE = 16  # the course's dilation (False, False, True)
 VARIANTS = ("full", "no-aspp", "no-skip")  # trained ablations; add "neither" for both switches off
-EPOCHS = None  # None -> the preset's schedule, except smoke: 2 of its 3 epochs (three trainings)
-TRAIN_IMAGES = None  # None -> the preset's choice (smoke: the first 128 of the 192 training images; others: all)
+EPOCHS = None  # None -> the preset's study schedule (smoke: 2 epochs; lesson and paper: their full schedules)
+TRAIN_IMAGES = None  # None -> the preset's study schedule (smoke: the first 64 of the 192 training images)
 BOUNDARY_BAND = 2  # pixels around label boundaries counted as "boundary" in the boundary accuracy
 N_SHOW = 3  # test images in the prediction figure
 
@@ -54,11 +56,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlkit import viz
-from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_schedule, load_splits, relative_error,
-                           subset, summarize, train_or_load, write_notebook_results)
+from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_setup, relative_error, summarize, train_or_load,
+                           write_notebook_results)
 from mtlkit.models import build, count_parameters
 from mtlkit.models.blocks import ASPP
-from mtlkit.tasks import tasks_for
 from mtlkit.train import seed_everything
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -66,8 +67,9 @@ plt.rcParams["figure.dpi"] = 70
 seed_everything(SEED)
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
-schedule = deeplab_schedule(PRESET)
-data_name = schedule["data"] if DATA == "auto" else DATA
+# schedule, data (train/val cut to the study's images), tasks, model and Trainer options: one call for 02-05
+setup = deeplab_setup(PRESET, data=DATA, seed=SEED, device=DEVICE, epochs=EPOCHS, train_images=TRAIN_IMAGES)
+schedule, data_name = setup.schedule, setup.data
 ABLATIONS = {"full": dict(aspp=True, skip=True), "no-aspp": dict(aspp=False, skip=True),
              "no-skip": dict(aspp=True, skip=False), "neither": dict(aspp=False, skip=False)}
 unknown = [v for v in VARIANTS if v not in ABLATIONS]
@@ -227,25 +229,15 @@ print("no-skip saves", skip_params, "=", -params.loc["no-skip", "vs full"])
 # ## 4 · Training the ablations
 #
 # Same data, schedule, seed and output stride; only the switches differ. In `smoke` the model is the narrow one
-# of the schedule (ResNet-18, 64-wide ASPP/decoder, 24-channel skip) trained for 2 epochs on the first 128 of the
-# 192 training images, so that three runs fit in about a minute on two CPU cores (`EPOCHS` and `TRAIN_IMAGES`
-# override; `lesson` and `paper` use their schedules and all images). A finished run in `OUT_DIR` is loaded instead of retrained.
+# of the schedule (ResNet-18, 64-wide ASPP/decoder, 24-channel skip) on the preset's short *study* schedule: 2
+# epochs on the first 64 of the 192 training images, validated on the first 32 validation images (`EPOCHS` and
+# `TRAIN_IMAGES` override; `lesson` and `paper` use their full schedules and all images). A finished run in
+# `OUT_DIR` is loaded instead of retrained.
 
 # %%
-splits = load_splits(data_name, schedule["data_preset"], seed=SEED)
-n_train = TRAIN_IMAGES if TRAIN_IMAGES is not None else (128 if PRESET == "smoke" else None)
-if n_train:
-    splits["train"] = subset(splits["train"], n_train)
-task_info = splits["train"].task_info
-tasks = {name: task.out_channels for name, task in tasks_for(task_info).items()}
-trainer_options = dict(
-    epochs=EPOCHS if EPOCHS is not None else (2 if PRESET == "smoke" else schedule["epochs"]), batch_size=schedule["batch_size"], optimizer=schedule["optimizer"],
-    lr=schedule["lr"], weight_decay=schedule["weight_decay"], scheduler=schedule["scheduler"],
-    momentum=schedule.get("momentum", 0.9), power=schedule.get("power", 0.9), weighting="static",
-    weighting_options={"weights": schedule["loss_weights"]}, device=DEVICE, seed=SEED,
-)
-model_options = {k: schedule[k] for k in ("encoder", "aspp_channels", "decoder_channels", "skip_channels")}
-model_options.update(output_stride=OUTPUT_STRIDE, pretrained=schedule.get("pretrained", False))
+splits, tasks = setup.splits, setup.task_channels
+trainer_options = dict(setup.trainer_options, weighting="static", weighting_options={"weights": setup.loss_weights})
+model_options = dict(setup.model_options, output_stride=OUTPUT_STRIDE)
 print(f"{data_name}/{schedule['data_preset']}: tasks {tasks}, {len(splits['train'])} training images, "
       f"{trainer_options['epochs']} epochs, {model_options['encoder']}, variants {list(VARIANTS)}")
 

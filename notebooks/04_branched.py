@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -34,8 +36,8 @@ DEVICE = "auto"
 SEED = 0
 DATA = "auto"  # "auto": the preset's dataset (synthetic-city; the paper preset uses the real MiniScapes data)
 OUT_DIR = "../runs/notebooks/04_branched"
-EPOCHS = None  # None: the preset's schedule, except smoke: 2 of its 3 epochs (four trainings)
-TRAIN_IMAGES = None  # None: the preset's choice (smoke: the first 128 of the 192 training images; others: all)
+EPOCHS = None  # None: the preset's study schedule (smoke: 2 epochs; lesson and paper: their full schedules)
+TRAIN_IMAGES = None  # None: the preset's study schedule (smoke: the first 64 of the 192 training images)
 SINGLE_TASK_BASELINES = True  # train one deeplab-single per task (the Δm baselines): two more trainings
 N_SHOW = 2  # test images in the prediction figure
 
@@ -51,37 +53,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlkit import viz
-from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_schedule, load_splits, relative_error,
-                           subset, summarize, train_or_load, write_notebook_results)
+from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_setup, relative_error, summarize, train_or_load,
+                           write_notebook_results)
 from mtlkit.data import collate
 from mtlkit.metrics import delta_m
 from mtlkit.models import build, count_parameters
 from mtlkit.models.blocks import ASPP, DeepLabV3PlusDecoder
 from mtlkit.models.encoders import create_encoder
-from mtlkit.tasks import tasks_for
 from mtlkit.train import seed_everything
 
 sns.set_theme(style="whitegrid", context="notebook")
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
 
-epochs = EPOCHS if EPOCHS is not None else (2 if PRESET == "smoke" else None)
-schedule = deeplab_schedule(PRESET, **({"epochs": epochs} if epochs is not None else {}))
-data_name = schedule["data"] if DATA == "auto" else DATA
-splits = load_splits(data_name, schedule["data_preset"], seed=SEED)  # the real datasets say how to prepare them
-tasks = tasks_for(splits["train"].task_info)  # {"semseg": Task, "depth": Task}
-task_channels = {t: task.out_channels for t, task in tasks.items()}
+# schedule, data (train/val cut to the study's images), tasks, model and Trainer options: one call for 02-05
+setup = deeplab_setup(PRESET, data=DATA, seed=SEED, device=DEVICE, epochs=EPOCHS, train_images=TRAIN_IMAGES)
+schedule, data_name = setup.schedule, setup.data
+tasks, task_channels = setup.tasks, setup.task_channels  # {"semseg": Task, "depth": Task}, {"semseg": 19, "depth": 1}
 
-# The smoke preset shrinks the model (ResNet-18, narrow ASPP/decoder) and, in this notebook, the training set:
-# four trainings (joint, branched and two single-task baselines) of 2 epochs on 128 images fit the CPU budget.
-# Every run here sees the same images and steps, so the comparison is fair (notebook 01 used all 192 images).
-n_train = TRAIN_IMAGES if TRAIN_IMAGES is not None else (128 if PRESET == "smoke" else None)
-train_splits = {**splits, "train": subset(splits["train"], n_train) if n_train else splits["train"]}
-model_options = {k: schedule[k] for k in ("encoder", "pretrained", "aspp_channels", "decoder_channels",
-                                          "skip_channels") if k in schedule}
-trainer_kwargs = {k: schedule[k] for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum",
-                                           "scheduler", "power") if k in schedule}
-trainer_kwargs["device"], trainer_kwargs["seed"] = DEVICE, SEED
+# The smoke preset shrinks the model (ResNet-18, narrow ASPP/decoder) and follows the preset's short study
+# schedule: four trainings (joint, branched and two single-task baselines) of 2 epochs on the first 64 training
+# images, validated on the first 32 validation images. Every run here sees the same images and steps, so the
+# comparison is fair (notebook 01 trained longer, on 96 images).
+splits = train_splits = setup.splits
+model_options, trainer_kwargs = setup.model_options, setup.trainer_options
 print(f"{data_name} ({schedule['data_preset']}): {len(train_splits['train'])} training images, "
       f"tasks {task_channels}; model {model_options}")
 
@@ -379,7 +374,7 @@ val_set = splits["val"]
 stages = {f"encoder {s}": f"encoder.body.{s}" for s in ("layer1", "layer2", "layer3", "layer4")}
 cos_rows = []
 if all(t in task_channels for t in ("semseg", "depth")):
-    for b in range(2):
+    for b in range(min(2, -(-len(val_set) // 8))):  # two batches of 8 (fewer on a tiny split)
         vbatch = collate([val_set[i] for i in range(8 * b, min(8 * b + 8, len(val_set)))])
         for name in ("joint", "branched"):
             groups = {**stages, **({"joint ASPP + decoder": ("aspp", "decoder")} if name == "joint" else {})}

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -36,8 +38,8 @@ DEVICE = "auto"
 SEED = 0
 DATA = "auto"  # "auto": the preset's dataset (synthetic-city; the paper preset uses the real MiniScapes data)
 OUT_DIR = "../runs/notebooks/05_distillation"
-EPOCHS = None  # None: the preset's schedule, except smoke: 2 of its 3 epochs (as in notebook 04)
-TRAIN_IMAGES = None  # None: the preset's choice (smoke: the first 128 of 192 training images, as in notebook 04)
+EPOCHS = None  # None: the preset's study schedule (smoke: 2 epochs; lesson and paper: their full schedules)
+TRAIN_IMAGES = None  # None: the preset's study schedule (smoke: the first 64 of the 192 training images)
 AUX_WEIGHTS = (1.0, 0.0)  # deep-supervision weights to train: with and without intermediate supervision
 SAMPLE = 0  # test image for the prediction and attention figures
 
@@ -53,33 +55,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlkit import viz
-from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_schedule, load_splits, relative_error,
-                           subset, summarize, train_or_load, write_notebook_results)
+from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_setup, relative_error, summarize, train_or_load,
+                           write_notebook_results)
 from mtlkit.data import collate
 from mtlkit.models import build, count_parameters
 from mtlkit.models.blocks import SelfAttentionGate
-from mtlkit.tasks import tasks_for
 from mtlkit.train import seed_everything
 
 sns.set_theme(style="whitegrid", context="notebook")
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
 
-epochs = EPOCHS if EPOCHS is not None else (2 if PRESET == "smoke" else None)
-schedule = deeplab_schedule(PRESET, **({"epochs": epochs} if epochs is not None else {}))
-data_name = schedule["data"] if DATA == "auto" else DATA
-splits = load_splits(data_name, schedule["data_preset"], seed=SEED)  # the real datasets say how to prepare them
-tasks = tasks_for(splits["train"].task_info)  # {"semseg": Task, "depth": Task}
-task_channels = {t: task.out_channels for t, task in tasks.items()}
+# schedule, data (train/val cut to the study's images), tasks, model and Trainer options: one call for 02-05
+setup = deeplab_setup(PRESET, data=DATA, seed=SEED, device=DEVICE, epochs=EPOCHS, train_images=TRAIN_IMAGES)
+schedule, data_name = setup.schedule, setup.data
+tasks, task_channels = setup.tasks, setup.task_channels  # {"semseg": Task, "depth": Task}, {"semseg": 19, "depth": 1}
 
-# smoke: the same 128-image training set and schedule as notebook 04, so its branched run is a fair comparison
-n_train = TRAIN_IMAGES if TRAIN_IMAGES is not None else (128 if PRESET == "smoke" else None)
-train_splits = {**splits, "train": subset(splits["train"], n_train) if n_train else splits["train"]}
-model_options = {k: schedule[k] for k in ("encoder", "pretrained", "aspp_channels", "decoder_channels",
-                                          "skip_channels") if k in schedule}
-trainer_kwargs = {k: schedule[k] for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum",
-                                           "scheduler", "power") if k in schedule}
-trainer_kwargs["device"], trainer_kwargs["seed"] = DEVICE, SEED
+# smoke: the same study schedule and training images as notebook 04, so its branched run is a fair comparison
+splits = train_splits = setup.splits
+model_options, trainer_kwargs = setup.model_options, setup.trainer_options
 print(f"{data_name} ({schedule['data_preset']}): {len(train_splits['train'])} training images, "
       f"tasks {task_channels}; model {model_options}")
 
@@ -216,8 +210,8 @@ del full_distill
 # ## 4 · Training with and without intermediate supervision
 #
 # Two runs of `deeplab-distill` with the preset's schedule, the course's loss weights 0.5/0.5 and
-# `aux_weight` $\lambda$ = 1 (deep supervision) and 0 (none). In the smoke preset both use the first 128 training
-# images, exactly like notebook 04's runs.
+# `aux_weight` $\lambda$ = 1 (deep supervision) and 0 (none). In the smoke preset both use the study schedule (2
+# epochs on the first 64 training images), exactly like notebook 04's runs.
 
 # %%
 def train_distill(aux_weight: float):

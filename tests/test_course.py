@@ -249,6 +249,33 @@ def test_schedules_follow_the_course_recipe():
     assert REFERENCE_RESULTS["DLAD course: parameters with ResNet-34, 19 classes + depth (millions)"]["joint"] == 26.72
 
 
+
+def test_deeplab_setup_applies_the_study_schedule_and_the_overrides(tmp_path):
+    # smoke: notebook 01 trains on the first 96 images for 3 epochs; the studies of 02-05 on 64 for 2; val 32
+    full = course.deeplab_setup("smoke", study=False)
+    study = course.deeplab_setup("smoke")
+    assert (len(full.splits["train"]), full.trainer_options["epochs"]) == (96, 3)
+    assert (len(study.splits["train"]), study.trainer_options["epochs"]) == (64, 2)
+    assert len(study.splits["val"]) == 32 and len(study.splits["test"]) == 64  # test: the whole split
+    assert study.splits["train"][5]["image"].equal(load_splits("synthetic-city", "smoke")["train"][5]["image"])
+    assert study.task_channels == TASKS and study.loss_weights == {"semseg": 0.5, "depth": 0.5}
+    assert study.model_options == {"encoder": "resnet18", "aspp_channels": 64, "decoder_channels": 64,
+                                   "skip_channels": 24, "pretrained": False}
+    assert "momentum" not in study.trainer_options and study.trainer_options["optimizer"] == "adam"
+    mine = course.deeplab_setup("smoke", seed=3, device="cpu", epochs=1, train_images=16, optimizer="sgd")
+    assert (len(mine.splits["train"]), mine.trainer_options["epochs"]) == (16, 1)
+    assert mine.trainer_options["momentum"] == 0.9 and mine.trainer_options["seed"] == 3
+    assert mine.trainer_options["device"] == "cpu" and mine.schedule["optimizer"] == "sgd"
+    # unit: no study schedule and no subsets
+    unit = course.deeplab_setup("unit")
+    assert len(unit.splits["train"]) == len(load_splits("synthetic-city", "unit")["train"])
+    assert unit.trainer_options["epochs"] == deeplab_schedule("unit")["epochs"]
+    # the trainer options are accepted by the Trainer as they are
+    seed_everything(0)
+    Trainer(build("tiny", unit.task_channels, width=4), unit.splits["train"], out_dir=tmp_path,
+            progress=False, **unit.trainer_options)
+
+
 # ---------------------------------------------------------------------------------------------- the comparison (10)
 def _two_notebook_runs(root):
     # 01: joint semseg 55 vs 50 (+10 %), depth 1.5 vs 2.0 (+25 %, lower is better): Δm = +17.5 %
