@@ -79,9 +79,12 @@ def need_file(path: Path, dataset_id: str) -> Path:
 
 
 def read_lines(path: Path, dataset_id: str) -> list[str]:
-    """Non-empty, stripped lines of a split list."""
+    """Non-empty, stripped lines of a split list (an empty list is an error: a split with no items is not silent)."""
     need_file(path, dataset_id)
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise DatasetLayoutError(f"{dataset_id}: the split list {path} is empty (one item id a line expected)")
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------- file readers

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from mtlkit.data.real.base import raw_root
+from mtlkit.data.real.base import DatasetNotFoundError, raw_root, resolve_root
 from mtlkit.data.real.registry import LOADERS, get_entry
 
 Fetcher = Callable[[str, Path], None]
@@ -167,6 +167,10 @@ def verify(dataset_id: str, root: str | Path | None = None, raw: str | Path | No
         if f and (raw_dir / f).is_file():
             problems += check_hashes(raw_dir / f, source)
     cls = LOADERS[dataset_id]
+    try:
+        resolve_root(dataset_id, root)
+    except DatasetNotFoundError as exc:  # one sentence, not one per split
+        return problems + [str(exc)]
     if expect_counts is None:
         expect_counts = root is None
     counts = entry.get("splits") or {}

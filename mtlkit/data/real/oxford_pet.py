@@ -97,6 +97,9 @@ class OxfordPet(RealDataset):
                 raise CorruptFileError(f"{ann / (list_file + '.txt')} line {n + 1}: expected 'Name CLASS-ID SPECIES "
                                        f"BREED-ID' with class 1..37 and species 1|2, got {line!r}") from None
             rows.append((name, cls - 1, species - 1))
+        if not rows:
+            raise DatasetLayoutError(f"{self.name}: the split list {ann / (list_file + '.txt')} has no items (only "
+                                     f"comment lines)")
         if split in ("train", "val"):
             n_all = len(rows)
             rows = [r for k, r in enumerate(rows) if (k % int(val_every) == val_every - 1) == (split == "val")]
