@@ -1,11 +1,12 @@
-"""Broden in the NetDissect release format (``broden``: ``broden1_224``, ``broden1_227``; CSAILVision/NetDissect-Lite
-``loader/data_loader.py``, ``script/dlbroden.sh``).
+"""Broden+ (``broden``): scene, object, part, material and texture from several sources, in either of two layouts.
 
-Broden+ as assembled by CSAILVision/unifiedparsing (``download_Broden+.sh``: the raw ADE20K, PASCAL VOC2010 +
-Context + Part, OpenSurfaces and DTD releases plus that repository's JSON lists) is a different layout: it has no
-``index.csv`` and is not read by this loader.
+``layout="broden+"`` (what ``layout="auto"`` picks when the root has ``meta_file/`` or ``broden_dataset/``): the
+records of CSAILVision/unifiedparsing resolved against the raw ADE20K, PASCAL VOC2010 + Context + Part, OpenSurfaces
+and DTD releases, the data UPerNet's paper trains on; see :mod:`mtlkit.data.real.broden_plus` for the layout and the
+label rules. ``sources=`` restricts the records to some of ``ade20k``, ``pascal``, ``os``, ``dtd``.
 
-Layout (root = ``<data dir>/prepared/broden``)::
+``layout="netdissect"`` (picked when the root has ``index.csv``): Broden in the NetDissect release format
+(``broden1_224``, ``broden1_227``; CSAILVision/NetDissect-Lite ``loader/data_loader.py``, ``script/dlbroden.sh``)::
 
     index.csv       image,split,ih,iw,sh,sw,color,object,part,material,scene,texture
                     image = path under images/ (its first folder is the source: ade20k, pascal, opensurfaces, dtd,
@@ -16,10 +17,13 @@ Layout (root = ``<data dir>/prepared/broden``)::
     c_{object,part,material,scene,texture}.csv   code,number,name,frequency,coverage (code 1.. per category)
     images/...      the JPEG images and label PNGs; a label PNG encodes number = R + 256 G (0 = unlabelled)
 
-Contract: ``semseg`` = object, ``parts``, ``material`` [H,W] and ``scene``, ``texture`` (0-d) as the category's
-code - 1 (-1 where unlabelled, and for numbers the category's c_*.csv does not list, which NetDissect's dense map
-also sends to 0 = none); PNGs stored at (sh, sw) smaller than the image are upsampled (nearest). Where several
-PNGs label one task, the first non-zero label wins. A task an item has no entry for is filled with -1 and left out of
+NetDissect contract: ``semseg`` = object, ``parts``, ``material`` [H,W] and ``scene``, ``texture`` (0-d) as the
+category's code - 1 (-1 where unlabelled, and for numbers the category's c_*.csv does not list, which NetDissect's
+dense map also sends to 0 = none; NetDissect parts are global part classes, not per owning object); PNGs stored at
+(sh, sw) smaller than the image are upsampled (nearest). Where several PNGs label one task, the first non-zero label
+wins.
+
+Both layouts: a task an item has no label for is filled with -1 (0-d -1 for scene/texture) and left out of
 ``meta["tasks"]``; ``meta["source"]`` names the source.
 """
 from __future__ import annotations
@@ -31,10 +35,11 @@ import numpy as np
 import torch
 
 from mtlkit.data.real.base import (CorruptFileError, DatasetLayoutError, RealDataset, check_shape, class_info,
-                                   image_tensor, label_tensor, need_file, read_image, read_png)
+                                   image_tensor, label_tensor, nearest_to, need_file, read_image, read_png)
 
 CATEGORIES = {"semseg": "object", "parts": "part", "material": "material", "scene": "scene", "texture": "texture"}
 PIXEL_TASKS = ("semseg", "parts", "material")
+NAME = "broden"
 
 
 def _read_csv(path: Path, dataset: str) -> list[dict]:
@@ -43,47 +48,43 @@ def _read_csv(path: Path, dataset: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-class Broden(RealDataset):
-    """Broden(+) multi-source data: scene, object (semseg), part, material, texture; each source labels some."""
+class _NetDissectReader:
+    """Items and label arrays of one split of a NetDissect Broden root (``index.csv``)."""
 
-    name = "broden"
-    SPLITS = ("train", "val")
-    TASKS: tuple[str, ...] = ("scene", "semseg", "parts", "material", "texture")
-
-    def __init__(self, split: str, preset: str = "paper", root=None, transform=None, size=None) -> None:
-        super().__init__(split, preset, root, transform, size)
-        self.tasks = self.TASKS
+    def __init__(self, root: Path, split: str, sources=None) -> None:
+        self.root = root
         self.task_info, self.lut = {}, {}
         for task, cat in CATEGORIES.items():
-            rows = _read_csv(self.root / f"c_{cat}.csv", self.name)
+            rows = _read_csv(root / f"c_{cat}.csv", NAME)
             try:  # a code-0 row, if present, is the "none" entry: skip it
                 rows = [r for r in rows if int(r["code"]) != 0 and int(r["number"]) != 0]
                 codes = {int(r["number"]): int(r["code"]) - 1 for r in rows}
                 names = [r["name"] for r in sorted(rows, key=lambda r: int(r["code"]))]
             except (KeyError, ValueError) as exc:
-                raise CorruptFileError(f"{self.root / f'c_{cat}.csv'}: expected columns code,number,name ({exc})") \
+                raise CorruptFileError(f"{root / f'c_{cat}.csv'}: expected columns code,number,name ({exc})") \
                     from None
             if sorted(codes.values()) != list(range(len(codes))):
-                raise CorruptFileError(f"{self.root / f'c_{cat}.csv'}: codes must run 1..{len(codes)}")
+                raise CorruptFileError(f"{root / f'c_{cat}.csv'}: codes must run 1..{len(codes)}")
             self.task_info[task] = class_info(names)
             lut = np.full(max(codes, default=0) + 1, -1, np.int64)  # numbers not of this category: none (-1)
             for number, code in codes.items():
                 lut[number] = code
             self.lut[task] = lut
-        self.image_size = (None, None)
-        rows = _read_csv(self.root / "index.csv", self.name)
+        rows = _read_csv(root / "index.csv", NAME)
         missing = {"image", "split", "ih", "iw"} - set(rows[0] if rows else {})
         if missing:
-            raise CorruptFileError(f"{self.root / 'index.csv'}: missing columns {sorted(missing)}")
-        self.items = [r for r in rows if r["split"] == split]
+            raise CorruptFileError(f"{root / 'index.csv'}: missing columns {sorted(missing)}")
+        self.items = [r for r in rows if r["split"] == split
+                      and (sources is None or r["image"].split("/")[0] in tuple(sources))]
         if not self.items:
-            raise DatasetLayoutError(f"{self.name}: index.csv has no rows with split {split!r}")
+            raise DatasetLayoutError(f"{NAME}: index.csv has no rows with split {split!r}"
+                                     + (f" from the sources {', '.join(sources)}" if sources is not None else ""))
         for r in self.items:
-            need_file(self.root / "images" / r["image"], self.name)
+            need_file(root / "images" / r["image"], NAME)
             for task in PIXEL_TASKS:
                 for entry in self._entries(r, task):
                     if not entry.isdigit():
-                        need_file(self.root / "images" / entry, self.name)
+                        need_file(root / "images" / entry, NAME)
         self.ids = [r["image"] for r in self.items]
 
     @staticmethod
@@ -95,7 +96,7 @@ class Broden(RealDataset):
         lut = self.lut[task]
         return np.where((numbers >= 0) & (numbers < len(lut)), lut[np.clip(numbers, 0, len(lut) - 1)], -1)
 
-    def load(self, index: int) -> tuple[dict, list[str]]:
+    def load(self, index: int) -> tuple[dict, list[str], str]:
         row = self.items[index]
         img_path = self.root / "images" / row["image"]
         img = read_image(img_path, index)
@@ -103,9 +104,9 @@ class Broden(RealDataset):
         if (int(row["ih"]), int(row["iw"])) != hw:
             raise CorruptFileError(f"{img_path} (sample index {index}): image is {hw[0]}x{hw[1]} but index.csv says "
                                    f"{row['ih']}x{row['iw']}")
-        sample: dict = {"image": image_tensor(img, img_path, index)}
+        sample: dict = {"image": img, "image_path": img_path}
         labelled = []
-        for task in self.tasks:
+        for task in CATEGORIES:
             entries = self._entries(row, task)
             if task in PIXEL_TASKS:
                 lab = np.full(hw, -1, np.int64)
@@ -114,27 +115,77 @@ class Broden(RealDataset):
                         layer = np.full(hw, self._code(task, np.array(int(entry))), np.int64)
                     else:
                         p = self.root / "images" / entry
-                        rgb = read_png(p, index)
-                        rgb = check_shape(rgb, (None, None, None), p, index, "label PNG (RGB)")
+                        rgb = check_shape(read_png(p, index), (None, None, None), p, index, "label PNG (RGB)")
                         numbers = rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1].astype(np.int64)
-                        layer = self._code(task, numbers)
-                        if layer.shape != hw:  # Broden stores labels at (sh, sw), e.g. half resolution
-                            rows_ = np.arange(hw[0]) * layer.shape[0] // hw[0]
-                            cols = np.arange(hw[1]) * layer.shape[1] // hw[1]
-                            layer = layer[rows_][:, cols]
+                        layer = nearest_to(self._code(task, numbers), hw)  # Broden stores labels at (sh, sw)
                     lab = np.where(lab >= 0, lab, layer)
-                sample[task] = label_tensor(lab)
+                sample[task] = lab
             else:
-                value = int(self._code(task, np.array(int(entries[0])))) if entries else -1
-                sample[task] = torch.tensor(value, dtype=torch.int64)
+                sample[task] = np.array(int(self._code(task, np.array(int(entries[0])))) if entries else -1)
             if entries:
                 labelled.append(task)
-        sample = {k: sample[k] for k in ("image", "scene", "semseg", "parts", "material", "texture")}
         return sample, labelled
+
+    def source(self, index: int) -> str:
+        return self.items[index]["image"].split("/")[0]
+
+
+class Broden(RealDataset):
+    """Broden+ multi-source data: scene, object (semseg), parts, material, texture; each source labels some.
+
+    Args (besides the common ones): ``layout`` "auto" (default: Broden+ when the root has ``meta_file/`` or
+    ``broden_dataset/``, NetDissect when it has ``index.csv``), "broden+" or "netdissect"; ``sources``: only the
+    records of these sources (Broden+: ``ade20k``, ``pascal``, ``os``, ``dtd``; NetDissect: the first folder of
+    the image path).
+    """
+
+    name = "broden"
+    SPLITS = ("train", "val")
+    TASKS: tuple[str, ...] = ("scene", "semseg", "parts", "material", "texture")
+    LAYOUTS = ("auto", "broden+", "netdissect")
+
+    def __init__(self, split: str, preset: str = "paper", root=None, transform=None, size=None, layout: str = "auto",
+                 sources=None) -> None:
+        super().__init__(split, preset, root, transform, size)
+        if layout not in self.LAYOUTS:
+            raise ValueError(f"broden layout must be one of {', '.join(self.LAYOUTS)}, got {layout!r}")
+        if isinstance(sources, str):
+            sources = (sources,)
+        if layout == "auto":
+            if (self.root / "meta_file").is_dir() or (self.root / "broden_dataset").is_dir():
+                layout = "broden+"
+            elif (self.root / "index.csv").is_file():
+                layout = "netdissect"
+            else:
+                raise DatasetLayoutError(f"{self.name}: {self.root} holds neither Broden+ (missing folder "
+                                         f"{self.root / 'meta_file'} and {self.root / 'broden_dataset'}) nor "
+                                         f"NetDissect "
+                                         f"Broden (missing file {self.root / 'index.csv'}); see data/README.md")
+        self.layout = layout
+        if layout == "broden+":
+            from mtlkit.data.real.broden_plus import BrodenPlusReader
+
+            self.reader = BrodenPlusReader(self.root, split, sources)
+        else:
+            self.reader = _NetDissectReader(self.root, split, sources)
+        self.tasks = self.TASKS
+        self.task_info = self.reader.task_info
+        self.image_size = (None, None)
+        self.items = self.reader.items
+        self.ids = self.reader.ids
+
+    def load(self, index: int) -> tuple[dict, list[str]]:
+        arrays, labelled = self.reader.load(index)
+        sample = {"image": image_tensor(arrays["image"], arrays["image_path"], index)}
+        for task in ("scene", "semseg", "parts", "material", "texture"):
+            value = arrays[task]
+            sample[task] = label_tensor(value) if np.ndim(value) else torch.tensor(int(value), dtype=torch.int64)
+        return sample, [t for t in self.tasks if t in labelled]
 
     def __getitem__(self, index: int) -> dict:
         sample = super().__getitem__(index)
-        sample["meta"]["source"] = self.items[int(index) % len(self)]["image"].split("/")[0]
+        sample["meta"]["source"] = self.reader.source(int(index) % len(self))
+        sample["meta"]["layout"] = self.layout
         return sample
 
 

@@ -34,7 +34,9 @@ from mtlkit.data.real.cityscapes import LABELID_TO_CATEGORY, LABELID_TO_TRAINID
 
 MARKERS = {"nyuv2": "train/image", "nyud-mt": "gt_sets", "cityscapes": "train/image", "miniscapes": "train/rgb",
            "oxford-pet": "annotations/trimaps", "oxpet-h5": "train/images.h5", "pascal-mt": "ImageSets/Context",
-           "broden": "index.csv"}
+           "broden": ("broden_dataset", "index.csv")}
+# Broden+ roots are CSAILVision/unifiedparsing clones: only these two folders are data
+BRODEN_PLUS_FOLDERS = ("meta_file", "broden_dataset")
 ARCHIVES = (".zip", ".tar.gz", ".tgz", ".tar")
 NYU_INTRINSICS = (518.857901, 519.469611, 325.582449, 253.736166)  # fx, fy, cx, cy of the 640x480 Kinect images
 
@@ -57,15 +59,20 @@ def extract(archive: Path, dest: Path) -> None:
             t.extractall(dest)
 
 
-def find_marker(base: Path, marker: str, depth: int = 3) -> Path | None:
-    """The folder under ``base`` (itself included, up to ``depth`` levels) that holds ``marker``."""
+def find_marker(base: Path, marker: str | tuple[str, ...], depth: int = 3) -> Path | None:
+    """The folder under ``base`` (itself included, up to ``depth`` levels) that holds ``marker`` (or one of them)."""
+    markers = (marker,) if isinstance(marker, str) else marker
     frontier = [base]
     for _ in range(depth + 1):
         for folder in frontier:
-            if (folder / marker).exists():
+            if any((folder / m).exists() for m in markers):
                 return folder
         frontier = [c for f in frontier for c in sorted(f.iterdir()) if c.is_dir() and not c.name.startswith(".")]
     return None
+
+
+def _or(marker: str | tuple[str, ...]) -> str:
+    return marker if isinstance(marker, str) else " or ".join(marker)
 
 
 def prepare(dataset_id: str, raw: str | Path | None = None, out: str | Path | None = None,
@@ -98,11 +105,18 @@ def prepare(dataset_id: str, raw: str | Path | None = None, out: str | Path | No
     found = find_marker(raw, MARKERS[dataset_id])
     if found is not None:
         say(f"copying {found} -> {out}")
-        shutil.copytree(found, out, dirs_exist_ok=True)
+        if dataset_id == "broden" and (found / "broden_dataset").exists():
+            for name in BRODEN_PLUS_FOLDERS:
+                if not (found / name).is_dir():
+                    raise DatasetLayoutError(f"broden: missing folder {found / name} (Broden+ needs "
+                                             f"{' and '.join(BRODEN_PLUS_FOLDERS)})")
+                shutil.copytree(found / name, out / name, dirs_exist_ok=True)
+        else:
+            shutil.copytree(found, out, dirs_exist_ok=True)
         return out
     archives = sorted(p for p in raw.iterdir() if p.name.endswith(ARCHIVES))
     if not archives:
-        raise DatasetLayoutError(f"{dataset_id}: {raw} holds neither the layout (no {MARKERS[dataset_id]}) nor an "
+        raise DatasetLayoutError(f"{dataset_id}: {raw} holds neither the layout (no {_or(MARKERS[dataset_id])}) nor an "
                                  f"archive ({', '.join(ARCHIVES)}); see `mtlkit data download {dataset_id}`")
     staging = out.parent / f".{out.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -113,7 +127,7 @@ def prepare(dataset_id: str, raw: str | Path | None = None, out: str | Path | No
         found = find_marker(staging, MARKERS[dataset_id])
         if found is None:
             raise DatasetLayoutError(f"{dataset_id}: the archives {[a.name for a in archives]} do not contain "
-                                     f"{MARKERS[dataset_id]}; is this the right download?")
+                                     f"{_or(MARKERS[dataset_id])}; is this the right download?")
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             out.rmdir()

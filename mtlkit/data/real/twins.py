@@ -39,11 +39,20 @@ def twin_sources(dataset_id: str, n: int = 3, seed: int = 0, size: tuple[int, in
             for split, syn_split in splits.items()}
 
 
+# id -> layouts a twin can be written in (the first is the default); "official" = the raw release ``prepare`` converts
+LAYOUTS: dict[str, tuple[str, ...]] = {"nyuv2": ("mtan", "official"), "nyud-mt": ("mtl-pytorch", "astmt"),
+                                       "cityscapes": ("mtan", "official"), "broden": ("broden+", "netdissect")}
+
+
 def write_twin(dataset_id: str, out: str | Path, n: int = 3, seed: int = 0,
-               size: tuple[int, int] | None = None) -> Path:
+               size: tuple[int, int] | None = None, layout: str | None = None) -> Path:
     """Write a twin of ``dataset_id`` into ``out`` (which must be empty or absent); returns ``out``.
 
     ``n`` items per split, rendered at ``size`` (default: the unit preset's, 32x32; 32x64 for Cityscapes-like).
+    ``layout`` picks one of :data:`LAYOUTS` where a dataset has several: ``nyud-mt`` "mtl-pytorch" (default) or
+    "astmt"; ``broden`` "broden+" (default) or "netdissect"; ``nyuv2``/``cityscapes`` "official" writes the raw
+    release that ``mtlkit data prepare`` converts (``nyu_depth_v2_labeled.mat`` + splits + mapping; leftImg8bit +
+    gtFine + disparity) instead of the loader's layout.
     Special cases of the formats: the MiniScapes twin's test split has no labels (withheld, as in the course);
     the Oxford-Pet twin writes no XML for the test split (as released) nor for images without a visible head.
     """
@@ -51,15 +60,33 @@ def write_twin(dataset_id: str, out: str | Path, n: int = 3, seed: int = 0,
 
     if n < 1:
         raise ValueError(f"a twin needs n >= 1 items per split, got {n}")
+    if dataset_id not in TWINS:
+        raise ValueError(f"no format twin for {dataset_id!r}; valid ids: {', '.join(TWINS)}")
+    layouts = LAYOUTS.get(dataset_id, ("default",))
+    layout = layout or layouts[0]
+    if layout not in layouts:
+        raise ValueError(f"{dataset_id} twins come in the layouts {', '.join(layouts)}; got {layout!r}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"twin output folder {out} is not empty; pass an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     samples = twin_sources(dataset_id, n, seed, size)
     variant, splits, writer = TWINS[dataset_id]
+    info: dict = {}
     if dataset_id == "broden":
         classes = {t: list(get_variant(variant).classes[t]) for t in broden.CATEGORIES}
-        broden.write_broden_twin(out, samples, classes)
+        if layout == "netdissect":
+            broden.write_broden_twin(out, samples, classes)
+        else:
+            from mtlkit.data.real.broden_plus import write_broden_plus_twin
+
+            info["ids"] = write_broden_plus_twin(out, samples, classes)
+    elif layout == "official":
+        from mtlkit.data.real import prepare
+
+        (prepare.write_nyuv2_raw_twin if dataset_id == "nyuv2" else prepare.write_cityscapes_raw_twin)(out, samples)
+    elif dataset_id == "nyud-mt":
+        writer(out, samples, layout=layout)
     else:
         writer(out, samples)
     if dataset_id == "miniscapes":  # a withheld test split: images only
@@ -68,6 +95,7 @@ def write_twin(dataset_id: str, out: str | Path, n: int = 3, seed: int = 0,
         for folder in ("semseg", "depth"):
             shutil.rmtree(out / "test" / folder)
     h, w = samples[next(iter(samples))][0]["image"].shape[1:]
-    (out / "twin.json").write_text(json.dumps({"dataset": dataset_id, "variant": variant, "seed": seed, "n": n,
-                                               "size": [h, w], "splits": splits}, indent=1))
+    (out / "twin.json").write_text(json.dumps({"dataset": dataset_id, "layout": layout, "variant": variant,
+                                               "seed": seed, "n": n, "size": [h, w], "splits": splits, **info},
+                                              indent=1))
     return out
