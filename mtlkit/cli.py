@@ -64,7 +64,8 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
         if getattr(args, key):
             options[key] = args.__dict__[key]
     out = prepare(args.id, raw=args.raw, out=args.out, **options)
-    print(f"prepared {args.id} at {out}; check it with `mtlkit data verify {args.id}`")
+    where = f" --root {out}" if args.out else ""
+    print(f"prepared {args.id} at {out}; check it with `mtlkit data verify {args.id}{where}`")
     return 0
 
 
@@ -84,9 +85,15 @@ def _cmd_data_verify(args: argparse.Namespace) -> int:
 def _cmd_data_twin(args: argparse.Namespace) -> int:
     from mtlkit.data.real.twins import write_twin
 
-    out = write_twin(args.id, args.out, n=args.n, seed=args.seed, size=tuple(args.size) if args.size else None)
-    print(f"wrote a {args.id} format twin ({args.n} items per split) to {out}; load it with "
-          f"get_dataset({args.id!r}, SPLIT, root={str(out)!r})")
+    out = write_twin(args.id, args.out, n=args.n, seed=args.seed, size=tuple(args.size) if args.size else None,
+                     layout=args.layout)
+    if args.layout == "official":
+        print(f"wrote the official raw {args.id} release as a twin ({args.n} items per split) to {out}; convert it "
+              f"with `mtlkit data prepare {args.id} --raw {out} --out DIR`")
+    else:
+        print(f"wrote a {args.id} format twin ({args.n} items per split) to {out}; load it with "
+              f"get_dataset({args.id!r}, SPLIT, root={str(out)!r}) or check it with "
+              f"`mtlkit data verify {args.id} --root {out}`")
     return 0
 
 
@@ -219,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=3, help="items per split (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None, help="default 32 32 (32 64 city)")
+    p.add_argument("--layout", default=None, help="nyud-mt: mtl-pytorch | astmt; broden: broden+ | netdissect; "
+                   "nyuv2, cityscapes: official (the raw release that `data prepare` converts)")
     p.set_defaults(func=_cmd_data_twin)
     data.set_defaults(func=lambda a: (data.print_help(), 0)[1])
 
