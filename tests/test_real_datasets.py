@@ -1,7 +1,9 @@
 """Real-dataset loaders on format twins: every twin is loaded through its real loader and compared, value by value,
-with the synthetic scene it was rendered from (up to each format's quantisation, stated per test)."""
+with the synthetic scene it was rendered from (up to each format's quantisation, stated per builder), both as read
+and after the same seeded flip + scale-crop is applied to the loaded item and to the expected one."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -11,20 +13,37 @@ import torch
 from mtlkit.data import collate, get_dataset, list_datasets
 from mtlkit.data.datasets import to_contract
 from mtlkit.data.real import CorruptFileError, DatasetLayoutError, DatasetNotFoundError
-from mtlkit.data.real.twins import write_twin
-from mtlkit.data.synthetic import CITY_19_TO_7, generate_sample
+from mtlkit.data.real.twins import LAYOUTS, write_twin
+from mtlkit.data.scenes import CREATURE_KINDS
+from mtlkit.data.synthetic import BRODEN_PARTS, CITY_19_TO_7, NYU_13_CLASSES, generate_sample, get_variant
 from mtlkit.data.transforms import Compose, RandomHorizontalFlip, RandomScaleCrop
 
 N = 3
 JPEG_MAX, JPEG_MEAN = 6 / 255, 1 / 255  # JPEG quality 100 without chroma subsampling
 B_FX = 0.209313 * 2262.52  # Cityscapes baseline x focal length (m px)
 REAL = ("nyuv2", "nyud-mt", "cityscapes", "miniscapes", "oxford-pet", "oxpet-h5", "pascal-mt", "broden")
+# (dataset id, twin layout, split, loader options)
+CASES = [("nyuv2", None, "train", {}), ("nyuv2", None, "val", {}),
+         ("nyud-mt", "mtl-pytorch", "train", {}), ("nyud-mt", "astmt", "val", {}),
+         ("cityscapes", None, "train", {"classes": 19}), ("cityscapes", None, "val", {"classes": 7}),
+         ("miniscapes", None, "train", {}), ("miniscapes", None, "test", {}),
+         ("oxford-pet", None, "trainval", {}), ("oxford-pet", None, "test", {}),
+         ("oxford-pet", None, "val", {"val_every": 2}), ("oxford-pet", None, "train", {"val_every": 2}),
+         ("oxpet-h5", None, "train", {}), ("oxpet-h5", None, "test", {}),
+         ("pascal-mt", None, "train", {"edges": "kit", "normal_classes": "all"}),
+         ("pascal-mt", None, "val", {"edges": "kit", "normal_classes": "all"}),
+         ("broden", "broden+", "train", {}), ("broden", "broden+", "val", {}),
+         ("broden", "netdissect", "train", {}), ("broden", "netdissect", "val", {})]
+TWIN_LAYOUTS = sorted({(d, layout) for d, layout, _, _ in CASES}, key=str)
 
 
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory) -> dict:
+    """(id, layout) -> twin root; plain ids -> the default layout's root."""
     base = tmp_path_factory.mktemp("twins")
-    return {d: write_twin(d, base / d, n=N) for d in REAL}
+    roots = {(d, layout): write_twin(d, base / f"{d}-{layout}", n=N, layout=layout) for d, layout in TWIN_LAYOUTS}
+    roots.update({d: roots.get((d, None)) or roots[(d, LAYOUTS[d][0])] for d in REAL})
+    return roots
 
 
 def source(variant: str, split: str, i: int, size=(32, 32)) -> tuple[dict, dict]:
@@ -38,145 +57,257 @@ def assert_jpeg_close(loaded: torch.Tensor, expected: torch.Tensor) -> None:
     assert err.max() <= JPEG_MAX and err.mean() <= JPEG_MEAN, (err.max(), err.mean())
 
 
+def kit_edges(sem: torch.Tensor) -> torch.Tensor:
+    """The synthetic scenes' edge rule: the right or lower neighbour has another label."""
+    e = torch.zeros(sem.shape, dtype=torch.bool)
+    e[:, :-1] |= sem[:, :-1] != sem[:, 1:]
+    e[:-1] |= sem[:-1] != sem[1:]
+    return e.float()[None]
+
+
+def label(values, dtype=torch.int64) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(values), dtype=dtype)
+
+
+# --------------------------------------------------------------------------- expected contract per format
+# Each builder returns, per item: (loader index, expected sample, tolerance per key, expected meta["tasks"]).
+# Tolerances: "exact" (torch.equal), ("jpeg",) (|error| <= 6/255), ("angle", deg) (same valid pixels, angle below),
+# ("close", rtol) (allclose, for depth re-derived from the format's quantisation independently of the loader).
+def expect_nyuv2(ds, twin, split):
+    for i in range(N):
+        _, c = source("synthetic-nyu", split, i)
+        keys = ("image", "semseg", "depth", "normals")
+        yield i, {k: c[k] for k in keys}, dict.fromkeys(keys, "exact"), ["semseg", "depth", "normals"]
+
+
+def expect_nyud_mt(ds, twin, split):
+    names40 = ds.task_info["semseg"]["class_names"]
+    renamed = {"furniture": "otherfurniture", "objects": "otherprop", "painting": "picture", "tv": "television"}
+    lut = torch.tensor([names40.index(renamed.get(n, n)) for n in NYU_13_CLASSES])  # same scene, NYU-40 vocabulary
+    astmt = json.loads((twin / "twin.json").read_text())["layout"] == "astmt"
+    for i in range(N):
+        _, c = source("synthetic-nyu", split, i)
+        exp = {"image": c["image"], "semseg": torch.where(c["semseg"] >= 0, lut[c["semseg"].clamp(min=0)], -1),
+               "depth": c["depth"], "normals": c["normals"], "edge": kit_edges(c["semseg"])}
+        tol = {"image": ("jpeg",), "semseg": "exact", "depth": "exact", "edge": "exact",
+               "normals": ("angle", 3.0) if astmt else "exact"}  # ASTMT: 8-bit JPEG normals
+        yield i, exp, tol, ["semseg", "depth", "normals", "edge"]
+
+
+def city_depth(d: torch.Tensor) -> torch.Tensor:
+    """Metres after the official 16-bit disparity code p = round(256 B fx / d + 1) (0 invalid, p <= 65535)."""
+    d = d.double()
+    p = torch.where(d > 0, torch.round(256 * B_FX / d.clamp(min=1e-9) + 1), torch.zeros(()))
+    valid = (d > 0) & (p > 1) & (p <= 65535)
+    return torch.where(valid, B_FX / ((p - 1) / 256).clamp(min=1e-9), torch.zeros(())).float()
+
+
+def mini_depth(d: torch.Tensor) -> torch.Tensor:
+    """Metres after the DLAD uint8 code: x = round(1 + 254 (1/d - 1/300) / (1/4 - 1/300)), valid 1..255."""
+    lo, hi = 1 / 300, 1 / 4
+    d = d.double()
+    x = torch.round(1 + 254 * (1 / d.clamp(min=1e-9) - lo) / (hi - lo))
+    valid = (d > 0) & (x >= 1) & (x <= 255)
+    return torch.where(valid, 1 / (lo + (hi - lo) * (x - 1) / 254), torch.zeros((), dtype=torch.float64)).float()
+
+
+def expect_cityscapes(ds, twin, split):
+    lut = torch.from_numpy(CITY_19_TO_7.astype(np.int64))
+    for i in range(N):
+        _, c = source("synthetic-city", split, i, (32, 64))
+        sem = c["semseg"] if ds.classes == 19 else torch.where(c["semseg"] >= 0, lut[c["semseg"].clamp(min=0)], -1)
+        yield (i, {"image": c["image"], "semseg": sem, "depth": city_depth(c["depth"])},
+               {"image": "exact", "semseg": "exact", "depth": ("close", 1e-5)}, ["semseg", "depth"])
+
+
+def expect_miniscapes(ds, twin, split):
+    for i in range(N):
+        _, c = source("synthetic-city", split, i, (32, 64))
+        if split == "test":  # withheld labels: ignore-filled, no tasks
+            exp = {"image": c["image"], "semseg": torch.full_like(c["semseg"], -1),
+                   "depth": torch.zeros_like(c["depth"])}
+            yield i, exp, {"image": ("jpeg",), "semseg": "exact", "depth": "exact"}, []
+        else:
+            yield (i, {"image": c["image"], "semseg": c["semseg"], "depth": mini_depth(c["depth"])},
+                   {"image": ("jpeg",), "semseg": "exact", "depth": ("close", 1e-5)}, ["semseg", "depth"])
+
+
+def expect_oxford_pet(ds, twin, split):
+    from mtlkit.data.real.oxford_pet import twin_breed
+
+    every = 2 if split in ("train", "val") else None
+    picks = [k for k in range(N) if every is None or (k % every == every - 1) == (split == "val")]
+    for index, k in enumerate(picks):
+        _, c = source("synthetic-pet", "test" if split == "test" else "train", k)
+        boxes = c["boxes"] if split != "test" else torch.zeros((0, 4))  # the test split has no XMLs
+        exp = {"image": c["image"], "semseg": c["semseg"], "boxes": boxes,
+               "box_labels": c["box_labels"][: len(boxes)], "binary": c["binary"],
+               "category": torch.tensor(twin_breed(int(c["binary"]), k))}
+        tol = {"image": ("jpeg",), "semseg": "exact", "boxes": "exact", "box_labels": "exact", "binary": "exact",
+               "category": "exact"}
+        yield index, exp, tol, ["semseg"] + (["boxes"] if len(boxes) else []) + ["binary", "category"]
+
+
+def expect_oxpet_h5(ds, twin, split):
+    for i in range(N):
+        _, c = source("synthetic-pet", split, i)
+        has = len(c["boxes"]) > 0
+        exp = {"image": c["image"], "semseg": (c["semseg"] != 0).long(),  # pet or border = foreground
+               "boxes": c["boxes"][:1], "box_labels": c["binary"].reshape(1)[: int(has)], "binary": c["binary"]}
+        yield i, exp, dict.fromkeys(exp, "exact"), ["semseg"] + (["boxes"] if has else []) + ["binary"]
+
+
+def expect_pascal_mt(ds, twin, split):
+    part_of = torch.tensor([0, 1, 2, 3, 5, 0])  # synthetic bg/head/torso/arm/leg/tail -> ASTMT 6-part ids
+    for i in range(N):
+        _, c = source("synthetic-pascal", split, i)
+        person = c["semseg"] == 15
+        parts = torch.where(person, part_of[c["parts"]], 0) if person.any() else torch.full_like(c["parts"], -1)
+        exp = {"image": c["image"], "edge": c["edge"], "semseg": c["semseg"], "parts": parts,
+               "normals": c["normals"], "saliency": c["saliency"]}
+        tol = {"image": ("jpeg",), "edge": "exact", "semseg": "exact", "parts": "exact",
+               "normals": ("angle", 1.0), "saliency": "exact"}  # 8-bit PNG normals
+        yield i, exp, tol, ["edge", "semseg"] + (["parts"] if person.any() else []) + ["normals", "saliency"]
+
+
+def broden_plus_parts(sem: torch.Tensor, par: torch.Tensor, objects: list, part_classes: list) -> torch.Tensor:
+    """unifiedparsing's rule, restated on the synthetic labels: an object's parts count only inside its mask and only
+    when one of its parts is there; (object, part) classes by name, pixels of the object without a part "none"."""
+    out = torch.full(sem.shape, -1, dtype=torch.int64)
+    for o in sem.unique().tolist():
+        if o < 0 or not any(n.startswith(objects[o] + " ") for n in part_classes):
+            continue
+        mask = sem == o
+        words = {BRODEN_PARTS[p].split(" ", 1)[1] for p in par[mask].unique().tolist() if p > 0}
+        none_present = not bool(mask.all()) or bool((par[mask] == 0).any())
+        if len(words) + none_present <= 1:
+            continue
+        named = {p: part_classes.index(f"{objects[o]} {BRODEN_PARTS[p].split(' ', 1)[1]}") if p > 0 else 0
+                 for p in par[mask].unique().tolist()}
+        out[mask] = torch.tensor([named[p] for p in par[mask].tolist()], dtype=torch.int64)
+    return out
+
+
+def expect_broden(ds, twin, split):
+    info = json.loads((twin / "twin.json").read_text())
+    v = get_variant("synthetic-broden")
+    names = {t: list(v.classes[t]) for t in v.classes}
+    for k in range(N):
+        compact, c = source("synthetic-broden", split, k)
+        tasks = [t for t in ds.tasks if t in compact["meta"]["tasks"]]
+        tol = {"image": ("jpeg",), "scene": "exact", "semseg": "exact", "parts": "exact", "material": "exact",
+               "texture": "exact"}
+        if info["layout"] == "netdissect":  # the category codes are the synthetic classes
+            yield k, {key: c[key] for key in tol}, tol, tasks
+            continue
+        got = {t: ds.task_info[t]["class_names"] for t in ("scene", "semseg", "material", "texture", "parts")}
+
+        def by_name(task, x):
+            lut = torch.tensor([got[task].index(n) for n in names[task]])
+            return torch.where(x >= 0, lut[x.clamp(min=0)], -1)
+
+        parts = broden_plus_parts(c["semseg"], c["parts"], names["semseg"], got["parts"]) \
+            if "parts" in tasks else torch.full_like(c["parts"], -1)
+        exp = {"image": c["image"], "scene": by_name("scene", c["scene"]), "semseg": by_name("semseg", c["semseg"]),
+               "parts": parts, "material": by_name("material", c["material"]),
+               "texture": by_name("texture", c["texture"])}
+        if not (parts >= 0).any():
+            tasks = [t for t in tasks if t != "parts"]
+        yield ds.ids.index(info["ids"][split][k]), exp, tol, tasks
+
+
+EXPECT = {"nyuv2": expect_nyuv2, "nyud-mt": expect_nyud_mt, "cityscapes": expect_cityscapes,
+          "miniscapes": expect_miniscapes, "oxford-pet": expect_oxford_pet, "oxpet-h5": expect_oxpet_h5,
+          "pascal-mt": expect_pascal_mt, "broden": expect_broden}
+
+
+def check(loaded: dict, exp: dict, tol: dict, where: str) -> None:
+    assert set(loaded) - {"meta"} == set(exp), (where, sorted(loaded), sorted(exp))  # every key compared
+    for key, want in exp.items():
+        got, spec = loaded[key], tol[key]
+        assert got.dtype == want.dtype and got.shape == want.shape, (where, key, got.dtype, want.dtype, got.shape,
+                                                                     want.shape)
+        if spec == "exact":
+            assert torch.equal(got, want), (where, key)
+        elif spec[0] == "jpeg":
+            assert (got - want).abs().max() <= JPEG_MAX, (where, key, float((got - want).abs().max()))
+        elif spec[0] == "close":
+            assert torch.allclose(got, want, rtol=spec[1], atol=1e-6), (where, key)
+        elif spec[0] == "angle":
+            valid = want.abs().sum(0) > 0
+            assert torch.equal(got.abs().sum(0) > 0, valid), (where, key)
+            cos = (got * want).sum(0)[valid].clamp(-1, 1)
+            assert torch.rad2deg(torch.acos(cos)).max() < spec[1], (where, key)
+            assert torch.allclose(got.norm(dim=0)[valid], torch.ones(()), atol=1e-5), (where, key)
+
+
+def seeded_flip_crop(seed: int, crop: tuple[int, int]) -> Compose:
+    g = torch.Generator().manual_seed(seed)
+    return Compose([RandomHorizontalFlip(p=1.0, generator=g), RandomScaleCrop(crop, (1.0, 1.5), generator=g)])
+
+
 def test_real_datasets_are_registered():
     assert set(REAL) <= set(list_datasets())
 
 
-def test_nyuv2_twin_is_exact(twins):
-    for split in ("train", "val"):
-        ds = get_dataset("nyuv2", split, root=twins["nyuv2"])
-        assert len(ds) == N and ds.task_info["semseg"]["num_classes"] == 13
-        for i in range(N):
-            _, c = source("synthetic-nyu", split, i)
-            s = ds[i]
-            for key in ("image", "semseg", "depth", "normals"):
-                assert s[key].dtype == c[key].dtype and torch.equal(s[key], c[key]), key
-            assert s["meta"]["tasks"] == ["semseg", "depth", "normals"] and s["meta"]["split"] == split
+def test_every_format_has_a_twin_case():
+    assert {d for d, _, _, _ in CASES} == set(REAL)
 
 
-def test_nyud_mt_twin(twins):
-    ds = get_dataset("nyud-mt", "val", root=twins["nyud-mt"])
-    names = ds.task_info["semseg"]["class_names"]
-    assert len(names) == 40
-    renamed = {"furniture": "otherfurniture", "objects": "otherprop", "painting": "picture", "tv": "television"}
-    from mtlkit.data.synthetic import NYU_13_CLASSES
-
-    for i in range(N):
-        compact, c = source("synthetic-nyu", "val", i)
-        s = ds[i]
-        assert_jpeg_close(s["image"], c["image"])
-        sem = c["semseg"].numpy()
-        got = s["semseg"].numpy()
-        assert ((got == -1) == (sem == -1)).all()
-        for k in np.unique(sem[sem >= 0]):  # same pixels, class renamed into the 40-class vocabulary
-            want = renamed.get(NYU_13_CLASSES[k], NYU_13_CLASSES[k])
-            assert {names[v] for v in np.unique(got[sem == k])} == {want}
-        edge = np.zeros(sem.shape, bool)  # right or lower neighbour differs
-        edge[:, :-1] |= sem[:, :-1] != sem[:, 1:]
-        edge[:-1] |= sem[:-1] != sem[1:]
-        assert torch.equal(s["edge"], torch.from_numpy(edge.astype(np.float32))[None])
-        assert torch.equal(s["depth"], c["depth"]) and torch.equal(s["normals"], c["normals"])
-
-
-@pytest.mark.parametrize("classes", [19, 7])
-def test_cityscapes_twin(twins, classes):
-    ds = get_dataset("cityscapes", "train", root=twins["cityscapes"], classes=classes)
-    assert ds.task_info["semseg"]["num_classes"] == classes and ds.image_size == (32, 64)
-    for i in range(N):
-        _, c = source("synthetic-city", "train", i, (32, 64))
-        s = ds[i]
-        assert torch.equal(s["image"], c["image"])
-        want = c["semseg"] if classes == 19 else torch.where(
-            c["semseg"] >= 0, torch.from_numpy(CITY_19_TO_7.astype(np.int64))[c["semseg"].clamp(min=0)], -1)
-        assert torch.equal(s["semseg"], want)
-        d, got = c["depth"].double(), s["depth"].double()
-        # 16-bit disparity code p = 256 B fx / d + 1: representable depths are >= 256 B fx / 65534 m
-        representable = (d > 0) & (d >= 256 * B_FX / 65534)
-        assert ((got > 0) == representable).all()
-        disp = B_FX / d[representable]
-        rel = ((got[representable] - d[representable]).abs() / d[representable])
-        assert (rel <= (0.5 / 256) / (disp - 0.5 / 256) + 1e-5).all()  # rounding p to an integer
-    raw = get_dataset("cityscapes", "train", root=twins["cityscapes"], depth="disparity")[0]["depth"]
-    assert raw.min() >= 0 and raw.max() <= 1  # MTAN's stored scaled disparity, unchanged
+@pytest.mark.parametrize("dataset_id,layout,split,options", CASES,
+                         ids=[f"{d}-{layout or 'default'}-{s}-{'-'.join(map(str, o.values())) or 'plain'}"
+                              for d, layout, s, o in CASES])
+def test_twin_matches_its_source(twins, dataset_id, layout, split, options):
+    """Every key of every item equals the synthetic source (up to the format's quantisation), as read and after the
+    same seeded horizontal flip + scale-crop applied to the loaded item and to the expected one (boxes included)."""
+    twin = twins[(dataset_id, layout)]
+    ds = get_dataset(dataset_id, split, root=twin, **options)
+    items = list(EXPECT[dataset_id](ds, twin, split))
+    assert len(ds) == len(items) > 0
+    for index, exp, tol, tasks in items:
+        where = f"{dataset_id} {split} item {index}"
+        s = ds[index]
+        check(s, exp, tol, where)
+        assert s["meta"]["tasks"] == tasks and s["meta"]["split"] == split and s["meta"]["index"] == index, where
+        for key in ("image", "semseg"):  # the JPEG error is small on average too
+            if key in tol and tol[key] == ("jpeg",):
+                assert_jpeg_close(s[key], exp[key])
+        h, w = exp["image"].shape[-2:]
+        for seed in range(2):
+            tf = seeded_flip_crop(seed, (h * 3 // 4, w * 3 // 4))
+            moved = get_dataset(dataset_id, split, root=twin, transform=tf, **options)[index]
+            want = seeded_flip_crop(seed, (h * 3 // 4, w * 3 // 4))(exp)
+            check({k: v for k, v in moved.items() if k != "meta"}, want, tol, f"{where} seed {seed}")
+            assert moved["meta"]["hflip"] and moved["image"].shape[-2:] == (h * 3 // 4, w * 3 // 4)
 
 
-def test_miniscapes_twin(twins):
-    ds = get_dataset("miniscapes", "val", root=twins["miniscapes"])
-    lo, hi = 1 / 300, 1 / 4
-    for i in range(N):
-        _, c = source("synthetic-city", "val", i, (32, 64))
-        s = ds[i]
-        assert_jpeg_close(s["image"], c["image"])
-        assert torch.equal(s["semseg"], c["semseg"])  # 255 <-> -1
-        d, got = c["depth"][0].double(), s["depth"][0].double()
-        inside = (d > 4.05) & (d < 299)
-        assert (got[inside] > 0).all() and (got[(d > 0) & (d < 3.95)] == 0).all() and (got[d <= 0] == 0).all()
-        step = (hi - lo) / 254  # uint8 disparity code: rounding error <= half a step in 1/depth
-        assert ((1 / got[inside] - 1 / d[inside]).abs() <= step / 2 + 1e-9).all()
-    test = get_dataset("miniscapes", "test", root=twins["miniscapes"])[0]
-    assert test["meta"]["tasks"] == [] and (test["semseg"] == -1).all() and (test["depth"] == 0).all()
-
-
-def test_oxford_pet_twin(twins):
+def test_oxford_pet_batches_with_boxes_as_lists(twins):
     ds = get_dataset("oxford-pet", "trainval", root=twins["oxford-pet"])
     breeds = ds.task_info["category"]["class_names"]
-    for i in range(N):
-        _, c = source("synthetic-pet", "train", i)
-        s = ds[i]
-        assert_jpeg_close(s["image"], c["image"])
-        assert torch.equal(s["semseg"], c["semseg"])  # trimap 2/1/3 <-> background/pet/border
-        assert torch.equal(s["boxes"], c["boxes"]) and torch.equal(s["box_labels"], c["box_labels"])
-        assert int(s["binary"]) == int(c["binary"])
-        assert breeds[int(s["category"])][0].isupper() == (int(s["binary"]) == 0)  # cat breeds are capitalised
-        assert ("boxes" in s["meta"]["tasks"]) == (len(c["boxes"]) > 0)
-    test = get_dataset("oxford-pet", "test", root=twins["oxford-pet"])
-    assert all(len(x["boxes"]) == 0 and "boxes" not in x["meta"]["tasks"] for x in test)
+    assert all(breeds[int(x["category"])][0].isupper() == (int(x["binary"]) == 0) for x in ds)  # cats capitalised
     batch = collate([ds[0], ds[1]])
     assert isinstance(batch["boxes"], list) and batch["semseg"].shape == (2, 32, 32)
+    assert any(len(x["boxes"]) for x in ds), "the twin should hold a head box (pick another seed)"
 
 
-def test_oxpet_h5_twin(twins):
-    ds = get_dataset("oxpet-h5", "test", root=twins["oxpet-h5"])
-    for i in range(N):
-        _, c = source("synthetic-pet", "test", i)
-        s = ds[i]
-        assert torch.equal(s["image"], c["image"])
-        assert torch.equal(s["semseg"], (c["semseg"] != 0).long())  # pet or border = foreground
-        assert torch.equal(s["binary"], c["binary"])
-        if len(c["boxes"]):
-            assert torch.equal(s["boxes"], c["boxes"][:1]) and s["box_labels"].tolist() == [int(c["binary"])]
+def test_cityscapes_disparity_mode_returns_the_stored_values(twins):
+    raw = get_dataset("cityscapes", "train", root=twins["cityscapes"], depth="disparity")[0]["depth"]
+    stored = np.load(twins["cityscapes"] / "train" / "depth" / "0.npy")[..., 0]
+    assert torch.equal(raw[0], torch.from_numpy(stored)) and raw.max() <= 1  # MTAN's scaled disparity, unchanged
 
 
-def test_pascal_mt_twin(twins):
+def test_pascal_normals_only_on_astmt_classes(twins):
     from mtlkit.data.real.pascal_mt import ASTMT_NORMAL_CLASSES, CONTEXT_IDS_OF_VOC
 
-    ds = get_dataset("pascal-mt", "train", root=twins["pascal-mt"], edges="kit", normal_classes="all")
+    every = get_dataset("pascal-mt", "train", root=twins["pascal-mt"], edges="kit", normal_classes="all")
     masked = get_dataset("pascal-mt", "train", root=twins["pascal-mt"], edges="kit")  # ASTMT's normal classes
-    part_of = torch.tensor([0, 1, 2, 3, 5, 0])  # synthetic bg/head/torso/arm/leg/tail -> ASTMT 6-part ids
-    seen_parts = False
     for i in range(N):
-        _, c = source("synthetic-pascal", "train", i)
-        s = ds[i]
-        assert_jpeg_close(s["image"], c["image"])
-        assert torch.equal(s["semseg"], c["semseg"]) and torch.equal(s["edge"], c["edge"])
-        assert torch.equal(s["saliency"], c["saliency"])
-        person = c["semseg"] == 15
-        if person.any():
-            seen_parts = True
-            assert torch.equal(s["parts"], torch.where(person, part_of[c["parts"]], 0))
-        else:
-            assert (s["parts"] == -1).all() and "parts" not in s["meta"]["tasks"]
-        valid = c["normals"].abs().sum(0) > 0
-        assert torch.equal(s["normals"].abs().sum(0) > 0, valid)
-        cos = (s["normals"] * c["normals"]).sum(0)[valid].clamp(-1, 1)
-        assert torch.rad2deg(torch.acos(cos)).max() < 1.0  # 8-bit PNG normals: < 1 degree
-        assert torch.allclose(s["normals"].norm(dim=0)[valid], torch.ones(()), atol=1e-5)
-        sem = c["semseg"].numpy()
+        sem = every[i]["semseg"].numpy()
         label_map = np.where(sem >= 0, CONTEXT_IDS_OF_VOC[np.clip(sem, 0, 20)], 0)
         keep = torch.from_numpy(np.isin(label_map, ASTMT_NORMAL_CLASSES))  # background (0) is not among them
-        assert torch.equal(masked[i]["normals"], torch.where(keep, s["normals"], torch.zeros(())))
-    assert seen_parts, "twin should contain a person (pick another seed)"
+        assert torch.equal(masked[i]["normals"], torch.where(keep, every[i]["normals"], torch.zeros(())))
     assert len(ASTMT_NORMAL_CLASSES) == 170 and 427 in ASTMT_NORMAL_CLASSES and 0 not in ASTMT_NORMAL_CLASSES
+    assert any("parts" in x["meta"]["tasks"] for x in every), "twin should contain a person (pick another seed)"
 
 
 def test_pascal_laplacian_edges_by_hand():
@@ -261,36 +392,123 @@ def test_nyuv2_shortened_normals_are_renormalised(twins, tmp_path):
     assert torch.allclose(s["normals"], ref["normals"], atol=1e-6)
 
 
-def test_broden_twin(twins):
+PART2IND = """function pimap = part2ind()
+pimap = cell(3, 1);
+for ii = 1:3
+    pimap{ii} = containers.Map('KeyType','char','ValueType','int32');
+end
+
+% [aeroplane]
+pimap{1}('body')        = 1;
+pimap{1}('lwing')       = 3;                % left wing
+pimap{1}('rwing')       = 4;                % right wing
+for ii = 1:2
+    pimap{1}(sprintf('engine_%d', ii)) = 10+ii; % multiple engines
+end
+
+% [bus]
+pimap{2}('frontside')   = 1;
+pimap{2}('fwheel')      = 2;
+for ii = 1:2
+    pimap{2}(sprintf('door_%d',ii)) = 10 + ii;
+end
+
+% [car]
+keySet = keys(pimap{2});
+valueSet = values(pimap{2});
+pimap{3} = containers.Map(keySet, valueSet);         % car has the same parts as bus
+remove(pimap{3}, {'door_2'});
+
+% [chair]
+% only has silhouette mask
+"""
+
+
+def test_part2ind_codes_by_hand():
+    """PASCAL part codes as unifiedparsing numbers them: sorted (object, short name), one code per normalised name."""
+    from mtlkit.data.real.broden_plus import parse_part2ind, pascal_part_codes
+
+    raw = parse_part2ind(PART2IND)
+    assert raw[(1, "lwing")] == ("aeroplane", "left wing") and raw[(1, "engine_2")] == ("aeroplane", "engine")
+    assert raw[(3, "door_2")] == ("car", "door")  # copied from bus; remove() is ignored, as the reference does
+    assert raw[(4, "silhouette")] == ("chair", "silhouette")
+    key, names = pascal_part_codes(raw)
+    # sorted keys: (1 body) (1 engine_1) (1 engine_2) (1 lwing) (1 rwing) (2 door_1) (2 door_2) (2 frontside) ...
+    assert names == ["-", "body", "engine", "wing", "door", "", "wheel", "silhouette"]  # "front side" -> ""
+    assert key[(1, "body")] == 1 and key[(1, "engine_2")] == 2 and key[(1, "rwing")] == 3
+    assert key[(2, "frontside")] == 5 and key[(2, "fwheel")] == 6 and key[(3, "door_1")] == 4
+    assert key[(4, "silhouette")] == 7
+    with pytest.raises(CorruptFileError, match="line 2: unrecognised line"):
+        parse_part2ind("% [x]\npimap{1}['head'] = 1;\n", "p.m")
+
+
+def test_broden_plus_parts_rule_by_hand(twins):
+    """Parts count inside an owner's mask when one of its listed parts is there; elsewhere -1; unlisted -> none."""
     ds = get_dataset("broden", "val", root=twins["broden"])
-    for i in range(N):
-        compact, c = source("synthetic-broden", "val", i)
-        s = ds[i]
-        assert_jpeg_close(s["image"], c["image"])
-        for key in ("scene", "semseg", "parts", "material", "texture"):
-            assert torch.equal(s[key], c[key]), key
-        assert s["meta"]["tasks"] == [t for t in ds.tasks if t in compact["meta"]["tasks"]]
-        assert s["meta"]["source"] == compact["meta"]["source"]
-    assert ds.task_info["semseg"]["class_names"][0] == "sky"
+    reader = ds.reader
+    objects = ds.task_info["semseg"]["class_names"]
+    parts = ds.task_info["parts"]["class_names"]
+    part_vocab = [r.split(",")[1] for r in (twins["broden"] / "meta_file" / "part.csv").read_text().split()[1:]]
+    table, sky, bed = objects.index("table") + 1, objects.index("sky") + 1, objects.index("bed") + 1
+    top, leg, frame = part_vocab.index("top"), part_vocab.index("leg"), part_vocab.index("frame")
+    obj = np.array([[table, table, table, sky], [table, table, bed, bed]])
+    part = np.array([[top, leg, 0, top], [frame, top, 0, 0]])  # frame is not a table part; the bed has none
+    want = [[parts.index("table top"), parts.index("table leg"), 0, -1],
+            [0, parts.index("table top"), -1, -1]]
+    assert reader.parts(obj, part).tolist() == want
+    assert (reader.parts(obj, None) == -1).all()  # no part annotation at all
+    assert ds.task_info["parts"]["owners"][parts.index("table leg")] == (objects.index("table"),)
 
 
-def test_transforms_on_twins_match_the_source(twins):
-    """Flip + scale-crop on a loaded twin item == the same seeded transforms on the synthetic source."""
-    def tf(seed):
-        g = torch.Generator().manual_seed(seed)
-        return Compose([RandomHorizontalFlip(p=1.0, generator=g), RandomScaleCrop(24, (1.0, 1.5), generator=g)])
+def test_broden_label_assignment_tables(tmp_path):
+    from mtlkit.data.real.broden_plus import read_label_assignment
 
-    for seed in range(3):
-        s = get_dataset("nyuv2", "train", root=twins["nyuv2"], transform=tf(seed))[1]
-        _, c = source("synthetic-nyu", "train", 1)
-        c = tf(seed)(c)
-        for key in ("image", "semseg", "depth", "normals"):
-            assert torch.equal(s[key], c[key]), key
-        p = get_dataset("oxford-pet", "trainval", root=twins["oxford-pet"], transform=tf(seed))[0]
-        _, c = source("synthetic-pet", "train", 0)
-        c = tf(seed)(c)
-        assert torch.equal(p["semseg"], c["semseg"]) and torch.allclose(p["boxes"], c["boxes"])
-        assert p["meta"]["hflip"] and p["image"].shape == (3, 24, 24)
+    path = tmp_path / "label_assignment.csv"
+    path.write_text("dataset,category,raw_label,raw_name,broden_label,broden_name\n"
+                    "ade20k,object,5,a,2,x\nade20k,object,9,b,0,-\nade20k,scene,0,,-1,z\nade20k,scene,3,c-s,7,c\n")
+    luts = read_label_assignment(path)
+    assert luts[("ade20k", "object")].tolist() == [0, 0, 0, 0, 0, 2, 0, 0, 0, 0]  # unlisted raw labels: none
+    assert luts[("ade20k", "scene")].tolist() == [-1, -1, -1, 7]  # an unassigned scene is -1, not class 0
+
+
+def test_broden_sources_layouts_and_bad_records(twins, tmp_path):
+    only_os = get_dataset("broden", "train", root=twins["broden"], sources=["os"])
+    assert len(only_os) >= 1 and all(x["meta"]["source"] == "os" and x["meta"]["tasks"] == ["material"]
+                                     for x in only_os)
+    with pytest.raises(ValueError, match="subset of ade20k, pascal, os, dtd"):
+        get_dataset("broden", "train", root=twins["broden"], sources=["opensurfaces"])
+    with pytest.raises(ValueError, match="layout must be one of"):
+        get_dataset("broden", "train", root=twins["broden"], layout="plus")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetLayoutError, match="meta_file.*index.csv"):
+        get_dataset("broden", "train", root=tmp_path / "empty")
+    root = tmp_path / "b"
+    shutil.copytree(twins["broden"], root)
+    lst = root / "meta_file" / "broden_os_train.json"
+    lst.write_text(lst.read_text() + '{"dataset": "os", "file_index": 99, "width": 32, "height": 32}\n')
+    with pytest.raises(CorruptFileError, match=r"broden_os_train\.json line \d+: os file_index 99 outside"):
+        get_dataset("broden", "train", root=root)
+    (root / "meta_file" / "label_assignment.csv").unlink()
+    with pytest.raises(DatasetLayoutError, match="missing file label_assignment.csv"):
+        get_dataset("broden", "val", root=root)
+
+
+def test_broden_corrupt_files_name_file_and_index(twins, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "b"
+    shutil.copytree(twins["broden"], root)
+    ds = get_dataset("broden", "val", root=root)
+    ade = next(i for i, x in enumerate(ds.ids) if x.startswith("ade20k/"))
+    seg = ds.reader.readers["ade20k"].files(int(ds.ids[ade].split("/")[1]))["object"]
+    Image.fromarray(np.full((32, 32, 3), 250, np.uint8)).save(seg)  # class 25 * 256 + 250, beyond every raw label
+    with pytest.raises(CorruptFileError, match=rf"{seg.name} \(sample index {ade}\): ade20k object labels \[6650\]"):
+        ds[ade]
+    pascal = next(i for i, x in enumerate(ds.ids) if x.startswith("pascal/"))
+    mat = ds.reader.readers["pascal"].files(int(ds.ids[pascal].split("/")[1]))["part"]
+    mat.write_bytes(mat.read_bytes()[:60])
+    with pytest.raises(CorruptFileError, match=rf"{mat.name} \(sample index {pascal}\)"):
+        ds[pascal]
 
 
 def test_size_option_resizes_every_map(twins):
@@ -326,6 +544,17 @@ def test_wrong_layout_names_missing_file(twins, tmp_path):
     shutil.rmtree(root / "val" / "normal")
     with pytest.raises(DatasetLayoutError, match=r"missing folder .*val/normal"):
         get_dataset("nyuv2", "val", root=root)
+
+
+def test_empty_split_lists_are_errors(twins, tmp_path):
+    for dataset_id, rel in (("nyud-mt", "gt_sets/val.txt"), ("pascal-mt", "ImageSets/Context/val.txt"),
+                            ("oxford-pet", "annotations/test.txt")):
+        root = tmp_path / dataset_id
+        shutil.copytree(twins[dataset_id], root)
+        (root / rel).write_text("\n" if dataset_id != "oxford-pet" else "#Image CLASS-ID SPECIES BREED ID\n")
+        split = "test" if dataset_id == "oxford-pet" else "val"
+        with pytest.raises(DatasetLayoutError, match=rf"{rel}.*(is empty|no items)"):
+            get_dataset(dataset_id, split, root=root)
 
 
 def test_corrupt_files_name_file_and_index(twins, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tarfile
 import urllib.error
 from pathlib import Path
@@ -55,7 +56,8 @@ def test_download_with_fake_fetcher_checks_md5(tmp_path, monkeypatch):
     files = dl.download("oxford-pet", raw=tmp_path, fetch=fetch, say=lambda m: None)
     assert [f.name for f in files] == ["images.tar.gz", "annotations.tar.gz"]
     assert calls[-2:] == [s["url"] for s in entry["sources"]]
-    assert dl.verify("oxford-pet", root=tmp_path / "none", raw=tmp_path)[0].startswith("oxford-pet trainval")
+    problems = dl.verify("oxford-pet", root=tmp_path / "none", raw=tmp_path)  # hashes match; no copy: one sentence
+    assert len(problems) == 1 and problems[0].startswith("dataset 'oxford-pet' not found")
 
 
 def test_download_offline_fails_clearly(tmp_path, monkeypatch):
@@ -228,3 +230,71 @@ def test_twin_sources_are_the_synthetic_scenes():
     s = twin_sources("miniscapes", n=1)["test"][0]
     ref = generate_sample("synthetic-city", "test", 0, seed=0, size=(32, 64))
     assert np.array_equal(s["image"], ref["image"]) and np.array_equal(s["depth"], ref["depth"])
+
+
+# one file of each twin broken in a way verify must report, naming that file
+BREAK = {"nyuv2": ("truncate", "train/depth/1.npy"), "nyud-mt": ("delete", "normals/val_0001.npy"),
+         "cityscapes": ("truncate", "val/label_19/2.npy"), "miniscapes": ("truncate", "train/semseg/1.png"),
+         "oxford-pet": ("truncate", "annotations/trimaps/*_train1.png"), "oxpet-h5": ("truncate", "val/masks.h5"),
+         "pascal-mt": ("delete", "sal_distill/2008_val002.png"),
+         "broden": ("truncate", "broden_dataset/ade20k/ADE20K_2016_07_26/images/*/*/*/*_seg.png")}
+
+
+@pytest.mark.parametrize("dataset_id", sorted(BREAK))
+def test_cli_twin_verify_and_break_every_dataset(dataset_id, tmp_path, capsys):
+    out = tmp_path / "twin"
+    assert main(["data", "twin", dataset_id, "--out", str(out)]) == 0
+    assert f"mtlkit data verify {dataset_id} --root {out}" in capsys.readouterr().out
+    assert main(["data", "verify", dataset_id, "--root", str(out)]) == 0
+    assert f"{dataset_id}: OK" in capsys.readouterr().out
+    how, pattern = BREAK[dataset_id]
+    target = sorted(out.glob(pattern))[0]
+    if how == "delete":
+        target.unlink()
+    else:
+        target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
+    assert main(["data", "verify", dataset_id, "--root", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert f"PROBLEM: {dataset_id}" in text and str(target) in text and "problem(s)" in text, text
+
+
+@pytest.mark.parametrize("dataset_id", ["nyuv2", "cityscapes"])
+def test_cli_official_twin_prepare_verify(dataset_id, tmp_path, capsys):
+    """The researcher's path for the official raw data: twin --layout official -> prepare -> verify -> load."""
+    raw, out = tmp_path / "raw", tmp_path / "prepared"
+    assert main(["data", "twin", dataset_id, "--out", str(raw), "--layout", "official", "--n", "2"]) == 0
+    assert f"mtlkit data prepare {dataset_id} --raw {raw}" in capsys.readouterr().out
+    size = ["--size", "32", "32"] if dataset_id == "nyuv2" else ["--size", "32", "64"]
+    assert main(["data", "prepare", dataset_id, "--raw", str(raw), "--out", str(out)] + size) == 0
+    assert f"mtlkit data verify {dataset_id} --root {out}" in capsys.readouterr().out
+    assert main(["data", "verify", dataset_id, "--root", str(out)]) == 0
+    ref = write_twin(dataset_id, tmp_path / "ref", n=2)  # the loader-format twin of the same scenes
+    a, b = get_dataset(dataset_id, "val", root=out)[1], get_dataset(dataset_id, "val", root=ref)[1]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["semseg"], b["semseg"])
+    assert main(["data", "twin", dataset_id, "--out", str(tmp_path / "x"), "--layout", "astmt"]) == 2
+    assert "layouts" in capsys.readouterr().err
+
+
+def test_prepare_broden_plus_from_a_clone(tmp_path):
+    """A clone of unifiedparsing after download_Broden+.sh: only meta_file/ and broden_dataset/ are copied."""
+    twin = write_twin("broden", tmp_path / "twin", n=2)
+    clone = tmp_path / "raw" / "unifiedparsing"
+    shutil.copytree(twin, clone)
+    (clone / "models").mkdir()
+    (clone / "models" / "models.py").write_text("# code, not data\n")
+    out = prepare("broden", raw=tmp_path / "raw", out=tmp_path / "prepared", say=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == ["broden_dataset", "meta_file"]
+    for split in ("train", "val"):
+        a, b = get_dataset("broden", split, root=out), get_dataset("broden", split, root=twin)
+        assert a.ids == b.ids and all(torch.equal(a[i]["semseg"], b[i]["semseg"]) for i in range(len(a)))
+    shutil.rmtree(clone / "meta_file")
+    with pytest.raises(Exception, match="missing folder .*meta_file"):
+        prepare("broden", raw=tmp_path / "raw", out=tmp_path / "prepared2", say=lambda m: None)
+
+
+def test_download_broden_prints_the_assembly_steps(tmp_path):
+    lines = []
+    files = dl.download("broden", raw=tmp_path, fetch=lambda u, t: pytest.fail("Broden+ is assembled by hand"),
+                        say=lines.append)
+    text = "\n".join(lines)
+    assert files == [] and "download_Broden+.sh" in text and str(tmp_path) in text and "broden1_224.zip" in text
