@@ -298,3 +298,15 @@ def test_download_broden_prints_the_assembly_steps(tmp_path):
                         say=lines.append)
     text = "\n".join(lines)
     assert files == [] and "download_Broden+.sh" in text and str(tmp_path) in text and "broden1_224.zip" in text
+
+
+def test_verify_reports_a_changed_archive(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "annotations.tar.gz").write_bytes(b"truncated download")
+    root = write_twin("oxford-pet", tmp_path / "twin", n=2)
+    problems = dl.verify("oxford-pet", root=root, raw=raw)
+    assert len(problems) == 1 and "annotations.tar.gz: md5 is" in problems[0]
+    assert "expects 95a8c909" in problems[0] and "download again" in problems[0]
+    assert main(["data", "verify", "oxford-pet", "--root", str(root), "--raw", str(raw)]) == 1
+    assert "PROBLEM:" in capsys.readouterr().out
