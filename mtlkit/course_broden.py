@@ -5,32 +5,42 @@ material, texture, each source labelling only some of them): ResNet-50 from Imag
 momentum 0.9, weight decay 1e-4 and the poly(0.9) schedule, the public code's loss weights
 (:data:`~mtlkit.models.upernet.UPERNET_LOSS_WEIGHTS`). The CPU presets run the same code on ``synthetic-broden``
 (64 px in smoke) with a ResNet-18, a narrow decoder and no ImageNet weights.
+
+Parts are trained with UPerNet's per-object part loss: :func:`upernet_tasks` gives the Trainer an
+:class:`OwnerPartsTask` for ``parts`` (see "Parts per owning object" in :mod:`mtlkit.models.upernet`).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mtlkit.course import check_preset, load_splits, subset
+from mtlkit.tasks import Task
 
-__all__ = ["UPERNET_SCHEDULES", "UPERNET_REFERENCE", "upernet_schedule", "broden_splits", "part_owners_for"]
+__all__ = ["UPERNET_SCHEDULES", "UPERNET_REFERENCE", "upernet_schedule", "broden_splits", "part_owners_for",
+           "OwnerPartsTask", "upernet_tasks"]
 
-# Per preset: data (dataset id, preset, options, training images), model (encoder, ImageNet, decoder widths, ULSAM
-# groups) and optimiser. Every preset trains the same five models (UPerNet, + context head, three ULSAM variants).
+# Per preset: data (dataset id, preset, options, training and validation images: None = all), model (encoder,
+# ImageNet, decoder widths, ULSAM groups) and optimiser. Every preset trains the same five models (UPerNet, + context
+# head, three ULSAM variants). smoke: 96 training images (12 steps of 8) and the first 32 validation images, one
+# epoch per model, so that the five trainings stay a small part of the whole smoke sequence on a 2-core CPU.
 UPERNET_SCHEDULES: dict[str, dict[str, Any]] = {
-    "unit": dict(data="synthetic-broden", data_preset="unit", data_options={}, train_images=None, epochs=1,
-                 batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None, encoder="resnet18",
-                 pretrained=False, fpn_channels=16, ppm_channels=8, ulsam_groups=4),
-    "smoke": dict(data="synthetic-broden", data_preset="smoke", data_options={}, train_images=128, epochs=1,
-                  batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None, encoder="resnet18",
-                  pretrained=False, fpn_channels=64, ppm_channels=32, ulsam_groups=4),
-    "lesson": dict(data="synthetic-broden", data_preset="lesson", data_options={}, train_images=None, epochs=8,
-                   batch_size=16, optimizer="adam", lr=5e-4, weight_decay=1e-4, scheduler="poly",
-                   encoder="resnet18", pretrained=False, fpn_channels=128, ppm_channels=64, ulsam_groups=4),
+    "unit": dict(data="synthetic-broden", data_preset="unit", data_options={}, train_images=None, val_images=None,
+                 epochs=1, batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
+                 encoder="resnet18", pretrained=False, fpn_channels=16, ppm_channels=8, ulsam_groups=4),
+    "smoke": dict(data="synthetic-broden", data_preset="smoke", data_options={}, train_images=96, val_images=32,
+                  epochs=1, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
+                  encoder="resnet18", pretrained=False, fpn_channels=64, ppm_channels=32, ulsam_groups=4),
+    "lesson": dict(data="synthetic-broden", data_preset="lesson", data_options={}, train_images=None,
+                   val_images=None, epochs=8, batch_size=16, optimizer="adam", lr=5e-4, weight_decay=1e-4,
+                   scheduler="poly", encoder="resnet18", pretrained=False, fpn_channels=128, ppm_channels=64,
+                   ulsam_groups=4),
     # UPerNet's recipe at Broden's 384 px release; the number of epochs is the kit's choice.
     "paper": dict(data="broden", data_preset="paper", data_options={"size": (384, 384)}, train_images=None,
-                  epochs=20, batch_size=16, optimizer="sgd", lr=0.02, weight_decay=1e-4, scheduler="poly",
-                  encoder="resnet50", pretrained=True, fpn_channels=512, ppm_channels=512, ulsam_groups=4),
+                  val_images=None, epochs=20, batch_size=16, optimizer="sgd", lr=0.02, weight_decay=1e-4,
+                  scheduler="poly", encoder="resnet50", pretrained=True, fpn_channels=512, ppm_channels=512,
+                  ulsam_groups=4),
 }
 
 #: Xiao et al. (ECCV 2018), UPerNet-50 trained and evaluated on ADE20K alone (REFERENCE.md), in the kit's metric
@@ -56,7 +66,10 @@ def upernet_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
 
 
 def broden_splits(schedule: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
-    """``{"train", "val", "test"}`` for a schedule of :data:`UPERNET_SCHEDULES` (``train_images`` applied).
+    """``{"train", "val", "test"}`` for a schedule of :data:`UPERNET_SCHEDULES`.
+
+    ``train_images`` / ``val_images`` keep the first n images of those splits (the validation split at most its
+    size; the test split is always whole).
 
     Synthetic data has all three splits. ``broden`` has train and val: the last :data:`BRODEN_HELD_OUT` training
     images become the validation split and the official val split is the test split.
@@ -77,6 +90,9 @@ def broden_splits(schedule: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
     n = schedule.get("train_images")
     if n:
         splits["train"] = subset(splits["train"], n)
+    n = schedule.get("val_images")
+    if n and splits.get("val") is not None:
+        splits["val"] = subset(splits["val"], min(int(n), len(splits["val"])))
     return splits
 
 
@@ -96,3 +112,47 @@ def part_owners_for(task_info: Mapping[str, Mapping[str, Any]]) -> list[tuple[in
         return broden_part_owners(objects, parts)
     except ValueError:
         return None
+
+
+@dataclass(frozen=True)
+class OwnerPartsTask(Task):
+    """The ``parts`` task trained with UPerNet's per-object part loss (:func:`~mtlkit.models.upernet.owner_part_loss`).
+
+    Everything but the loss is the plain parts task's (targets, meter, metrics). The loss needs each pixel's
+    ground-truth object, taken from the batch through ``objects`` (the ``semseg`` task, so that images which do
+    not label objects are ignored); ``part_owners`` is what ``upernet(part_owners=...)`` gets.
+    """
+
+    objects: Task | None = field(default=None, compare=False, repr=False)
+    part_owners: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.objects is None or self.objects.num_classes is None:
+            raise ValueError("OwnerPartsTask needs objects=<the semseg Task> (a label task with num_classes)")
+        if len(self.part_owners) != self.out_channels:
+            raise ValueError(f"OwnerPartsTask: part_owners has {len(self.part_owners)} entries for "
+                             f"{self.out_channels} part classes")
+
+    def loss(self, pred, batch):
+        from mtlkit.models.upernet import owner_part_loss, part_allowed
+
+        if pred.dim() != 4 or pred.shape[1] != self.out_channels:
+            raise ValueError(f"Task {self.name!r}: prediction {tuple(pred.shape)} should be [B, {self.out_channels}, "
+                             "H, W]")
+        allowed = part_allowed(self.part_owners, self.objects.num_classes)
+        return owner_part_loss(pred, self.target(batch).to(pred.device), self.objects.target(batch).to(pred.device),
+                               allowed)
+
+
+def upernet_tasks(task_info: Mapping[str, Mapping[str, Any]]) -> dict[str, Task]:
+    """``{name: Task}`` of a Broden-like dataset for the Trainer (``tasks=``): ``parts`` is an
+    :class:`OwnerPartsTask` where :func:`part_owners_for` knows the owners, every other task the plain one."""
+    from mtlkit.tasks import tasks_for
+
+    tasks = tasks_for(task_info)
+    owners = part_owners_for(task_info)
+    if owners is not None and "parts" in tasks and "semseg" in tasks:
+        plain = tasks["parts"]
+        tasks["parts"] = OwnerPartsTask(**{f.name: getattr(plain, f.name) for f in fields(plain)},
+                                        objects=tasks["semseg"], part_owners=tuple(map(tuple, owners)))
+    return tasks

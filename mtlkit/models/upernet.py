@@ -23,15 +23,34 @@ size 1 (a 1x1 map after pooling would leave BatchNorm one value per channel).
 Texture: the public decoder has no texture head (the paper fine-tunes a texture classifier on DTD afterwards); the
 kit's texture head reads the fused map, like object and part, and is trained on the "dtd" source's images.
 
-**Parts per owning object.** The Broden+ parts of the public code are predicted per object: one softmax over the
-parts of each part-bearing object, trained only on that object's pixels, read at inference inside the predicted
-object. The kit's Broden-like data already labels parts as (owner, part) pairs (``synthetic.BRODEN_PARTS``:
-"none", "creature head", "table leg", "chair leg", ...), so a part class never mixes owners. The part head is one
-classifier over these classes (the loss is the kit's cross-entropy). With ``part_owners`` (one tuple of object
-classes per part class, see :func:`broden_part_owners`) the part logits are additionally gated by the object head:
-``parts = part_logits + log(sum_{o owns c} p(o))`` with p = softmax of the (detached) object logits, so the parts of
-objects that are not there are suppressed and the argmax picks a part of the predicted owner, the public code's
-inference. Classes without an owner ("none") are not gated.
+**Parts per owning object.** What the public code does (CSAILVision/unifiedparsing ``models/models.py``): the part
+head has one block of channels per part-bearing object. Training: for each such object o, a log-softmax over o's
+parts only, the NLL taken on the pixels whose GROUND-TRUTH object is o (in images that label parts), averaged over
+those pixels; the part loss is the sum of these per-object means (weight 0.5). Pixels of objects without parts add
+nothing. Inference: softmax within each object's block, and a pixel's part is read from the block of its PREDICTED
+object (argmax of the object head).
+
+The kit's Broden-like data labels parts as (owner, part) classes of one list (``synthetic.BRODEN_PARTS``: "none",
+"creature head", "table leg", "chair leg", ...; "none" on every labelled pixel that is not a part), so the part head
+is one classifier over these classes and ``part_owners`` (one tuple of object classes per part class, see
+:func:`broden_part_owners`) says which object may carry which class. :func:`part_allowed` turns it into ``allowed
+[O, P]``: object o may show its own part classes and the classes without an owner ("none"); an object that owns no
+part shows only "none". With ``part_owners``:
+
+- **training** (``model.train()``): ``parts`` are the head's raw logits. UPerNet's loss is :func:`owner_part_loss`
+  (the Trainer uses it through :class:`mtlkit.course_broden.OwnerPartsTask`): per pixel a softmax over
+  ``allowed[gt object]``, on pixels whose ground-truth object owns parts, averaged per object and summed over the
+  objects. A plain cross-entropy over all classes (a generic ``Task``) also trains these logits, it only asks more
+  of them (tell a table leg from a chair leg by appearance alone, and "none" everywhere else).
+- **inference** (``model.eval()``): with ô = argmax of the object logits at each pixel (both heads upsampled to the
+  input size first, as the public code does), ``parts`` are the log-probabilities
+  ``log((1 - eps) softmax_{c in allowed[ô]}(z)_c + eps / P)`` (:func:`gate_parts`, eps =
+  :data:`PART_GATE_FLOOR`): the argmax is a part of ô or "none", never a part of another object, and the values stay
+  finite so a validation loss can still be computed.
+
+No gate in training: an earlier version added ``log p(owner)`` of the (detached) object head to the part logits in
+training too. With a barely trained object head p(owner) ~ 1/47 pushed every owned class ~4 nats below "none", the
+part head learned to predict "none" everywhere and every smoke model had the same part metrics.
 
 **Context-aware head** (``context_head=True``): the object head's pre-classifier features (F channels at 1/4) are
 concatenated with the material head's input, so the material head's first conv reads 2F channels.
@@ -56,6 +75,7 @@ dict, gets 1).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import timm
@@ -67,8 +87,9 @@ from .blocks import conv_bn_relu, upsample_to
 from .encoders import (ENCODERS, IMAGENET_MEAN, IMAGENET_STD, PretrainedWeightsUnavailable, _is_download_error)
 from .ulsam import ULSAM
 
-__all__ = ["ULSAM_VARIANTS", "UPERNET_LOSS_WEIGHTS", "PART_OWNER_GROUPS", "ResNetPyramid", "PyramidPooling", "FPN",
-           "UPerFusion", "DenseHead", "ImageHead", "UPerNet", "broden_part_owners"]
+__all__ = ["ULSAM_VARIANTS", "UPERNET_LOSS_WEIGHTS", "PART_OWNER_GROUPS", "PART_GATE_FLOOR", "ResNetPyramid",
+           "PyramidPooling", "FPN", "UPerFusion", "DenseHead", "ImageHead", "UPerNet", "broden_part_owners",
+           "part_allowed", "owner_part_loss", "gate_parts"]
 
 #: Values of ``ulsam=`` (None = plain UPerNet).
 ULSAM_VARIANTS: tuple[str, ...] = ("fused", "pairs", "adjacent")
@@ -78,6 +99,9 @@ UPERNET_LOSS_WEIGHTS: dict[str, float] = {"semseg": 1.0, "parts": 0.5, "scene": 
 #: Owner names of part classes that stand for several object classes (as in the synthetic Broden-like data).
 PART_OWNER_GROUPS: dict[str, tuple[str, ...]] = {"creature": ("cat", "dog", "person", "rider"),
                                                  "car": ("car", "truck", "bus", "train")}
+#: Probability mass spread over all part classes at inference (:func:`gate_parts`), so that the parts of objects
+#: other than the predicted one get log(eps / P) instead of -inf.
+PART_GATE_FLOOR = 1e-6
 
 
 # ---------------------------------------------------------------------------------------------------- encoder
@@ -257,6 +281,79 @@ def broden_part_owners(object_names: Sequence[str], part_names: Sequence[str],
     return owners
 
 
+def part_allowed(part_owners: Sequence[Sequence[int]], num_objects: int) -> torch.Tensor:
+    """``allowed`` [O, P] bool: part class c may occur on object o (o owns c, or c has no owner, like "none").
+
+    ``part_owners[c]`` lists the object classes owning part class c (``()``: no owner). An object that owns no part
+    class may only show the unowned classes; if there is none of those either, it may show every class (nothing to
+    gate by).
+    """
+    owned = torch.zeros(num_objects, len(part_owners), dtype=torch.bool)
+    unowned = torch.zeros(len(part_owners), dtype=torch.bool)
+    for c, owners in enumerate(part_owners):
+        if len(owners) == 0:
+            unowned[c] = True
+        for o in owners:
+            if not 0 <= int(o) < num_objects:
+                raise ValueError(f"part_owners[{c}] names object class {o}; valid: 0..{num_objects - 1}")
+            owned[int(o), c] = True
+    allowed = owned | unowned
+    allowed[~allowed.any(1)] = True
+    return allowed
+
+
+def owner_part_loss(logits: torch.Tensor, parts: torch.Tensor, objects: torch.Tensor,
+                    allowed: torch.Tensor) -> torch.Tensor:
+    """UPerNet's part loss: per pixel a softmax over the part classes of its ground-truth object.
+
+    Only pixels whose ground-truth object owns part classes count (and whose part label is one its object may have);
+    the NLL is averaged over each object's pixels and these per-object means are summed over the objects present, as
+    in unifiedparsing's ``SegmentationModule``. Computed in at least float32, with no host synchronisation.
+
+    Args:
+        logits: [B, P, H, W] raw part logits (a :class:`UPerNet` in training mode).
+        parts: [B, H, W] int64 part labels, -1 = ignore (images that do not label parts).
+        objects: [B, H, W] int64 object labels, -1 = ignore.
+        allowed: [O, P] bool from :func:`part_allowed`.
+    Returns:
+        Scalar loss; a graph-connected 0 when no pixel counts.
+    """
+    if logits.dim() != 4 or parts.shape != logits.shape[:1] + logits.shape[2:] or objects.shape != parts.shape:
+        raise ValueError(f"owner_part_loss: logits [B, P, H, W] with parts and objects [B, H, W]; got "
+                         f"{tuple(logits.shape)}, {tuple(parts.shape)}, {tuple(objects.shape)}")
+    if allowed.dim() != 2 or allowed.shape[1] != logits.shape[1]:
+        raise ValueError(f"owner_part_loss: allowed must be [O, {logits.shape[1]}]; got {tuple(allowed.shape)}")
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    allowed = allowed.to(z.device)
+    universal = allowed.all(0)                                   # [P] classes every object may show ("none")
+    owns_parts = (allowed & ~universal).any(1)                   # [O]
+    y, o = parts.long().clamp_min(0), objects.long().clamp_min(0)
+    mask = allowed[o].permute(0, 3, 1, 2)                        # [B, P, H, W]: the true object's classes
+    valid = (parts >= 0) & (objects >= 0) & owns_parts[o] & mask.gather(1, y[:, None])[:, 0]   # [B, H, W]
+    log_p = z.masked_fill(~mask, float("-inf")).log_softmax(1)
+    nll = torch.where(valid, -log_p.gather(1, y[:, None])[:, 0], torch.zeros((), dtype=z.dtype, device=z.device))
+    zeros = torch.zeros(allowed.shape[0], dtype=z.dtype, device=z.device)
+    sums = zeros.index_add(0, o.flatten(), nll.flatten())       # per object: summed NLL and pixel count
+    counts = zeros.index_add(0, o.flatten(), valid.flatten().to(z.dtype))
+    return (sums / counts.clamp_min(1)).sum() + z.sum() * 0.0
+
+
+def gate_parts(part_logits: torch.Tensor, object_logits: torch.Tensor, allowed: torch.Tensor,
+               floor: float = PART_GATE_FLOOR) -> torch.Tensor:
+    """Inference: log-probabilities of the part classes of each pixel's predicted object.
+
+    ``log((1 - floor) * softmax_{c in allowed[o_hat]}(z)_c + floor / P)`` with ``o_hat`` the argmax of the object
+    logits at the pixel; in at least float32 (float64 stays float64).
+
+    Shapes: part_logits [B, P, H, W], object_logits [B, O, H, W], allowed [O, P] bool -> [B, P, H, W].
+    """
+    dtype = torch.promote_types(part_logits.dtype, torch.float32)
+    mask = allowed.to(part_logits.device)[object_logits.argmax(1)].permute(0, 3, 1, 2)   # [B, P, H, W]
+    log_p = part_logits.to(dtype).masked_fill(~mask, float("-inf")).log_softmax(1)
+    spread = torch.full_like(log_p, math.log(floor / part_logits.shape[1]))
+    return torch.logaddexp(log_p + math.log1p(-floor), spread)
+
+
 # -------------------------------------------------------------------------------------------------------- model
 def _check_tasks(tasks: Mapping[str, int]) -> dict[str, str]:
     from mtlkit.tasks import TASK_KINDS
@@ -287,8 +384,11 @@ class UPerNet(nn.Module):
         pool_scales: PPM pooling grid sizes.
         context_head: feed the object head's pre-classifier features into the material head.
         ulsam: None, "fused", "pairs" or "adjacent"; ulsam_groups: g of every ULSAM.
-        part_owners: per part class, the object classes owning it (gates the part logits by the object head).
-    Shapes: images [B, 3, H, W] -> dense [B, C_t, H, W], image-level [B, C_t].
+        part_owners: per part class, the object classes owning it. In eval mode the parts are then read from each
+            pixel's predicted object (:func:`gate_parts`); training mode returns the raw part logits, to be
+            trained with :func:`owner_part_loss`.
+    Shapes: images [B, 3, H, W] -> dense [B, C_t, H, W], image-level [B, C_t]; in eval mode with ``part_owners``,
+    ``parts`` are log-probabilities (at least float32) instead of logits.
     """
 
     def __init__(self, tasks: Mapping[str, int], encoder: str = "resnet50", pretrained: bool = False,
@@ -326,6 +426,7 @@ class UPerNet(nn.Module):
                 heads[task] = DenseHead(F_, F_, channels)
         self.heads = nn.ModuleDict(heads)
 
+        self.part_owners: tuple[tuple[int, ...], ...] | None = None
         if part_owners is not None:
             if "parts" not in tasks or "semseg" not in tasks:
                 raise ValueError("part_owners gates the part logits by the object (semseg) head: both 'parts' and "
@@ -334,17 +435,11 @@ class UPerNet(nn.Module):
             if len(part_owners) != n_parts:
                 raise ValueError(f"part_owners has {len(part_owners)} entries; it needs one per part class "
                                  f"({n_parts})")
-            owned = torch.zeros(n_parts, n_objects)
-            for c, owners in enumerate(part_owners):
-                if len(owners) == 0:
-                    owned[c] = 1.0  # unowned ("none"): sum of all object probabilities = 1 -> no gating
-                for o in owners:
-                    if not 0 <= int(o) < n_objects:
-                        raise ValueError(f"part_owners[{c}] names object class {o}; valid: 0..{n_objects - 1}")
-                    owned[c, int(o)] = 1.0
-            self.register_buffer("part_owners", owned)  # [P, O]
+            self.part_owners = tuple(tuple(int(o) for o in owners) for owners in part_owners)
+            # [O, P], derived from the arguments: not part of the state_dict
+            self.register_buffer("part_allowed", part_allowed(self.part_owners, n_objects), persistent=False)
         else:
-            self.part_owners = None
+            self.part_allowed = None
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         size = images.shape[-2:]
@@ -370,13 +465,10 @@ class UPerNet(nn.Module):
                 out[task] = head(x)
             else:
                 out[task] = head(fused)
-        if self.part_owners is not None:
-            # at least float32 (half-precision logits under AMP), float64 stays float64 (exact checks)
-            logits = out["semseg"].detach()
-            probs = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)  # [B, O, h, w]
-            owner_prob = torch.einsum("bohw,po->bphw", probs, self.part_owners.to(probs.dtype))  # p(owner of c)
-            out["parts"] = out["parts"] + owner_prob.clamp_min(1e-4).log().to(out["parts"].dtype)
-        return {t: (upsample_to(v, size) if self.kinds[t] == "dense" else v) for t, v in out.items()}
+        out = {t: (upsample_to(v, size) if self.kinds[t] == "dense" else v) for t, v in out.items()}
+        if self.part_allowed is not None and not self.training:  # inference: the predicted object's parts only
+            out["parts"] = gate_parts(out["parts"], out["semseg"], self.part_allowed)
+        return out
 
     def attention_maps(self) -> list[torch.Tensor]:
         """The last forward's ULSAM maps, one [B, g, h, w] tensor per ULSAM (empty without ``ulsam``)."""
