@@ -444,3 +444,33 @@ def test_forged_weights_earn_nothing_on_the_shipped_assignments(tmp_path, monkey
             assert probes[test]["points"] == 0.0, f"{name}:{test} " + json.dumps(probes[test]) + result["log"][-3000:]
             # the forged module was built, loaded and run: it fails on its outputs, not on an error
             assert "error" in probes[test]["message"] and "raised" not in probes[test]["message"], probes[test]
+
+
+def test_leaderboard_grades_submitted_weights_without_training(tmp_path, monkeypatch):
+    """PS5: a student who trained elsewhere (longer, on a GPU) hands in ``PS5_weights.safetensors`` next to the
+    notebook; the grader copies it into the sandbox, the model cell loads it instead of training, and ``predict``
+    is scored on the hidden split. A pickled ``.pt`` beside it is left out and named in the feedback."""
+    import torch
+    from safetensors.torch import save
+
+    from mtlkit.course import deeplab_schedule
+    from mtlkit.models import build
+
+    monkeypatch.setenv("MTLKIT_PRESET", "unit")
+    monkeypatch.setenv("MTLKIT_GRADING_SECRET", "7")
+    schedule = deeplab_schedule("unit")
+    torch.manual_seed(3)
+    model = build("deeplab-joint", {"semseg": 19, "depth": 1}, encoder=schedule["encoder"],
+                  aspp_channels=schedule["aspp_channels"], decoder_channels=schedule["decoder_channels"],
+                  skip_channels=schedule["skip_channels"])
+    folder = tmp_path / "subs" / "ann"
+    folder.mkdir(parents=True)
+    (folder / "PS5_leaderboard.ipynb").write_bytes((REAL / "PS5_leaderboard" / "PS5_leaderboard.ipynb").read_bytes())
+    (folder / "PS5_weights.safetensors").write_bytes(save({k: v.clone() for k, v in model.state_dict().items()}))
+    (folder / "model.pt").write_bytes(b"\x80\x04 a pickle")
+    result = grade("PS5_leaderboard", tmp_path / "subs", tmp_path / "gb.csv", source=REAL,
+                   limits=Limits(timeout_s=300.0))[0]
+    assert result["status"] == "graded" and result["score"] == result["max_score"] == 10.0, result["log"][-3000:]
+    assert "loaded PS5_weights.safetensors: no training" in result["log"] and "best epoch" not in result["log"]
+    assert any("'model.pt' was not used" in note for note in result["notes"]), result["notes"]
+    assert set(result["leaderboard"]) >= {"miou", "si_log_rmse", "grader_score", "raw"}
