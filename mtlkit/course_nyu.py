@@ -1,0 +1,263 @@
+"""Notebook 07 (MTAN on NYUv2-like data): schedules per preset and backbone, augmentation, models, references.
+
+Two backbones, chosen by the notebook's ``BACKBONE`` parameter:
+
+- ``"segnet"``: the MTAN paper's table (Liu, Johns & Davison, CVPR 2019) -- One Task, STAN, Split (standard, wide,
+  deep), Dense, Cross-stitch and MTAN on the SegNet of :mod:`mtlkit.models.segnet`. The ``paper`` preset is the
+  recipe of the authors' code on NYUv2 (REFERENCE.md): Adam 1e-4, halved every 100 epochs, 200 epochs, batch 2,
+  full-size SegNet, trained with augmentation.
+- ``"resnet50"``: LibMTL's NYUv2 setting -- a dilated ResNet (output stride 8) shared by the tasks with one ASPP head
+  per task (``resnet-shared``, LibMTL's HPS) and MTAN's attention over it (``resnet-mtan``). The ``paper`` preset is
+  LibMTL's ``examples/nyu`` recipe: ResNet-50 from ImageNet, Adam 1e-4 (weight decay 1e-5), halved every 100 epochs,
+  200 epochs, batch 8 (last incomplete batch dropped), with augmentation. The CPU presets use a ResNet-18 with narrow
+  heads (DESIGN.md, "Presets": a preset may shrink the model).
+
+Augmentation (paper and lesson presets, training split only) is the MTAN code's: scale the sample by s ~ U(1.0, 1.5)
+and crop back to the input size (the same as cropping 1/s of the image and resizing it up), depth divided by s
+(the scene looks s times closer), then a horizontal flip with probability 1/2 (normals' x negated). The authors'
+code draws s from {1.0, 1.2, 1.5}; the kit draws it from the interval.
+
+``nyuv2`` (the MTAN preprocessing) has only train (795) and val (654) images, and both papers report on val at the
+end of training: :func:`nyu_splits` makes val the test split and uses no validation split (the Trainer then takes
+the last epoch), so nothing is selected on the reported split.
+
+The ``*_REFERENCE`` tables are the papers' numbers in the kit's units (percent, metres, degrees): references to put
+beside the kit's paper-preset results, never results of this kit.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch.nn as nn
+
+from mtlkit.course import check_preset, subset
+
+__all__ = ["NYU_TASK_CHANNELS", "BACKBONES", "NYU_WEIGHTINGS", "AUGMENT_SCALES", "SEGNET_ROWS", "RESNET_ROWS",
+           "SINGLE_TASK_ROWS", "NYU_SCHEDULES", "MTAN_NYUV2_REFERENCE", "LIBMTL_NYUV2_REFERENCE",
+           "MTAN_PARAMETERS_REFERENCE", "REFERENCE_SOURCES", "nyu_schedule", "nyu_trainer_kwargs", "nyu_model_spec",
+           "nyu_model", "nyu_augmentation", "nyu_splits", "nyu_references"]
+
+#: The three tasks of the MTAN paper's NYUv2 experiment and their output channels (13 classes).
+NYU_TASK_CHANNELS: dict[str, int] = {"semseg": 13, "depth": 1, "normals": 3}
+BACKBONES = ("segnet", "resnet50")
+NYU_WEIGHTINGS = ("equal", "dwa", "uncertainty")
+#: Scale range of the training augmentation (the MTAN code's RandomScaleCrop: 1.0 to 1.5).
+AUGMENT_SCALES = (1.0, 1.5)
+
+#: Row of the MTAN paper's table -> (registry name, options). "split" is Split-standard.
+SEGNET_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "single": ("segnet-single", {}),
+    "stan": ("segnet-stan", {}),
+    "split": ("segnet-split", {"variant": "standard"}),
+    "split-standard": ("segnet-split", {"variant": "standard"}),
+    "split-wide": ("segnet-split", {"variant": "wide"}),
+    "split-deep": ("segnet-split", {"variant": "deep"}),
+    "dense": ("segnet-dense", {}),
+    "cross-stitch": ("segnet-cross-stitch", {}),
+    "mtan": ("segnet-mtan", {}),
+}
+#: LibMTL's rows: the single-task baseline is resnet-shared with one task.
+RESNET_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "single": ("resnet-shared", {}),
+    "shared": ("resnet-shared", {}),
+    "mtan": ("resnet-mtan", {}),
+}
+#: Rows that are one network per task (trained once per task and reported as one row).
+SINGLE_TASK_ROWS = ("single", "stan")
+
+_ALL = list(NYU_WEIGHTINGS)
+_DATA_KEYS = ("data", "data_preset", "train_images", "val_images", "augment")
+
+# Per preset: the data (shared by both backbones), then per backbone the Trainer settings, the model options and the
+# grid {row: [weightings]} (the single-task baselines of Δm are always trained, once per task, under Equal).
+#
+# smoke (CPU, the whole course sequence in a few minutes): a SegNet 1/8 as wide (a full-size SegNet-MTAN takes ~3 s
+# per step on 2 cores) on the first 64 of 192 training images and the first 32 of 64 validation images, 3 epochs
+# (DWA changes its weights from the third epoch on), no augmentation, and a reduced grid: MTAN under the three
+# weightings, Split (standard) under Equal, plus one single-task SegNet per task.
+#
+# Cross-stitch (segnet): "cross_stitch_init" "single-task" starts the branches (and heads) from the trained
+# single-task SegNets and trains the units with "units_lr_mult" times the learning rate (the faithful recipe;
+# "scratch" starts from random weights). The paper's ~100x is for SGD; under Adam every parameter moves ~lr per step
+# whatever its gradient, so 100x would move α by 0.01 per step and wash out the single-task start within an epoch;
+# 10x keeps the units clearly faster than the network (as notebook 06 does).
+NYU_SCHEDULES: dict[str, dict[str, Any]] = {
+    "unit": dict(
+        data="synthetic-nyu", data_preset="unit", train_images=None, val_images=None, augment=False,
+        segnet=dict(epochs=3, batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
+                    step_size=None, gamma=None, drop_last=False, width_mult=0.125, cross_stitch="channelwise",
+                    cross_stitch_init="single-task", units_lr_mult=10.0,
+                    grid={"mtan": _ALL, "split": ["equal"]}),
+        resnet50=dict(epochs=1, batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
+                      step_size=None, gamma=None, drop_last=False, encoder="resnet18", output_stride=8,
+                      pretrained=False, aspp_channels=16, grid={"shared": ["equal"], "mtan": ["equal"]}),
+    ),
+    "smoke": dict(
+        data="synthetic-nyu", data_preset="smoke", train_images=64, val_images=32, augment=False,
+        segnet=dict(epochs=3, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
+                    step_size=None, gamma=None, drop_last=False, width_mult=0.125, cross_stitch="channelwise",
+                    cross_stitch_init="single-task", units_lr_mult=10.0,
+                    grid={"mtan": _ALL, "split": ["equal"]}),
+        resnet50=dict(epochs=3, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
+                      step_size=None, gamma=None, drop_last=False, encoder="resnet18", output_stride=8,
+                      pretrained=False, aspp_channels=32, grid={"shared": ["equal"], "mtan": _ALL}),
+    ),
+    # lesson: CPU, tens of minutes: half-width SegNet, 20 epochs, augmentation, STAN/Split/MTAN under every weighting
+    "lesson": dict(
+        data="synthetic-nyu", data_preset="lesson", train_images=None, val_images=None, augment=True,
+        segnet=dict(epochs=20, batch_size=8, optimizer="adam", lr=5e-4, weight_decay=0.0, scheduler=None,
+                    step_size=None, gamma=None, drop_last=False, width_mult=0.5, cross_stitch="channelwise",
+                    cross_stitch_init="single-task", units_lr_mult=10.0,
+                    grid={m: _ALL for m in ("stan", "split", "mtan")}),
+        resnet50=dict(epochs=20, batch_size=8, optimizer="adam", lr=5e-4, weight_decay=0.0, scheduler=None,
+                      step_size=None, gamma=None, drop_last=False, encoder="resnet18", output_stride=8,
+                      pretrained=False, aspp_channels=64, grid={"shared": _ALL, "mtan": _ALL}),
+    ),
+    # paper: the real NYUv2 (MTAN preprocessing, 288x384), both recipes with augmentation (REFERENCE.md)
+    "paper": dict(
+        data="nyuv2", data_preset="paper", train_images=None, val_images=None, augment=True,
+        segnet=dict(epochs=200, batch_size=2, optimizer="adam", lr=1e-4, weight_decay=0.0, scheduler="step",
+                    step_size=100, gamma=0.5, drop_last=False, width_mult=1.0, cross_stitch="channelwise",
+                    cross_stitch_init="single-task", units_lr_mult=10.0,
+                    grid={m: _ALL for m in ("stan", "split-wide", "split-deep", "dense", "cross-stitch", "mtan")}),
+        resnet50=dict(epochs=200, batch_size=8, optimizer="adam", lr=1e-4, weight_decay=1e-5, scheduler="step",
+                      step_size=100, gamma=0.5, drop_last=True, encoder="resnet50", output_stride=8,
+                      pretrained=True, aspp_channels=256, grid={"shared": ["equal"], "mtan": ["equal"]}),
+    ),
+}
+
+#: MTAN paper, NYUv2 (MTAN preprocessing, 13 classes), SegNet-MTAN with augmentation, mean of 3 seeds (REFERENCE.md);
+#: parameters_M: the full-size SegNet-MTAN, 1.77x one single-task SegNet.
+MTAN_NYUV2_REFERENCE: dict[str, dict[str, float]] = {
+    "mtan-equal": {"parameters_M": 44.23, "semseg/miou": 40.89, "semseg/pixel_acc": 66.14, "depth/abs_err": 0.5524,
+                   "depth/rel_err": 0.2347, "normals/mean": 27.27},
+    "mtan-dwa": {"parameters_M": 44.23, "semseg/miou": 40.50, "semseg/pixel_acc": 65.65, "depth/abs_err": 0.5358,
+                 "depth/rel_err": 0.2222, "normals/mean": 27.58},
+    "mtan-uncertainty": {"parameters_M": 44.23, "semseg/miou": 39.34, "semseg/pixel_acc": 64.88,
+                         "depth/abs_err": 0.5294, "depth/rel_err": 0.2242, "normals/mean": 26.47},
+}
+#: LibMTL, NYUv2, ResNet-50 dilated + ASPP heads, Equal weighting (REFERENCE.md): shared encoder (HPS) and MTAN.
+LIBMTL_NYUV2_REFERENCE: dict[str, dict[str, float]] = {
+    "shared-equal": {"semseg/miou": 54.10, "semseg/pixel_acc": 75.78, "depth/abs_err": 0.3771,
+                     "depth/rel_err": 0.1596, "normals/mean": 23.53},
+    "mtan-equal": {"semseg/miou": 54.38, "semseg/pixel_acc": 75.84, "depth/abs_err": 0.3764,
+                   "depth/rel_err": 0.1561, "normals/mean": 22.98},
+}
+#: MTAN paper: parameters of each SegNet model relative to one single-task SegNet (3 tasks, 13 classes).
+MTAN_PARAMETERS_REFERENCE: dict[str, dict[str, float]] = {
+    row: {"parameters_ratio": ratio} for row, ratio in (
+        ("single", 1.0), ("stan", 1.53), ("split-standard", 1.003), ("split-wide", 1.76), ("split-deep", 2.03),
+        ("dense", 4.95), ("cross-stitch", 3.00), ("mtan", 1.77))
+}
+#: Which reference table goes with which backbone, and how to label it.
+REFERENCE_SOURCES: dict[str, tuple[str, dict[str, dict[str, float]]]] = {
+    "segnet": ("MTAN paper, SegNet, NYUv2 + aug., 3 seeds", MTAN_NYUV2_REFERENCE),
+    "resnet50": ("LibMTL, ResNet-50 dil. + ASPP, NYUv2", LIBMTL_NYUV2_REFERENCE),
+}
+
+
+def nyu_schedule(preset: str, backbone: str = "segnet", **overrides: Any) -> dict[str, Any]:
+    """Notebook 07's schedule for ``preset`` and ``backbone`` (a flat copy) with ``overrides`` applied.
+
+    Keys: the data (``data``, ``data_preset``, ``train_images``, ``val_images``, ``augment``), ``backbone``, the
+    Trainer settings (see :func:`nyu_trainer_kwargs`), the model options and ``grid`` ``{row: [weightings]}``.
+    Unknown keys are an error (a typo would otherwise silently train the preset's schedule).
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)}")
+    entry = NYU_SCHEDULES[check_preset(preset)]
+    schedule = {**{k: entry[k] for k in _DATA_KEYS}, "backbone": backbone, **entry[backbone]}
+    schedule["grid"] = {row: list(ws) for row, ws in schedule["grid"].items()}
+    unknown = sorted(set(overrides) - set(schedule) - {"backbone"})
+    if unknown:
+        raise ValueError(f"nyu_schedule: unknown keys {unknown}; valid keys: {', '.join(sorted(schedule))}")
+    if "backbone" in overrides:
+        raise ValueError("nyu_schedule: pass the backbone as nyu_schedule(preset, backbone=...), not as an override")
+    schedule.update(overrides)
+    rows = SEGNET_ROWS if backbone == "segnet" else RESNET_ROWS
+    bad_rows = sorted(set(schedule["grid"]) - set(rows))
+    from mtlkit.weighting import WEIGHTINGS  # any loss weighting of the kit, not only the paper's three
+
+    bad_weightings = sorted({w for ws in schedule["grid"].values() for w in ws} - set(WEIGHTINGS))
+    if bad_rows or bad_weightings:
+        raise ValueError(f"nyu_schedule: grid has unknown rows {bad_rows} / weightings {bad_weightings} for the "
+                         f"{backbone} backbone; rows: {', '.join(rows)}; weightings: {', '.join(WEIGHTINGS)}")
+    return schedule
+
+
+def nyu_trainer_kwargs(schedule: Mapping[str, Any]) -> dict[str, Any]:
+    """The Trainer arguments of a schedule (``step_size``/``gamma`` only with the step scheduler)."""
+    keys = ["epochs", "batch_size", "optimizer", "lr", "weight_decay", "scheduler", "drop_last"]
+    if schedule["scheduler"] == "step":
+        keys += ["step_size", "gamma"]
+    return {k: schedule[k] for k in keys}
+
+
+def nyu_model_spec(row: str, schedule: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(registry name, options)`` of the model of ``row`` under ``schedule`` (its backbone, width or encoder)."""
+    backbone = schedule["backbone"]
+    rows = SEGNET_ROWS if backbone == "segnet" else RESNET_ROWS
+    if row not in rows:
+        raise ValueError(f"unknown row {row!r} for the {backbone} backbone; valid rows: {', '.join(rows)}")
+    name, options = rows[row]
+    options = dict(options)
+    if backbone == "segnet":
+        options["width_mult"] = schedule["width_mult"]
+        if row == "cross-stitch":
+            options["mode"] = schedule["cross_stitch"]  # the unit form (segnet-cross-stitch's mode=)
+    else:
+        options.update({k: schedule[k] for k in ("encoder", "output_stride", "pretrained", "aspp_channels")})
+    return name, options
+
+
+def nyu_model(row: str, task_channels: Mapping[str, int], schedule: Mapping[str, Any]) -> nn.Module:
+    """Build the model of ``row`` for ``task_channels`` (``{task: output channels}``) under ``schedule``."""
+    from mtlkit.models import build
+
+    name, options = nyu_model_spec(row, schedule)
+    return build(name, dict(task_channels), **options)
+
+
+def nyu_augmentation(image_size: tuple[int, int]):
+    """The training augmentation: random scale in :data:`AUGMENT_SCALES`, crop back to ``image_size``, flip."""
+    from mtlkit.data import Compose, RandomHorizontalFlip, RandomScaleCrop
+
+    return Compose([RandomScaleCrop(tuple(image_size), scales=AUGMENT_SCALES), RandomHorizontalFlip(0.5)])
+
+
+def nyu_splits(schedule: Mapping[str, Any], seed: int = 0, root: Any = None) -> dict[str, Any]:
+    """``{"train", "val", "test"}`` for a schedule of :data:`NYU_SCHEDULES` (subsets and augmentation applied).
+
+    Synthetic data has all three splits. ``nyuv2`` has train and val: val becomes the test split (the one the papers
+    report) and there is no validation split (the last epoch is kept). Only the training split is augmented.
+    """
+    from mtlkit.data import get_dataset
+
+    name, preset = schedule["data"], schedule["data_preset"]
+    common = dict(preset=preset, root=root, seed=seed)
+    if name == "nyuv2":
+        val, test = None, get_dataset(name, "val", **common)
+    else:
+        val, test = get_dataset(name, "val", **common), get_dataset(name, "test", **common)
+    transform = nyu_augmentation(test.image_size) if schedule["augment"] else None
+    train = get_dataset(name, "train", transform=transform, **common)
+    if schedule.get("train_images"):
+        train = subset(train, schedule["train_images"])
+    if val is not None and schedule.get("val_images"):
+        val = subset(val, schedule["val_images"])
+    return {"train": train, "val": val, "test": test}
+
+
+def nyu_references(columns: Any = None):
+    """Both reference tables as one DataFrame: index ``(source, model)``, the metric columns (NaN where absent).
+
+    ``source`` is ``"paper (reference): <which paper and setting>"``; ``columns`` (optional) orders/limits them.
+    """
+    import pandas as pd
+
+    rows = []
+    for label, table in REFERENCE_SOURCES.values():
+        for model, values in table.items():
+            rows.append({"source": f"paper (reference): {label}", "model": model, **values})
+    frame = pd.DataFrame(rows).set_index(["source", "model"])
+    return frame if columns is None else frame.reindex(columns=list(columns))
