@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -22,11 +24,14 @@
 # 3. count the parameters of the MTAN paper's baselines — One Task, STAN, Split (standard/wide/deep), Dense,
 #    Cross-stitch, MTAN — and compare with the paper's numbers;
 # 4. train them under Equal, Dynamic Weight Average and Uncertainty weighting, score every task metric and the
-#    multi-task score $\Delta_m$ against single-task models, and plot how DWA's $\lambda_k(t)$ and Uncertainty's
-#    $\sigma_k$ evolve.
+#    multi-task score $\Delta_m$ against single-task models, put the papers' numbers beside the kit's, and plot how
+#    DWA's $\lambda_k(t)$ and Uncertainty's $\sigma_k$ evolve.
 #
 # The data is `synthetic-nyu`: indoor-like scenes with 13-class semantic segmentation, depth and surface normals —
-# the three tasks of the MTAN paper's NYUv2 experiment.
+# the three tasks of the MTAN paper's NYUv2 experiment. The `paper` preset trains on the real NYUv2 (288×384) with
+# the recipe and augmentation of the references. `BACKBONE = "resnet50"` swaps the SegNet family for LibMTL's
+# setting — a dilated ResNet shared by the tasks with one ASPP head per task (`resnet-shared`) and MTAN's attention
+# over it (`resnet-mtan`) — whose NYUv2 numbers are the second reference.
 
 # %% tags=["parameters"]
 import os
@@ -36,11 +41,16 @@ DEVICE = "auto"
 SEED = 0
 DATA = "auto"  # "auto": synthetic-nyu (paper preset: the real nyuv2, as preprocessed by the MTAN authors)
 OUT_DIR = "../runs/notebooks/07_mtan"
-MODELS = None  # None: the preset's list; full grid: ["stan", "split-wide", "split-deep", "dense", "cross-stitch", "mtan"]
-WEIGHTINGS = None  # None: the preset's grid, model -> weightings (see the first code cell); e.g. ["equal", "dwa", "uncertainty"]
+BACKBONE = "segnet"  # segnet: the MTAN paper's table; resnet50: LibMTL's dilated ResNet with per-task ASPP heads
+MODELS = None  # None: the preset's rows (paper: all six); e.g. ["mtan", "cross-stitch"]
+WEIGHTINGS = None  # None: the preset's grid (mtlkit.course_nyu.NYU_SCHEDULES); e.g. ["equal", "dwa", "uncertainty"]
 EPOCHS = None  # None: the preset's schedule
-TRAIN_IMAGES = None  # None: the preset's choice (smoke: 96 of the 192 training images)
-WIDTH_MULT = None  # None: the preset's SegNet width multiplier (1.0: full size, as in the paper)
+TRAIN_IMAGES = None  # None: the preset's choice (smoke: 64 of the 192 training images)
+VAL_IMAGES = None  # None: the preset's choice (smoke: the first 32 of 64 validation images)
+AUGMENT = None  # None: the preset's choice (lesson, paper: random scale-crop and flip; smoke: off)
+WIDTH_MULT = None  # SegNet only. None: the preset's width multiplier (1.0: full size, as in the paper)
+CROSS_STITCH = None  # SegNet only. None: channelwise (faithful); "shared": the MTAN code's form
+CROSS_STITCH_INIT = None  # SegNet only. None: "single-task" (faithful); "scratch": random weights
 
 # %%
 from pathlib import Path
@@ -53,8 +63,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mtlkit.course import course_table, load_splits, relative_error, subset, summarize, train_or_load, \
-    write_notebook_results
+from mtlkit.course import course_table, relative_error, train_or_load, write_notebook_results
+from mtlkit.course_nyu import (LIBMTL_NYUV2_REFERENCE, MTAN_NYUV2_REFERENCE, MTAN_PARAMETERS_REFERENCE,
+                               NYU_WEIGHTINGS, SINGLE_TASK_ROWS, nyu_model_spec, nyu_references, nyu_schedule,
+                               nyu_splits, nyu_trainer_kwargs)
 from mtlkit.data import collate
 from mtlkit.metrics import delta_m
 from mtlkit.models import build, count_parameters
@@ -65,54 +77,38 @@ sns.set_theme(style="whitegrid", context="notebook")
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
 
-# Preset = data + schedule + model width. paper is the MTAN NYUv2 recipe of REFERENCE.md (Adam 1e-4, halved every
-# 100 epochs, 200 epochs, batch 2, full-size SegNet). smoke trains a SegNet 1/8 as wide (a full-size SegNet-MTAN
-# takes ~3 s per step on 2 CPU cores) on 96 images for 3 epochs (DWA changes its weights from the third epoch on),
-# and only a reduced grid: MTAN under the three weightings, Split (standard) under Equal, and one single-task SegNet
-# per task (the Δm baselines).
-SCHEDULES = {
-    "unit": dict(data="synthetic-nyu", data_preset="unit", epochs=3, batch_size=4, lr=1e-3, scheduler=None,
-                 width_mult=0.125, train_images=None,
-                 grid={"mtan": ["equal", "dwa", "uncertainty"], "split": ["equal"]}),
-    "smoke": dict(data="synthetic-nyu", data_preset="smoke", epochs=3, batch_size=8, lr=1e-3, scheduler=None,
-                  width_mult=0.125, train_images=96,
-                  grid={"mtan": ["equal", "dwa", "uncertainty"], "split": ["equal"]}),
-    "lesson": dict(data="synthetic-nyu", data_preset="lesson", epochs=20, batch_size=8, lr=5e-4, scheduler=None,
-                   width_mult=0.5, train_images=None,
-                   grid={m: ["equal", "dwa", "uncertainty"] for m in ("stan", "split", "mtan")}),
-    "paper": dict(data="nyuv2", data_preset="paper", epochs=200, batch_size=2, lr=1e-4, scheduler="step",
-                  step_size=100, gamma=0.5, width_mult=1.0, train_images=None,
-                  grid={m: ["equal", "dwa", "uncertainty"] for m in ("stan", "split-wide", "split-deep", "dense",
-                                                                     "cross-stitch", "mtan")}),
-}
-schedule = dict(SCHEDULES[PRESET])
-if EPOCHS is not None:
-    schedule["epochs"] = EPOCHS
-width_mult = WIDTH_MULT if WIDTH_MULT is not None else schedule["width_mult"]
-grid = schedule["grid"]
+# Preset = data + schedule + model width, per backbone: see mtlkit.course_nyu (NYU_SCHEDULES). paper is the MTAN
+# NYUv2 recipe of REFERENCE.md for SegNet (Adam 1e-4, halved every 100 epochs, 200 epochs, batch 2, full-size
+# SegNet) and LibMTL's for ResNet-50 (the same optimiser and schedule, batch 8), both with augmentation. smoke trains a
+# SegNet 1/8 as wide on the first 64 training and 32 validation images for 3 epochs (DWA changes its weights from
+# the third epoch on), and only a reduced grid: MTAN under the three weightings, Split (standard) under Equal, and
+# one single-task SegNet per task (the Δm baselines).
+overrides = {k: v for k, v in (("epochs", EPOCHS), ("train_images", TRAIN_IMAGES), ("val_images", VAL_IMAGES),
+                               ("augment", AUGMENT), ("width_mult", WIDTH_MULT), ("cross_stitch", CROSS_STITCH),
+                               ("cross_stitch_init", CROSS_STITCH_INIT)) if v is not None}
+if DATA != "auto":
+    overrides["data"] = DATA
+grid = nyu_schedule(PRESET, BACKBONE, **overrides)["grid"]
 if MODELS is not None:
-    grid = {m: grid.get(m, ["equal", "dwa", "uncertainty"]) for m in MODELS}
+    grid = {m: grid.get(m, list(NYU_WEIGHTINGS)) for m in MODELS}
 if WEIGHTINGS is not None:
     grid = {m: list(WEIGHTINGS) for m in grid}
+schedule = nyu_schedule(PRESET, BACKBONE, **overrides, grid=grid)  # checks every row and weighting
 
-data_name = schedule["data"] if DATA == "auto" else DATA
-if data_name == "nyuv2":  # the MTAN release has train/val only and the papers report on val, at the last epoch
-    from mtlkit.data import get_dataset
-
-    splits = {"train": get_dataset("nyuv2", "train"), "val": None, "test": get_dataset("nyuv2", "val")}
-else:
-    splits = load_splits(data_name, schedule["data_preset"], seed=SEED)
+splits = nyu_splits(schedule, seed=SEED)  # nyuv2: val is the test split (what the papers report), no val split
 tasks = tasks_for(splits["train"].task_info)  # {"semseg": Task, "depth": Task, "normals": Task}
 task_channels = {t: task.out_channels for t, task in tasks.items()}
-n_train = TRAIN_IMAGES if TRAIN_IMAGES is not None else schedule["train_images"]
-train_splits = {**splits, "train": subset(splits["train"], n_train) if n_train else splits["train"]}
-trainer_kwargs = {k: schedule[k] for k in ("epochs", "batch_size", "lr", "scheduler", "step_size", "gamma")
-                  if k in schedule}
-trainer_kwargs.update(optimizer="adam", device=DEVICE, seed=SEED)
-print(f"{data_name} ({schedule['data_preset']}, {splits['train'].image_size} px): "
-      f"{len(train_splits['train'])} training images, tasks {task_channels}")
-print(f"SegNet width x{width_mult}, {schedule['epochs']} epochs, batch {schedule['batch_size']}, "
-      f"Adam lr {schedule['lr']}; grid {grid}")
+trainer_kwargs = {**nyu_trainer_kwargs(schedule), "device": DEVICE, "seed": SEED}
+run_prefix = "" if BACKBONE == "segnet" else f"{BACKBONE}-"  # run folders in OUT_DIR, one set per backbone
+model_desc = (f"SegNet width x{schedule['width_mult']}" if BACKBONE == "segnet" else
+              f"{schedule['encoder']} (OS {schedule['output_stride']}, ASPP {schedule['aspp_channels']}, "
+              f"ImageNet {schedule['pretrained']})")
+n_val = len(splits["val"]) if splits["val"] is not None else 0
+print(f"{schedule['data']} ({schedule['data_preset']}, {splits['test'].image_size} px): {len(splits['train'])} "
+      f"training / {n_val} validation / {len(splits['test'])} test images, augmentation {schedule['augment']}; "
+      f"tasks {task_channels}")
+print(f"{model_desc}, {schedule['epochs']} epochs, batch {schedule['batch_size']}, Adam lr {schedule['lr']}, "
+      f"scheduler {schedule['scheduler']}; grid {grid}")
 
 # %% [markdown]
 # ## 1 · Attention as feature selection
@@ -198,11 +194,12 @@ def mtan_forward(model, attention: nn.ModuleDict, images: torch.Tensor):
 
 
 seed_everything(SEED)
-library_mtan = build("segnet-mtan", task_channels, width_mult=width_mult).eval()
+check_width = schedule.get("width_mult", 0.125)  # the SegNet MTAN is checked with either backbone
+library_mtan = build("segnet-mtan", task_channels, width_mult=check_width).eval()
 ours = nn.ModuleDict({t: make_task_attention(list(library_mtan.widths), library_mtan.attention_convs.decoder_out)
                       for t in task_channels})
 ours.load_state_dict(library_mtan.attention.state_dict())  # strict: every name and shape must match
-x = torch.rand(2, 3, *splits["train"].image_size)
+x = torch.rand(2, 3, *splits["test"].image_size)
 with torch.no_grad():
     expected = library_mtan(x)
     got, masks = mtan_forward(library_mtan, ours.eval(), x)
@@ -221,28 +218,27 @@ print("semseg encoder masks:", [tuple(m.shape[1:]) for m in masks["semseg"][0]])
 #
 # Full-size models (widths 64–512, 13 classes + depth + normals), built on PyTorch's `meta` device: the layers and
 # their shapes exist, the weights are not allocated, so counting even Dense's 124 M parameters is instant.
-# The paper reports each model relative to one single-task SegNet (for semseg, 24,981,069 parameters).
+# The paper reports each model relative to one single-task SegNet (for semseg, 24,981,069 parameters). Below them,
+# LibMTL's two ResNet-50 models (output stride 8, 256-channel ASPP heads), the `resnet50` backbone at paper size.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-PAPER_RATIOS = {"single": 1.0, "stan": 1.53, "split-standard": 1.003, "split-wide": 1.76, "split-deep": 2.03,
-                "dense": 4.95, "cross-stitch": 3.00, "mtan": 1.77}  # MTAN paper / REFERENCE.md
-MODEL_SPECS = {  # row name -> (registry name, options, tasks: "one" = the semseg model only)
-    "single": ("segnet-single", {}, "one"), "stan": ("segnet-stan", {}, "one"),
-    "split-standard": ("segnet-split", {"variant": "standard"}, "all"),
-    "split-wide": ("segnet-split", {"variant": "wide"}, "all"),
-    "split-deep": ("segnet-split", {"variant": "deep"}, "all"),
-    "dense": ("segnet-dense", {}, "all"), "cross-stitch": ("segnet-cross-stitch", {}, "all"),
-    "mtan": ("segnet-mtan", {}, "all"),
-}
+paper_ratios = {row: ref["parameters_ratio"] for row, ref in MTAN_PARAMETERS_REFERENCE.items()}
+full_schedule = nyu_schedule("paper", "segnet")  # full width, whatever the preset
 full_counts = {}
 with torch.device("meta"):
-    for row, (name, options, which) in MODEL_SPECS.items():
-        model_tasks = {"semseg": task_channels["semseg"]} if which == "one" else task_channels
+    for row in paper_ratios:
+        name, options = nyu_model_spec(row, full_schedule)
+        model_tasks = {"semseg": task_channels["semseg"]} if row in SINGLE_TASK_ROWS else task_channels
         full_counts[row] = count_parameters(build(name, model_tasks, **options))["total"]
+    resnet_counts = {row: count_parameters(build(name, task_channels, encoder="resnet50", output_stride=8,
+                                                 aspp_channels=256))["total"]
+                     for row, name in (("resnet50 shared", "resnet-shared"), ("resnet50 mtan", "resnet-mtan"))}
 base = full_counts["single"]
 for row, n in full_counts.items():
-    print(f"{row:15s} {n:>12,d} = {n / 1e6:6.2f} M   {n / base:5.3f}x one task   (paper {PAPER_RATIOS[row]:.3f}x)")
+    print(f"{row:15s} {n:>12,d} = {n / 1e6:6.2f} M   {n / base:5.3f}x one task   (paper {paper_ratios[row]:.3f}x)")
+for row, n in resnet_counts.items():
+    print(f"{row:15s} {n:>12,d} = {n / 1e6:6.2f} M")
 
 # %% [markdown]
 # MTAN costs 1.77 single-task networks for three tasks — less than three separate networks (3×) or Cross-stitch
@@ -251,20 +247,35 @@ for row, n in full_counts.items():
 #
 # ## 4 · Training the grid
 #
-# Every run sees the same images, schedule and seed. Δm needs single-task baselines: one single-task SegNet per
-# task. `train_or_load` reuses a finished run in `OUT_DIR` with the same settings; delete its folder to retrain.
+# Every run sees the same images, schedule and seed. Δm needs single-task baselines: one single-task network per
+# task (a one-task SegNet; with the ResNet backbone, `resnet-shared` with one head). `train_or_load` reuses a
+# finished run in `OUT_DIR` with the same settings; delete its folder to retrain.
+#
+# **Cross-stitch, faithfully.** Misra et al. start each task's branch from that task's trained single-task network
+# and train the units with their own, larger learning rate. The single-task SegNets are already trained here (they
+# are the Δm baselines), so the Cross-stitch run (full grid, `MODELS`) loads them with
+# `load_single_task_branches` and puts the units in their own optimiser group (`param_groups`, ×10 the network's
+# learning rate under Adam; see `mtlkit.course_nyu` for why not the paper's SGD-era ×100). The MTAN authors'
+# public baseline instead trains one shared mixture per stage from scratch: `CROSS_STITCH = "shared"`,
+# `CROSS_STITCH_INIT = "scratch"` gives that form.
 
 # %%
 def train_run(run_name: str, row: str, run_tasks: list[str], weighting: str):
     """Build the model of ``row`` for ``run_tasks`` (seeded) and train it under ``weighting`` (or load it)."""
-    name, options, _ = MODEL_SPECS[row if row != "split" else "split-standard"]
-    options = {**options, "width_mult": width_mult}
+    name, options = nyu_model_spec(row, schedule)
     seed_everything(SEED)
     model = build(name, {t: task_channels[t] for t in run_tasks}, **options)
-    metrics = train_or_load(run_name, model, train_splits, out_dir, tasks=list(run_tasks), weighting=weighting,
-                            describe={"model": name, "options": options, "tasks": list(run_tasks)},
-                            **trainer_kwargs)
-    return model.eval(), metrics
+    describe = {"model": name, "options": options, "tasks": list(run_tasks), "augment": schedule["augment"]}
+    extra = {}
+    if row == "cross-stitch":
+        if schedule["cross_stitch_init"] == "single-task":  # the branches start from the trained single-task nets
+            model.load_single_task_branches({t: models[f"single-{t}"] for t in run_tasks})
+            describe["init"] = {t: metrics[f"single-{t}"]["config"]["fingerprint"] for t in run_tasks}
+        if schedule["units_lr_mult"] != 1:
+            extra["param_groups"] = [("cross_stitch", schedule["units_lr_mult"])]
+    result = train_or_load(run_prefix + run_name, model, splits, out_dir, tasks=list(run_tasks),
+                           weighting=weighting, describe=describe, **trainer_kwargs, **extra)
+    return model.eval(), result
 
 
 models, metrics = {}, {}
@@ -272,10 +283,10 @@ for task in task_channels:  # the Δm baselines
     models[f"single-{task}"], metrics[f"single-{task}"] = train_run(f"single-{task}", "single", [task], "equal")
 for row, weightings in grid.items():
     for weighting in weightings:
-        if row == "stan":  # STAN is single-task: one network per task, combined into one row below
+        if row in SINGLE_TASK_ROWS:  # STAN is single-task: one network per task, combined into one row below
             for task in task_channels:
-                run = f"stan-{task}-{weighting}"
-                models[run], metrics[run] = train_run(run, "stan", [task], weighting)
+                run = f"{row}-{task}-{weighting}"
+                models[run], metrics[run] = train_run(run, row, [task], weighting)
         else:
             run = f"{row}-{weighting}"
             models[run], metrics[run] = train_run(run, row, list(task_channels), weighting)
@@ -283,10 +294,11 @@ for row, weightings in grid.items():
 # %% [markdown]
 # ## 5 · The MTAN table: every task metric and Δm
 #
-# The Trainer picked each run's best epoch on the validation set and evaluated it once on the test set. For
-# single-task models (One Task, STAN) the three networks' test results form one row; a one-task network has a
-# single loss, so for it a weighting only rescales that loss (Uncertainty: learns its scale). Δm uses one metric per task
-# (mIoU, abs. depth error, mean angle; the survey form) and, in brackets, LibMTL's form (every metric of a task).
+# Each run is evaluated once on the test split, with the weights of its best epoch on the validation split (on
+# NYUv2, which has no validation split, the last epoch — as the papers report it). For single-task models (One
+# Task, STAN) the three networks' test results form one row; a one-task network has a single loss, so for it a
+# weighting only rescales that loss (Uncertainty: learns its scale). Δm uses one metric per task (mIoU, abs. depth
+# error, mean angle; the survey form) and, in brackets, LibMTL's form (every metric of a task).
 
 # %%
 test = {run: m["test"] for run, m in metrics.items()}
@@ -295,9 +307,9 @@ params = {"single": sum(metrics[f"single-{t}"]["parameters"]["total"] for t in t
 for row, weightings in grid.items():
     for weighting in weightings:
         key = f"{row}-{weighting}"
-        if row == "stan":
-            rows[key] = {t: test[f"stan-{t}-{weighting}"][t] for t in task_channels}
-            params[key] = sum(metrics[f"stan-{t}-{weighting}"]["parameters"]["total"] for t in task_channels)
+        if row in SINGLE_TASK_ROWS:
+            rows[key] = {t: test[f"{row}-{t}-{weighting}"][t] for t in task_channels}
+            params[key] = sum(metrics[f"{row}-{t}-{weighting}"]["parameters"]["total"] for t in task_channels)
         else:
             rows[key], params[key] = test[key], metrics[key]["parameters"]["total"]
 single = rows["single"]
@@ -309,7 +321,7 @@ table = pd.DataFrame({
           "Δm %": delta_m(res, single, tasks=tasks),
           "Δm % (LibMTL)": delta_m(res, single, form="libmtl", tasks=list(tasks))}
     for key, res in rows.items()}).T
-table.index.name = f"model-weighting ({PRESET}, width x{width_mult})"
+table.index.name = f"model-weighting ({PRESET}, {BACKBONE})"
 pd.set_option("display.width", 160)
 print(table.round(3).to_string())
 
@@ -317,6 +329,24 @@ print(table.round(3).to_string())
 # Higher is better for mIoU, pixel accuracy and the "within" columns; lower for the errors and angles. With the
 # smoke preset's three epochs on a 1/8-width SegNet these are numbers for checking that everything learns, not
 # for ranking the designs (one seed; the paper averages three, and seed-to-seed spread there is 1–2 mIoU).
+#
+# **Beside the references.** Below, the kit's rows and the published numbers in one table, labelled by `source`:
+# the MTAN paper's SegNet-MTAN (NYUv2 with augmentation, mean of 3 seeds) and LibMTL's ResNet-50 models (shared
+# encoder and MTAN, Equal weighting). Only a `paper`-preset run of the matching backbone is comparable with them;
+# in the smoke preset the kit's rows come from a narrow network trained for three epochs on 64-px synthetic scenes,
+# so they are obviously not comparable — the references are there to show what the paper preset should reach.
+
+# %%
+ref_columns = ["parameters_M", "semseg/miou", "semseg/pixel_acc", "depth/abs_err", "depth/rel_err", "normals/mean"]
+kit_rows = table.rename(columns={"params (M)": "parameters_M"})[ref_columns]
+kit_rows.index = pd.MultiIndex.from_product([[f"mtlkit ({PRESET}, {BACKBONE})"], kit_rows.index],
+                                            names=["source", "model"])
+references = nyu_references(columns=ref_columns)  # source "paper (reference): ...", never a result of the kit
+beside = pd.concat([kit_rows, references])
+print(beside.round(4).to_string())
+if PRESET != "paper":
+    print(f"\n{PRESET} preset: the mtlkit rows are not comparable with the paper (reference) rows "
+          "(synthetic data, a small network, a few epochs).")
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(11, 3), dpi=72)
@@ -333,37 +363,46 @@ plt.show()
 # %% [markdown]
 # ## 6 · What the attention masks select
 #
-# The trained MTAN (Equal weighting) on a test image: each task's mask, averaged over channels, at the first
-# encoder stage and the last decoder stage (both at full resolution). Bright = the shared feature passes, dark =
-# it is suppressed. Where the tasks' masks differ, they select different shared features; after the smoke
-# preset's few epochs the masks are still close to their initial 0.5 (see the mean values printed below) —
-# train with the lesson preset to see them specialise.
+# The trained MTAN (Equal weighting) on a test image: each task's mask, averaged over channels. For SegNet, at the
+# first encoder stage and the last decoder stage (both at full resolution), computed by the attention path written
+# out above; for the ResNet backbone, at the first and last ResNet stage (¼ and ⅛ resolution), from the library's
+# `forward_with_masks`. Bright = the shared feature passes, dark = it is suppressed. Where the tasks' masks differ,
+# they select different shared features; after the smoke preset's few epochs the masks are still close to their
+# initial 0.5 (see the mean values printed below) — train with the lesson preset to see them specialise.
 
 # %%
 mtan_run = next((r for r in ("mtan-equal", "mtan-dwa", "mtan-uncertainty") if r in models), None)
 if mtan_run is not None:
     trained = models[mtan_run]
-    trained_att = nn.ModuleDict({t: make_task_attention(list(trained.widths), trained.attention_convs.decoder_out)
-                                 for t in task_channels})
-    trained_att.load_state_dict(trained.attention.state_dict())
+    device = next(trained.parameters()).device
     image = collate([splits["test"][0]])["image"]
     with torch.no_grad():
-        _, trained_masks = mtan_forward(trained, trained_att.eval(), image)
-    panels = [("encoder 0", lambda m: m[0][0]), ("decoder 0", lambda m: m[1][-1])]
-    fig, axes = plt.subplots(1, 1 + len(task_channels) * len(panels), figsize=(1.3 * 7, 1.6), dpi=70)
+        if BACKBONE == "segnet":
+            trained_att = nn.ModuleDict({t: make_task_attention(list(trained.widths),
+                                                                trained.attention_convs.decoder_out)
+                                         for t in task_channels})
+            trained_att.load_state_dict(trained.attention.state_dict())
+            _, trained_masks = mtan_forward(trained, trained_att.to(device).eval(), image.to(device))
+            stage_masks = {t: list(enc) for t, (enc, _) in trained_masks.items()}  # encoder stages 0..4
+            panels = {t: [("encoder 0", enc[0]), ("decoder 0", dec[-1])] for t, (enc, dec) in trained_masks.items()}
+        else:
+            _, stage_masks = trained.forward_with_masks(image.to(device))  # ResNet stages 1..4
+            panels = {t: [("stage 1", m[0]), ("stage 4", m[-1])] for t, m in stage_masks.items()}
+    n_panels = sum(len(p) for p in panels.values())
+    fig, axes = plt.subplots(1, 1 + n_panels, figsize=(1.3 * (1 + n_panels), 1.6), dpi=70)
     axes[0].imshow(image[0].permute(1, 2, 0).numpy())
     axes[0].set_title("image", fontsize=7)
     k = 1
-    for task in task_channels:
-        for label, pick in panels:
-            axes[k].imshow(pick(trained_masks[task])[0].mean(0).numpy(), cmap="magma", vmin=0, vmax=1)
+    for task, shown in panels.items():
+        for label, mask in shown:
+            axes[k].imshow(mask[0].mean(0).float().cpu().numpy(), cmap="magma", vmin=0, vmax=1)
             axes[k].set_title(f"{task}\n{label}", fontsize=7)
             k += 1
     for ax in axes:
         ax.set_axis_off()
     plt.tight_layout()
     plt.show()
-    mask_means = {t: [round(float(m.mean()), 3) for m in trained_masks[t][0]] for t in task_channels}
+    mask_means = {t: [round(float(m.mean()), 3) for m in stage_masks[t]] for t in task_channels}
     print(f"{mtan_run}: mean mask value per encoder stage:", mask_means)
 
 # %% [markdown]
@@ -395,32 +434,28 @@ if weight_runs:
         print(f"{run}: last step's weights", dict(zip(metrics[run]["step_weights"]["tasks"], last)))
 
 # %% [markdown]
-# ## 8 · References and results
+# ## 8 · Results for the course table
 #
-# The paper preset (NYUv2 as preprocessed by the MTAN authors, 288×384, full-size SegNet, Adam 1e-4, 200 epochs,
-# batch 2) is the recipe behind the numbers below. They are **references from REFERENCE.md (MTAN with
-# augmentation, mean of 3 seeds), not results of this kit** — compare with the table above only when it comes from
-# the paper preset.
-
-# %%
-REFERENCE_MTAN_NYUV2 = pd.DataFrame(
-    {"semseg/miou": [40.89, 40.50, 39.34], "semseg/pixel_acc": [66.14, 65.65, 64.88],
-     "depth/abs_err": [0.5524, 0.5358, 0.5294], "depth/rel_err": [0.2347, 0.2222, 0.2242],
-     "normals/mean": [27.27, 27.58, 26.47]},
-    index=["mtan-equal", "mtan-dwa", "mtan-uncertainty"])
-print("REFERENCES (MTAN paper setting, NYUv2, SegNet; not produced here):")
-print(REFERENCE_MTAN_NYUV2.to_string())
+# The notebook's `metrics.json` holds one row per trained model: the single-task baselines as `single-<task>` (so
+# notebook 10 can recompute Δm), the multi-task rows, and STAN's three networks as one row. The references go in
+# separately (`references`), never as rows of the kit.
 
 # %%
 runs = {}
-for key in table.index:
-    runs[key] = {col: float(v) for col, v in table.loc[key].items() if col not in ("params (M)",)}
-    runs[key] = {(k.replace("Δm %", "delta_m").replace(" (LibMTL)", "_libmtl")): v for k, v in runs[key].items()}
-    runs[key].update(parameters_M=float(table.loc[key, "params (M)"]), epochs=schedule["epochs"],
-                     train_images=len(train_splits["train"]), width_mult=width_mult)
+common = dict(epochs=schedule["epochs"], train_images=len(splits["train"]), backbone=BACKBONE,
+              **({"width_mult": schedule["width_mult"]} if BACKBONE == "segnet" else {}))
+for task in task_channels:
+    runs[f"single-{task}"] = {**{f"{task}/{m}": float(v) for m, v in test[f"single-{task}"][task].items()},
+                              "parameters_M": metrics[f"single-{task}"]["parameters"]["total"] / 1e6, **common}
+for key in table.index.drop("single"):
+    values = {col.replace("Δm %", "delta_m").replace(" (LibMTL)", "_libmtl"): float(v)
+              for col, v in table.loc[key].items() if col != "params (M)"}
+    runs[key] = {**values, "parameters_M": float(table.loc[key, "params (M)"]), **common}
 write_notebook_results(out_dir, "07_mtan", PRESET, runs,
-                       extra={"parameters_full_size": full_counts, "attention_relative_error": attention_error,
-                              "references_mtan_nyuv2": REFERENCE_MTAN_NYUV2.to_dict(orient="index")})
+                       extra={"parameters_full_size": {**full_counts, **resnet_counts},
+                              "attention_relative_error": attention_error,
+                              "references": {"mtan_nyuv2_segnet": MTAN_NYUV2_REFERENCE,
+                                             "libmtl_nyuv2_resnet50": LIBMTL_NYUV2_REFERENCE}})
 course = course_table(out_dir, preset=PRESET)
 shown_cols = [c for c in ("semseg/miou", "depth/abs_err", "normals/mean", "delta_m", "parameters_M")
               if c in course.columns]
