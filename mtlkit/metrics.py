@@ -378,7 +378,14 @@ class NormalsMeter(Meter):
         finite = torch.isfinite(target).all(dim=1)
         target = torch.where(finite.unsqueeze(1), target, torch.zeros_like(target))
         valid = finite & (target.abs().sum(dim=1) > 0)
-        cos = (F.normalize(pred.float(), dim=1) * F.normalize(target.float(), dim=1)).sum(dim=1)
+        # cos = <p / max(|p|, eps), g / max(|g|, eps)> as F.normalize defines it, written over the 3 channels:
+        # a reduction over dim 1 of [B,3,H,W] is strided and ~20x slower on a CPU than these elementwise ops
+        p0, p1, p2 = pred.float().unbind(1)
+        g0, g1, g2 = target.float().unbind(1)
+        eps = 1e-12
+        p_len = (p0 * p0 + p1 * p1 + p2 * p2).sqrt().clamp_min(eps)
+        g_len = (g0 * g0 + g1 * g1 + g2 * g2).sqrt().clamp_min(eps)
+        cos = (p0 * g0 + p1 * g1 + p2 * g2) / (p_len * g_len)
         return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0))), valid
 
     @torch.no_grad()

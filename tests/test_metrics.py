@@ -203,6 +203,20 @@ def test_normals_histogram_median_within_documented_bound():
                                         float(angles[valid].double().quantile(0.5)), abs=1e-4)
 
 
+def test_normals_angles_equal_the_f_normalize_definition():
+    # the meter writes the cosine out over the 3 channels (fast on a CPU); it must be F.normalize's cosine, zero-length
+    # predictions (cos 0 -> 90 degrees) and lengths from 1e-6 to 1e6 included
+    gen = torch.Generator().manual_seed(5)
+    pred = torch.randn(3, 3, 16, 17, generator=gen) * torch.logspace(-6, 6, 17).view(1, 1, 1, 17)
+    pred[0, :, 0, :4] = 0
+    gt = F.normalize(torch.randn(3, 3, 16, 17, generator=gen), dim=1)
+    angles, valid = NormalsMeter.angles(pred, gt)
+    cos = (F.normalize(pred.double(), dim=1) * F.normalize(gt.double(), dim=1)).sum(dim=1)
+    expected = torch.rad2deg(torch.acos(cos.clamp(-1, 1)))
+    assert valid.all() and torch.allclose(angles.double(), expected, atol=2e-3)
+    assert torch.equal(angles[0, 0, :4], torch.full((4,), 90.0))
+
+
 def test_normals_empty_is_nan():
     m = NormalsMeter()
     m.update(torch.ones(1, 3, 2, 2), torch.zeros(1, 3, 2, 2))
