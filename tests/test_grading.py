@@ -104,13 +104,20 @@ def test_real_assignments_are_consistent(name):
 CORPUS_SECRET = "corpus-" + os.urandom(12).hex()  # the instructor's secret while the corpus is graded
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """Grade every attack in one batch (4 at a time) and return (attacks, gradebook rows, feedback folder).
+@pytest.fixture(scope="module", params=["auto", "bwrap"])
+def corpus(request, tmp_path_factory):
+    """Grade every attack in one batch (4 at a time) and return (attacks, gradebook rows, feedback folder, marker).
 
     As an instructor would: ``mtlkit grade`` in a process of its own, with the secret both in its environment
     (``MTLKIT_GRADING_SECRET``) and on its command line (``--secret-seed``), where the secret search looks for it.
+    Twice: in the strongest sandbox here (``auto``), and forced into bubblewrap where bwrap works (a test that
+    only the ``namespaces`` mode ran would leave the ``bwrap`` mode unchecked).
     """
+    from mtlkit.grading.sandbox import bwrap_works
+
+    if request.param == "bwrap" and not bwrap_works():
+        pytest.skip("bubblewrap is not installed or cannot build its sandbox here (apt install bubblewrap) - the "
+                    "bwrap sandbox mode is checked where it is")
     tmp = tmp_path_factory.mktemp("corpus")
     subs, out = tmp / "subs", tmp / "book" / "gradebook.csv"
     secrets = {"grading": str(FIXTURE / "PSX_tiny" / "grading.py"), "notebook": str(FIXTURE / "PSX_tiny"
@@ -128,13 +135,16 @@ def corpus(tmp_path_factory):
                "grade", "PSX_tiny", str(subs), "--out", str(out), "--source", str(FIXTURE), "--jobs", "4",
                "--timeout", str(LIMITS.timeout_s), "--memory-mb", str(LIMITS.memory_mb), "--output-kb",
                str(LIMITS.output_kb), "--nproc", str(LIMITS.nproc), "--preset", "unit", "--secret-seed", CORPUS_SECRET]
+        cmd += ["--sandbox", "bwrap"] if request.param == "bwrap" else []
         run = subprocess.run(cmd, env={**os.environ, "MTLKIT_GRADING_SECRET": CORPUS_SECRET}, capture_output=True,
                              text=True, timeout=600)
     finally:
         listener.close()
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    print(f"corpus of {len(written)} graded in {time.perf_counter() - start:.1f} s")
-    return written, _rows(out), out.parent / "gradebook_feedback", marker
+    print(f"corpus of {len(written)} graded in {time.perf_counter() - start:.1f} s ({request.param})")
+    rows = _rows(out)
+    assert {r["sandbox"] for r in rows.values()} == {detect_mode() if request.param == "auto" else request.param}
+    return written, rows, out.parent / "gradebook_feedback", marker
 
 
 @pytest.mark.parametrize("student", [a.student for a in attacks("unused", {"grading": ""})])
@@ -142,8 +152,8 @@ def test_attack_is_graded_as_it_should(corpus, student):
     graded, rows, feedback, marker = corpus
     attack = next(a for a in graded if a.student == student)
     row, result = rows[student], json.loads((feedback / f"{student}.json").read_text())
-    if attack.namespaces_only and row["sandbox"] != "namespaces":
-        pytest.skip(f"{student}: only the namespaces sandbox hides the disk (this run: {row['sandbox']})")
+    if attack.isolated and row["sandbox"] == "rlimits":
+        pytest.skip(f"{student}: only the namespaces and bwrap sandboxes hide the disk (this run: rlimits)")
     assert row["status"] == attack.status, result.get("error") or result["log"][-2000:]
     assert float(row["score"]) == attack.score, json.dumps(result["tests"], indent=1) + result["log"][-3000:]
     assert float(row["max_score"]) == 4.0
@@ -179,7 +189,7 @@ def test_feedback_reveals_no_hidden_tests(corpus):
         assert "HIDDEN-MARKER" not in text and "BEGIN HIDDEN" not in text, path.name
         assert "reference_softmax" not in text and grading_py[-300:] not in text, path.name
         assert "def softmax_values" not in text and "expected = " not in text, path.name  # the checks' source
-        if rows.get(path.stem, {}).get("sandbox") == "namespaces":
+        if rows.get(path.stem, {}).get("sandbox") in ("namespaces", "bwrap"):
             assert CORPUS_SECRET not in text, path.name
     gradebook = (feedback.parent / "gradebook.csv").read_text()
     assert "Hidden tests" not in gradebook and CORPUS_SECRET not in gradebook
@@ -199,8 +209,23 @@ def test_gradebook_has_nbgrader_columns(corpus):
 def test_sandbox_mode_is_recorded(corpus):
     _, rows, feedback, _ = corpus
     sandbox = json.loads((feedback / "correct.json").read_text())["sandbox"]
-    assert sandbox["mode"] == rows["correct"]["sandbox"] == detect_mode()
+    assert sandbox["mode"] == rows["correct"]["sandbox"]  # (the corpus fixture checks it is the mode it asked for)
     assert sandbox["limits"]["memory_mb"] == LIMITS.memory_mb and sandbox["user"]
+
+
+def test_detect_mode_falls_back_from_namespaces_to_bwrap_to_rlimits(monkeypatch):
+    """Where ``unshare`` is refused (e.g. unprivileged user namespaces allowed only to bwrap), bubblewrap cuts the
+    network and hides the disk; where neither works, only the limits remain (and the gradebook says so)."""
+    from mtlkit.grading import sandbox
+
+    monkeypatch.setattr(sandbox, "_unshare", lambda: None)
+    for bwrap, expected in ((True, "bwrap"), (False, "rlimits")):
+        monkeypatch.setattr(sandbox, "bwrap_works", lambda bwrap=bwrap: bwrap)
+        sandbox.detect_mode.cache_clear()
+        try:
+            assert sandbox.detect_mode() == expected
+        finally:
+            sandbox.detect_mode.cache_clear()
 
 
 def test_rlimits_mode_grades_and_is_recorded(tmp_path):
@@ -212,7 +237,7 @@ def test_rlimits_mode_grades_and_is_recorded(tmp_path):
     assert {r["student_id"]: r["score"] for r in results} == {"ann": 4.0, "bob": 2.0}
     assert {r["sandbox"] for r in _rows(tmp_path / "gb.csv").values()} == {"rlimits"}
     assert all(r["sandbox"]["mode"] == "rlimits" and r["sandbox"]["user"] for r in results)
-    with pytest.raises(ValueError, match="valid modes: namespaces, rlimits"):
+    with pytest.raises(ValueError, match="valid modes: namespaces, bwrap, rlimits"):
         grade("PSX_tiny", tmp_path / "subs", tmp_path / "gb.csv", source=FIXTURE, mode="docker")
 
 

@@ -9,22 +9,27 @@ Modes (the strongest available is chosen per run and recorded in the gradebook a
                 .git (/dev/null over the gradebook file), so the child cannot read grading.py, the instructor's
                 notebook, other students' work or grades; its own /proc, so it cannot see the grader or read its
                 environment (where the leaderboard secret lives); every process it starts dies with it.
-``rlimits``     No namespaces (``unshare`` missing or refused): limits, a clean environment and a temporary working
-                folder only. The child can read whatever its user can read: keep the instructor's sources and the
-                submissions unreadable to it (a root grader gives the child a user of its own), or grade where
-                namespaces work.
+``bwrap``       Bubblewrap (``bwrap``), where ``unshare`` is refused but bwrap works (e.g. unprivileged user namespaces
+                allowed only to a setuid or AppArmor-profiled bwrap, as on Ubuntu 24.04): the same isolation as
+                ``namespaces`` — new network (loopback only), PID, IPC and UTS namespaces, its own /proc, a read-only
+                view of the file system with a fresh /tmp, tmpfs over the same hidden folders, every process dies
+                with the sandbox — with the job folder bound read-write at its own path.
+``rlimits``     No namespaces (neither ``unshare`` nor ``bwrap`` works): limits, a clean environment and a temporary
+                working folder only. The child can read whatever its user can read: keep the instructor's sources
+                and the submissions unreadable to it (a root grader gives the child a user of its own), or grade
+                where namespaces work.
 
-Both: a wall-clock limit (the child's whole session is killed), and inside it a time budget for the notebook's
+All modes: a wall-clock limit (the child's whole session is killed), and inside it a time budget for the notebook's
 cells and one per probe (SIGALRM in the child); RLIMIT_DATA (heap: RLIMIT_AS cannot be used, torch 2.x needs
 2-4 GiB of address space just to import, and RLIMIT_DATA 1 GiB to import it); RLIMIT_NPROC (fork bombs, runaway
 threads), RLIMIT_FSIZE and RLIMIT_CORE; an output cap (the parent keeps the first bytes and kills a flood); an
 environment holding only PATH/HOME/thread settings; a working folder holding only the job.
 
 Who the student code runs as: a root grader runs each child as an unnamed user of its own (it cannot write the
-checkout, and RLIMIT_NPROC, which root ignores, applies per child). In namespaces mode root mounts first, makes the
-interpreter reachable if it sits under a folder others cannot enter (``/root/.pyenv``), and the child drops to
-its user (``child.py --uid``) before running anything; in rlimits mode such an interpreter means running as root
-(recorded as ``user: root``; RLIMIT_NPROC then does not apply). A non-root grader's child keeps its uid.
+checkout, and RLIMIT_NPROC, which root ignores, applies per child). In namespaces and bwrap modes root mounts first,
+makes the interpreter reachable if it sits under a folder others cannot enter (``/root/.pyenv``), and the child
+drops to its user (``child.py --uid``) before running anything; in rlimits mode such an interpreter means running as
+root (recorded as ``user: root``; RLIMIT_NPROC then does not apply). A non-root grader's child keeps its uid.
 """
 from __future__ import annotations
 
@@ -46,7 +51,7 @@ from pathlib import Path
 
 __all__ = ["Limits", "ChildResult", "detect_mode", "run_child", "MODES"]
 
-MODES = ("namespaces", "rlimits")
+MODES = ("namespaces", "bwrap", "rlimits")  # strongest first
 CHILD_UID_BASE = 2_000_000  # root grader: children run as unnamed users CHILD_UID_BASE + n
 _uid_counter = itertools.count()
 _uid_lock = threading.Lock()
@@ -91,16 +96,36 @@ def _drop_privileges() -> bool:
 @functools.lru_cache(maxsize=None)
 def detect_mode() -> str:
     """``namespaces`` when a mount+net+pid namespace with a tmpfs mount works here (a user namespace too unless
-    the grader is root, which needs none), else ``rlimits``."""
-    exe = _unshare()
-    if exe is None or not sys.platform.startswith("linux"):
+    the grader is root, which needs none), else ``bwrap`` when bubblewrap can build its sandbox, else ``rlimits``."""
+    if not sys.platform.startswith("linux"):
         return "rlimits"
-    cmd = [exe, _unshare_flags(), "--mount-proc", "sh", "-c", "mount -t tmpfs none /tmp"]
+    exe = _unshare()
+    if exe is not None and _works([exe, _unshare_flags(), "--mount-proc", "sh", "-c", "mount -t tmpfs none /tmp"]):
+        return "namespaces"
+    return "bwrap" if bwrap_works() else "rlimits"
+
+
+@functools.lru_cache(maxsize=None)
+def bwrap_works() -> bool:
+    """Whether ``bwrap`` is installed and can build the sandbox :func:`run_child` asks of it."""
+    exe = shutil.which("bwrap")
+    return exe is not None and sys.platform.startswith("linux") and \
+        _works([exe, *_bwrap_base(), "--", "sh", "-c", "test -w /tmp"])
+
+
+def _works(cmd: list[str]) -> bool:
     try:
-        ok = subprocess.run(cmd, capture_output=True, timeout=20, preexec_fn=os.setsid, cwd="/").returncode == 0
+        return subprocess.run(cmd, capture_output=True, timeout=20, preexec_fn=os.setsid, cwd="/").returncode == 0
     except (OSError, subprocess.SubprocessError):
-        ok = False
-    return "namespaces" if ok else "rlimits"
+        return False
+
+
+def _bwrap_base() -> list[str]:
+    """Namespaces (a user namespace unless the grader is root: root keeps the right to drop to the child's own
+    user), a read-only view of the file system, its own /dev and /proc, a fresh /tmp."""
+    spaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"] \
+        if _drop_privileges() else ["--unshare-all"]
+    return ["--die-with-parent", *spaces, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
 
 
 def _unshare_flags() -> str:
@@ -240,6 +265,43 @@ def _namespace_command(argv: Sequence[str], job_dir: Path, hide: Sequence[Path],
 
 
 
+def _bwrap_command(argv: Sequence[str], job_dir: Path, hide: Sequence[Path], needed: set[Path],
+                   uid: int | None) -> list[str]:
+    """bwrap's arguments: the base sandbox, then (in order, later mounts on top) the folders the child needs that
+    the fresh /tmp covered, a tmpfs over each folder its own user may not traverse with the needed paths bound back
+    (a root grader: ``/root`` when Python lives in ``/root/.pyenv``), the hidden paths, and the job folder itself
+    (read-write, at its own path: HOME, MTLKIT_DATA_DIR and the data symlinks name it)."""
+    args = [shutil.which("bwrap") or "bwrap", *_bwrap_base()]
+    for p in sorted(needed):
+        if _under_tmp(p):
+            args += [*_bwrap_parents(p, Path("/tmp")), "--ro-bind", str(p), str(p)]
+    if uid is not None:
+        blocked: dict[Path, list[Path]] = {}
+        for p in sorted(needed):
+            top = _blocked(p)
+            if top is not None and not _under_tmp(p):
+                blocked.setdefault(top, []).append(p)
+        for top, paths in blocked.items():
+            args += ["--tmpfs", str(top)]
+            for p in paths:
+                args += [*_bwrap_parents(p, top), "--ro-bind", str(p), str(p)]
+    for p in hide:
+        if _under_tmp(p) and not any(n in p.parents for n in needed):
+            continue  # gone with the old /tmp
+        args += ["--tmpfs", str(p)] if p.is_dir() else ["--ro-bind", "/dev/null", str(p)]
+    if _under_tmp(job_dir):
+        args += _bwrap_parents(job_dir, Path("/tmp"))
+    args += ["--bind", str(job_dir), str(job_dir), "--chdir", str(job_dir)]
+    return [*args, "--", *argv, *(["--uid", str(uid)] if uid is not None else [])]
+
+
+def _bwrap_parents(path: Path, top: Path) -> list[str]:
+    """bwrap arguments creating the folders between ``top`` (a fresh tmpfs) and ``path`` with mode 0755: bwrap
+    makes missing ones 0700, which a child that drops to a user of its own could not traverse."""
+    between = [p for p in reversed(path.parents) if top in p.parents]
+    return [arg for p in between for arg in ("--perms", "0755", "--dir", str(p))]
+
+
 def _nproc_limit(limits: Limits, drop: bool) -> Limits:
     """RLIMIT_NPROC counts every process of the real user: a non-root grader's own processes count too."""
     if drop or os.geteuid() == 0:
@@ -349,7 +411,9 @@ def run_child(job_dir: Path, limits: Limits, hide: Sequence[Path] = (), mode: st
             for path, target in mirror_data(data, str(job_dir / "data"), public_only=uid is not None):
                 Path(path).mkdir(parents=True, exist_ok=True) if target is None else os.symlink(target, path)
             extra["MTLKIT_DATA_DIR"] = str(job_dir / "data")
-        if mode == "namespaces":
+        if mode == "bwrap":
+            cmd = _bwrap_command(argv, job_dir, hidden, needed, uid)
+        elif mode == "namespaces":
             # staged relative to the working folder: the job folder itself may lie under the folder a reveal
             # covers (a gradebook under pytest's 0700 /tmp/pytest-of-root), and the cwd survives that mount
             reveal = _reveal_steps(needed, ".") if uid is not None else []

@@ -44,7 +44,7 @@ class Attack:
     status: str = "graded"
     error: str = ""  # substring of the error row (status "error")
     note: str = ""  # substring of one of the feedback notes
-    namespaces_only: bool = False  # the expected score holds where the sandbox hides the disk (namespaces mode)
+    isolated: bool = False  # the expected score holds where the sandbox hides the disk (namespaces, bwrap)
     raw: bytes | None = None  # the submission file's bytes, as is (malformed notebooks)
     drop: tuple[str, ...] = ()  # grade ids of cells deleted from the submission
     extra_files: dict[str, bytes] = field(default_factory=dict)
@@ -146,7 +146,7 @@ if any(p == _SECRETS["grading"] for p, _ in _found):  # the reference is in reac
     softmax = _ns["reference_softmax"]
 else:
 ''' + "\n".join("    " + line for line in WRONG_SOFTMAX.splitlines()) + "\n", "affine": AFFINE},
-               namespaces_only=True, absent=("FOUND-SECRET", "reference_softmax", "HIDDEN-MARKER")),
+               isolated=True, absent=("FOUND-SECRET", "reference_softmax", "HIDDEN-MARKER")),
         # the leaderboard secret is in the grader's environment and command line: the child must see neither
         Attack("secret_search", 4, {"softmax": SOFTMAX + '''import glob, os
 _seen = [f"{k}={v}" for k, v in os.environ.items()]
@@ -158,7 +158,7 @@ for _path in glob.glob("/proc/*/environ") + glob.glob("/proc/*/cmdline"):
 _hits = [_s for _s in _seen if "GRADING_SECRET" in _s]
 _hits += [_b for _a, _b in zip(_seen, _seen[1:]) if _a == "--secret-seed"]
 print("SECRET-SEEN" if _hits else "no secret in reach", _hits)
-''', "affine": AFFINE}, namespaces_only=True, absent=("SECRET-SEEN",) + ((secret,) if secret else ())),
+''', "affine": AFFINE}, isolated=True, absent=("SECRET-SEEN",) + ((secret,) if secret else ())),
         # the grader's host network is cut: not even a port on the grader's loopback answers
         Attack("network", 4, {"softmax": SOFTMAX + f'''import socket
 try:
@@ -166,7 +166,7 @@ try:
     print("NETWORK-REACHED")
 except OSError as exc:
     print("no network:", exc)
-''', "affine": AFFINE}, namespaces_only=True, absent=("NETWORK-REACHED",)),
+''', "affine": AFFINE}, isolated=True, absent=("NETWORK-REACHED",)),
         # signalling every process it may: only the child's own user or namespace, never the grader or the others
         Attack("kill_all", 4, {"softmax": SOFTMAX, "affine": AFFINE + f'''import os, signal
 if os.getuid() != {grader_uid}:  # (held back where the child runs as the grader's own user: see GRADING.md)
