@@ -309,6 +309,31 @@ def test_resnet_cross_stitch_bad_options_raise_clear_errors():
         build("resnet-cross-stitch", {"semseg": 3, "pose": 2}, **SMALL)
 
 
+@pytest.mark.parametrize("mode", CROSS_STITCH_MODES)
+def test_both_cross_stitch_networks_take_the_unit_form_as_mode(mode):
+    resnet = build("resnet-cross-stitch", PET, mode=mode, **SMALL)
+    segnet = build("segnet-cross-stitch", {"semseg": 5, "depth": 1}, mode=mode, width_mult=0.125)
+    for model in (resnet, segnet):
+        assert model.mode == mode and {unit.mode for unit in model.cross_stitch} == {mode}
+
+
+def test_segnet_cross_stitch_keeps_its_old_option_name_as_an_alias():
+    tasks = {"semseg": 5, "depth": 1}
+    with pytest.warns(DeprecationWarning, match="old name of mode"):
+        old = build("segnet-cross-stitch", tasks, cross_stitch="scalar", width_mult=0.125)
+    assert old.mode == "scalar" and old.cross_stitch[0].weight.shape == (2, 2)
+    torch.manual_seed(0)
+    with pytest.warns(DeprecationWarning):
+        via_alias = build("segnet-cross-stitch", tasks, cross_stitch="shared", width_mult=0.125).state_dict()
+    torch.manual_seed(0)
+    via_mode = build("segnet-cross-stitch", tasks, mode="shared", width_mult=0.125).state_dict()
+    assert via_alias.keys() == via_mode.keys() and all(via_alias[k].equal(via_mode[k]) for k in via_mode)
+    with pytest.raises(ValueError, match="give the unit form once"):
+        build("segnet-cross-stitch", tasks, mode="scalar", cross_stitch="shared", width_mult=0.125)
+    with pytest.raises(ValueError, match="unknown mode 'full'"):
+        build("segnet-cross-stitch", tasks, mode="full", width_mult=0.125)
+
+
 def test_recorder_writes_alphas_per_epoch(tmp_path):
     train = get_dataset("synthetic-pet", "train", preset="unit")
     model = build("resnet-cross-stitch", {"semseg": 3, "binary": 2}, **SMALL)

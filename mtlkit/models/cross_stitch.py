@@ -4,7 +4,9 @@ One unit sits between two stages of ``T`` task branches. Branch ``t`` continues 
 
     y_t = sum_s alpha[t, s] * x_s        x_s, y_t: [B, C, H, W]
 
-Three forms of ``alpha`` are found in papers and public code; all are offered so a notebook can compare them:
+Three forms of ``alpha`` are found in papers and public code; all are offered so a notebook can compare them (the
+networks take the form as ``mode=``: ``build("resnet-cross-stitch", tasks, mode="scalar")``, and the same for
+``segnet-cross-stitch``):
 
 - ``"channelwise"`` (the faithful form, default): one ``T x T`` matrix per channel, ``weight`` [T, T, C].
 - ``"scalar"``: one scalar per (target, source) task pair, ``weight`` [T, T].

@@ -135,7 +135,7 @@ class ResNetCrossStitch(nn.Module):
         output_stride: 32, 16 (default: the last stage dilated) or 8.
         pretrained: ImageNet weights for every branch (timm; needs the HF hub or a filled cache).
         mode: cross-stitch form, "channelwise" (faithful, default) | "scalar" | "shared" (see
-            :mod:`mtlkit.models.cross_stitch`).
+            :mod:`mtlkit.models.cross_stitch`); the same word as ``segnet-cross-stitch``'s.
         same, other: initial own-branch weight and total other-branch weight (0.9 / 0.1).
         shared_init: initial weight of each branch in the "shared" mode (1.0, a plain sum).
         sources: extra branch names that only feed the units (frozen, no head): the sequential/transfer variant.
@@ -291,8 +291,8 @@ def _stage_channels(stage: nn.Sequential) -> int:
 
 @register_model("resnet-cross-stitch")
 def resnet_cross_stitch(tasks: dict[str, int], **options) -> ResNetCrossStitch:
-    """One ResNet per task linked by cross-stitch units (``mode`` "channelwise" | "scalar" | "shared");
-    ``sources=(...)`` adds frozen feature-only branches (sequential transfer)."""
+    """One ResNet per task linked by cross-stitch units (``mode`` "channelwise" | "scalar" | "shared", as for
+    ``segnet-cross-stitch``); ``sources=(...)`` adds frozen feature-only branches (sequential transfer)."""
     sources = options.get("sources") or ()
     if len(tasks) + (1 if isinstance(sources, str) else len(tuple(sources))) < 2:
         raise ValueError("resnet-cross-stitch links at least 2 branches; got one task and no sources. "

@@ -35,6 +35,7 @@ Models take images [B,3,H,W] and return ``{task: prediction}`` with dense predic
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -425,6 +426,18 @@ class SegNetDense(nn.Module):
         return out
 
 
+def _cross_stitch_alias(mode: str, cross_stitch: str | None) -> str:
+    """``mode``, or the value of its old name ``cross_stitch`` (DeprecationWarning); two different forms is an error."""
+    if cross_stitch is None:
+        return mode
+    if mode != "channelwise" and mode != cross_stitch:
+        raise ValueError(f"segnet-cross-stitch: give the unit form once, as mode=...; got mode={mode!r} and "
+                         f"cross_stitch={cross_stitch!r} (the old name of mode)")
+    warnings.warn("segnet-cross-stitch: cross_stitch= is the old name of mode= (the word resnet-cross-stitch uses "
+                  "too); pass mode=...", DeprecationWarning, stacklevel=3)
+    return cross_stitch
+
+
 class SegNetCrossStitch(nn.Module):
     """One SegNet per task, linked by cross-stitch units after every stage (MTAN's "Cross-Stitch" baseline).
 
@@ -433,12 +446,14 @@ class SegNetCrossStitch(nn.Module):
 
     Args:
         tasks: task name -> output channels (dense tasks, at least 2).
-        cross_stitch: ``"channelwise"`` (faithful, default) | ``"scalar"`` | ``"shared"`` (the public SegNet code's
-            form); see :mod:`mtlkit.models.cross_stitch`.
+        mode: the unit form, ``"channelwise"`` (faithful, default) | ``"scalar"`` | ``"shared"`` (the public SegNet
+            code's form); see :mod:`mtlkit.models.cross_stitch`. The same word as ``resnet-cross-stitch``'s.
         same, other: initial same-task weight and total other-task weight (0.9 / 0.1; channelwise and scalar).
             The "shared" form starts at 1 for every branch (a plain sum), as in the public code.
         width_mult: scales every width (1.0 = the paper's model).
         in_channels: image channels.
+        cross_stitch: the old name of ``mode`` (before both cross-stitch networks used ``mode``), still accepted
+            with a DeprecationWarning; giving both with different values is an error.
     Components: ``branches`` and ``heads`` (per task), ``cross_stitch`` (the units).
     Shapes: [B,3,H,W] -> {task: [B,C_t,H,W]}.
     """
@@ -446,18 +461,22 @@ class SegNetCrossStitch(nn.Module):
     def __init__(
         self,
         tasks: Mapping[str, int],
-        cross_stitch: str = "channelwise",
+        mode: str = "channelwise",
         same: float = 0.9,
         other: float = 0.1,
         width_mult: float = 1.0,
         in_channels: int = 3,
+        *,
+        cross_stitch: str | None = None,
     ) -> None:
         super().__init__()
-        if cross_stitch not in CROSS_STITCH_MODES:
-            raise ValueError(f"unknown cross_stitch {cross_stitch!r}; valid: {', '.join(CROSS_STITCH_MODES)}")
+        mode = _cross_stitch_alias(mode, cross_stitch)
+        if mode not in CROSS_STITCH_MODES:
+            raise ValueError(f"segnet-cross-stitch: unknown mode {mode!r}; valid: {', '.join(CROSS_STITCH_MODES)}")
         check_dense_tasks(tasks)
         _check_num_tasks("segnet-cross-stitch", tasks, at_least=2)
         self.tasks = tuple(tasks)
+        self.mode = mode
         self.widths = w = segnet_widths(width_mult)
         self.branches = nn.ModuleDict({t: SegNetBranch(w, in_channels) for t in tasks})
         self.heads = nn.ModuleDict({t: prediction_head(w[0], c) for t, c in tasks.items()})
@@ -465,7 +484,7 @@ class SegNetCrossStitch(nn.Module):
         # channels at the 9 mixing points: pooled encoder stages 0..4, then decoder stages 4..1 outputs
         points = [w[0], w[1], w[2], w[3], w[4], w[3], w[2], w[1], w[0]]
         self.cross_stitch = nn.ModuleList(
-            CrossStitchUnit(len(tasks), c, mode=cross_stitch, same=same, other=other) for c in points
+            CrossStitchUnit(len(tasks), c, mode=mode, same=same, other=other) for c in points
         )
 
     def cross_stitch_parameters(self) -> list[nn.Parameter]:
@@ -561,11 +580,14 @@ def segnet_dense(tasks: dict[str, int], width_mult: float = 1.0, in_channels: in
 @register_model("segnet-cross-stitch")
 def segnet_cross_stitch(
     tasks: dict[str, int],
-    cross_stitch: str = "channelwise",
+    mode: str = "channelwise",
     same: float = 0.9,
     other: float = 0.1,
     width_mult: float = 1.0,
     in_channels: int = 3,
+    *,
+    cross_stitch: str | None = None,
 ) -> SegNetCrossStitch:
-    """One SegNet per task linked by cross-stitch units (``cross_stitch`` "channelwise" | "scalar" | "shared")."""
-    return SegNetCrossStitch(tasks, cross_stitch, same, other, width_mult, in_channels)
+    """One SegNet per task linked by cross-stitch units (``mode`` "channelwise" | "scalar" | "shared", as for
+    ``resnet-cross-stitch``; ``cross_stitch=`` is the old name, still accepted)."""
+    return SegNetCrossStitch(tasks, mode, same, other, width_mult, in_channels, cross_stitch=cross_stitch)
