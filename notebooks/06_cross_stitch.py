@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -39,11 +41,12 @@ DATA = "auto"  # "auto": the preset's dataset (synthetic-pet; the paper preset r
 OUT_DIR = "../runs/notebooks/06_cross_stitch"
 EPOCHS = None  # None: the preset's epochs for the cross-stitch runs (smoke 1; the single-task runs: SINGLE_EPOCHS)
 SINGLE_EPOCHS = None  # None: the preset's epochs for the single-task networks (smoke 1)
-TRAIN_IMAGES = None  # None: the preset's choice (smoke: the first 96 of 192 training images; others: all)
-UNITS_LR_MULT = None  # None: the preset's (10x the network's learning rate, see mtlkit.course_pet)
-ABLATIONS = None  # auxiliary tasks to drop one at a time; None: smoke ["binary"], else ["boxes", "binary"]
-VARIANTS = None  # unit forms; None: smoke ["channelwise", "shared"], else all three (channelwise: the main run)
-SEQUENTIAL = True  # train the sequential variant (frozen auxiliary networks feed the segmentation network)
+TRAIN_IMAGES = None  # None: the preset's choice (smoke: the first 64 of the 192 training images)
+VAL_IMAGES = None  # None: the preset's choice (smoke: the first 16 of the 64 validation images)
+UNITS_LR_MULT = None  # None: the preset's (10x the network's learning rate under Adam, see section 4)
+ABLATIONS = None  # auxiliary tasks to drop one at a time; None: the preset's (every preset: boxes, then binary)
+VARIANTS = None  # unit forms; None: the preset's (every preset: all three; channelwise is the main run)
+SEQUENTIAL = None  # None: the preset's (True): train the sequential variant (frozen auxiliary networks)
 N_SHOW = 3  # test images in the prediction figure
 
 # %%
@@ -72,19 +75,19 @@ out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
 
 overrides = {k: v for k, v in (("epochs", EPOCHS), ("single_epochs", SINGLE_EPOCHS), ("train_images", TRAIN_IMAGES),
-                               ("units_lr_mult", UNITS_LR_MULT)) if v is not None}
+                               ("val_images", VAL_IMAGES), ("units_lr_mult", UNITS_LR_MULT), ("ablations", ABLATIONS),
+                               ("variants", VARIANTS), ("sequential", SEQUENTIAL)) if v is not None}
 schedule = pet_schedule(PRESET, **overrides)
 data_name = schedule["data"] if DATA == "auto" else DATA
 splits = load_splits(data_name, schedule["data_preset"], seed=SEED, **schedule["data_options"])
 tasks = pet_tasks(splits["train"].task_info)  # {"semseg": Task, "boxes": Task, "binary": Task}
 task_channels = {t: task.out_channels for t, task in tasks.items()}  # semseg 3 (trimap), boxes 4 (xyxy), binary 2
-ablations = ABLATIONS if ABLATIONS is not None else (["binary"] if PRESET == "smoke" else ["boxes", "binary"])
-variants = VARIANTS if VARIANTS is not None else (["channelwise", "shared"] if PRESET == "smoke"
-                                                   else list(CROSS_STITCH_MODES))
+ablations, variants, sequential = list(schedule["ablations"]), list(schedule["variants"]), schedule["sequential"]
 
-# The smoke preset shrinks everything to fit a CPU: ResNet-18 branches without ImageNet weights, narrow heads,
-# 64 px images, the first 96 training images, 32 validation images, one epoch per run, and a reduced grid (one
-# ablation, two unit forms: 7 trainings). Every run sees the same data; lesson/paper run the full grid.
+# Every preset trains the full comparison: three single-task networks, the cross-stitch network, two ablations,
+# the two other unit forms and the sequential variant (9 trainings), all on the same data. The smoke preset pays for
+# it with small runs: ResNet-18 branches without ImageNet weights, narrow heads, 64 px images, the first 64
+# training and 16 validation images, one epoch (8 steps of 8 images) per run.
 run_splits = dict(splits)
 if schedule["train_images"]:
     run_splits["train"] = subset(splits["train"], schedule["train_images"])
@@ -97,8 +100,8 @@ print(f"{data_name} ({schedule['data_preset']}, {splits['train'].image_size[0]} 
       f"{len(run_splits['train'])} training / {len(run_splits['val'])} validation images; tasks {task_channels}")
 print(f"model {model_options}")
 print(f"single-task epochs {schedule['single_epochs']}, cross-stitch epochs {schedule['epochs']}, "
-      f"units lr x{schedule['units_lr_mult']:g}; ablations drop {ablations}; unit forms {variants}; "
-      f"sequential {SEQUENTIAL}")
+      f"{schedule['optimizer']} lr {schedule['lr']:g}, units lr x{schedule['units_lr_mult']:g}; ablations drop "
+      f"{ablations}; unit forms {variants}; sequential {sequential}")
 
 # %% [markdown]
 # ## 1 · The cross-stitch unit
@@ -255,6 +258,13 @@ del full
 # 3. train everything jointly on the sum of the three losses, the units with `UNITS_LR_MULT` times the network's
 #    learning rate (the Trainer's `param_groups=[("cross_stitch", m)]`).
 #
+# The paper trains the units with about **100×** the network's learning rate under SGD; the kit uses **10× under
+# Adam** in every preset, the paper preset included. Adam scales each parameter's step to about the learning rate
+# whatever the size of its gradient, so the multiplier sets α's speed directly: 100× would let α cross its whole
+# range within about a hundred steps and forget the single-task start, while 10× keeps the units clearly faster than
+# the network. (An SGD step follows the gradient's size instead, and the three unit forms' α gradients differ by one
+# to two orders of magnitude, so under SGD no single multiplier would suit them all.)
+#
 # A `CrossStitchRecorder` callback stores α after every epoch next to the run (`alphas.json`). `train_or_load`
 # reuses a finished run in `OUT_DIR` with the same settings; delete the run's folder to retrain.
 
@@ -298,9 +308,13 @@ for mode in variants:
     if mode != "channelwise":  # the main run is the channel-wise form
         models[f"cross-stitch {mode}"], metrics[f"cross-stitch {mode}"] = train_stitched(
             f"cross-stitch {mode}", all_tasks, mode=mode)
-if SEQUENTIAL:
+if sequential:
     models["sequential"], metrics["sequential"] = train_stitched("sequential", ["semseg"],
                                                                  sources=("boxes", "binary"))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"{len(metrics)} trainings, each on {len(run_splits['train'])} images:\n  " + "\n  ".join(metrics))
 
 # %% [markdown]
 # ## 5 · Results and $\Delta_m$
@@ -407,8 +421,7 @@ if alpha_record is not None:
 # %% [markdown]
 # ## 7 · Three forms of the unit, and transfer instead of joint training
 #
-# Same data, same start (the single-task networks), same schedule; only the unit differs (the smoke preset trains
-# the channel-wise and shared forms; `VARIANTS` or another preset adds the scalar one). The channel-wise form
+# Same data, same start (the single-task networks), same schedule; only the unit differs. The channel-wise form
 # can share some channels and keep others private; the scalar form must treat every channel of a stage alike; the
 # shared form gives all networks one mixture (at initialisation a plain sum), so from the first unit on the three
 # networks see identical features — hard sharing with learnt weights.
@@ -484,7 +497,9 @@ plt.show()
 # %% [markdown]
 # ## 8 · Results so far, and the report's numbers
 #
-# The course table collects every notebook's `metrics.json` of this preset. The Oxford-IIIT Pet numbers below are
+# This notebook's runs join the course table (every notebook's `metrics.json` of this preset). Below are this
+# notebook's rows; the other notebooks' rows are only listed by name, since they use other data and tasks (their
+# own notebooks, and notebook 10, show them). The Oxford-IIIT Pet numbers below are
 # **one report's three-task cross-stitch model (test split), indicative only and not produced by this kit**; they
 # compare with this notebook's `paper` preset (`oxpet-h5`: the course packaging of Oxford-IIIT Pet at 256 px with
 # background/pet masks and a head box for every image; ImageNet ResNet-34 branches), not with the smoke preset's
@@ -503,10 +518,13 @@ write_notebook_results(out_dir, "06_cross_stitch", PRESET, runs, extra={
     "alphas_last": {n: load_alphas(out_dir / n)["alphas"][-1] for n in metrics
                     if not n.startswith("single-") and load_alphas(out_dir / n) is not None}})
 table = course_table(out_dir, preset=PRESET)
-shown_cols = [c for c in ("semseg/miou", "boxes/mean_iou", "binary/accuracy", "depth/abs_err", "delta_m",
-                          "parameters_M", "epochs") if c in table.columns]
-print(f"course results, {PRESET} preset:")
-print(table[shown_cols].round(2).to_string(na_rep="-"))
+ours = table.loc["06_cross_stitch"]
+shown_cols = [c for c in ("semseg/miou", "boxes/mean_iou", "binary/accuracy", "delta_m", "parameters_M",
+                          "train_images", "epochs") if c in ours.columns]
+print(f"course results, {PRESET} preset (notebook 06's rows):")
+print(ours[shown_cols].round(2).to_string(na_rep="-"))
+others = sorted(set(table.index.get_level_values("notebook")) - {"06_cross_stitch"})
+print(f"other notebooks with {PRESET} results in the course table (not shown here): {', '.join(others) or 'none'}")
 
 # %%
 kit = summary.loc["cross-stitch", list(PET_REFERENCE)]

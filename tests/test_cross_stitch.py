@@ -334,6 +334,19 @@ def test_segnet_cross_stitch_keeps_its_old_option_name_as_an_alias():
         build("segnet-cross-stitch", tasks, mode="full", width_mult=0.125)
 
 
+def test_pet_schedules_train_the_full_comparison_in_every_preset():
+    for preset, schedule in PET_SCHEDULES.items():
+        assert tuple(schedule["ablations"]) == ("boxes", "binary"), preset
+        assert tuple(schedule["variants"]) == CROSS_STITCH_MODES and schedule["sequential"] is True, preset
+        # Adam everywhere, so the units' multiplier is 10x (not the paper's SGD 100x): see the comment in course_pet
+        assert schedule["optimizer"] == "adam" and schedule["units_lr_mult"] == 10.0, preset
+    smoke = pet_schedule("smoke")
+    assert (smoke["train_images"], smoke["val_images"], smoke["epochs"], smoke["single_epochs"]) == (64, 16, 1, 1)
+    paper = pet_schedule("paper")
+    assert paper["data"] == "oxpet-h5" and paper["encoder"] == "resnet34" and paper["pretrained"] is True
+    assert pet_schedule("smoke", ablations=("binary",))["ablations"] == ("binary",)
+
+
 def test_recorder_writes_alphas_per_epoch(tmp_path):
     train = get_dataset("synthetic-pet", "train", preset="unit")
     model = build("resnet-cross-stitch", {"semseg": 3, "binary": 2}, **SMALL)
