@@ -17,25 +17,29 @@ __all__ = ["TSN_SCHEDULES", "TSN_REFERENCE", "PASCAL_TASK_CHANNELS", "tsn_schedu
 #: PASCAL-Context's five tasks with the paper's output channels (21 classes, 7 human parts incl. background).
 PASCAL_TASK_CHANNELS: dict[str, int] = {"edge": 1, "semseg": 21, "parts": 7, "normals": 3, "saliency": 1}
 
-# Per preset: data (dataset id, preset, options, training images), model (encoder, ImageNet, decoder widths),
-# optimiser and switching, which single-task baselines to train and which task codes to compare.
+# Per preset: data (dataset id, preset, options, training and validation images), model (encoder, ImageNet, decoder
+# widths), optimiser and switching, which single-task baselines to train and which task codes to compare.
 TSN_SCHEDULES: dict[str, dict[str, Any]] = {
-    "unit": dict(data="synthetic-pascal", data_preset="unit", data_options={}, train_images=None, epochs=1,
-                 batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0, param_groups=None,
+    "unit": dict(data="synthetic-pascal", data_preset="unit", data_options={}, train_images=None, val_images=None,
+                 epochs=1, batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0, param_groups=None,
                  encoder="resnet18", pretrained=False, decoder_channels=(16, 8, 8, 8, 8), task_schedule="iteration",
                  single_task=("semseg",), code_grid=()),
-    "smoke": dict(data="synthetic-pascal", data_preset="smoke", data_options={}, train_images=128, epochs=1,
-                  batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0, param_groups=None,
+    # smoke: the first 96 of the 192 training images and the first 32 validation images, one epoch (12 steps of 8);
+    # all five single-task baselines (so Δm covers every task), TSN with orthogonal codes (d = 100, the main run)
+    # against Gaussian codes at the same d, and orthogonal codes at a second d (10).
+    "smoke": dict(data="synthetic-pascal", data_preset="smoke", data_options={}, train_images=96, val_images=32,
+                  epochs=1, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0, param_groups=None,
                   encoder="resnet18", pretrained=False, decoder_channels=(64, 32, 32, 32, 16),
-                  task_schedule="iteration", single_task=("semseg", "normals"), code_grid=(("gaussian", 100),)),
-    "lesson": dict(data="synthetic-pascal", data_preset="lesson", data_options={}, train_images=None, epochs=10,
-                   batch_size=16, optimizer="adam", lr=5e-4, weight_decay=0.0, param_groups=None,
-                   encoder="resnet18", pretrained=False, decoder_channels=(512, 256, 256, 128, 64),
+                  task_schedule="iteration", single_task=("edge", "semseg", "parts", "normals", "saliency"),
+                  code_grid=(("gaussian", 100), ("orthogonal", 10))),
+    "lesson": dict(data="synthetic-pascal", data_preset="lesson", data_options={}, train_images=None,
+                   val_images=None, epochs=10, batch_size=16, optimizer="adam", lr=5e-4, weight_decay=0.0,
+                   param_groups=None, encoder="resnet18", pretrained=False, decoder_channels=(512, 256, 256, 128, 64),
                    task_schedule="iteration", single_task=("edge", "semseg", "parts", "normals", "saliency"),
                    code_grid=(("gaussian", 100), ("orthogonal", 10), ("gaussian", 10), ("orthogonal", 500))),
     # The paper's recipe; the number of epochs is the kit's choice (10 per task with per-epoch switching).
     "paper": dict(data="pascal-mt", data_preset="paper", data_options={"size": (512, 512)}, train_images=None,
-                  epochs=50, batch_size=8, optimizer="adam", lr=1e-4, weight_decay=0.0,
+                  val_images=None, epochs=50, batch_size=8, optimizer="adam", lr=1e-4, weight_decay=0.0,
                   param_groups=[("encoder", 0.01)], encoder="resnet18", pretrained=True,
                   decoder_channels=(512, 256, 256, 128, 64), task_schedule="epoch",
                   single_task=("edge", "semseg", "parts", "normals", "saliency"),
@@ -67,7 +71,8 @@ def tsn_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
 
 
 def pascal_splits(schedule: dict[str, Any], seed: int = 0) -> dict[str, Any]:
-    """``{"train", "val", "test"}`` for a schedule of :data:`TSN_SCHEDULES` (``train_images`` applied).
+    """``{"train", "val", "test"}`` for a schedule of :data:`TSN_SCHEDULES` (``train_images`` and ``val_images``:
+    the first images of those splits; the test split is always whole).
 
     Synthetic data has all three splits. ``pascal-mt`` has train and val: the last :data:`PASCAL_MT_HELD_OUT`
     training images become the validation split and the official val split is the test split (the one the paper
@@ -89,4 +94,7 @@ def pascal_splits(schedule: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     n = schedule.get("train_images")
     if n:
         splits["train"] = subset(splits["train"], n)
+    n = schedule.get("val_images")
+    if n:
+        splits["val"] = subset(splits["val"], n)
     return splits
