@@ -391,8 +391,9 @@ else:
 # How to read this: in the smoke preset every model sees 12 steps of 8 images, and with switching per iteration each
 # TSN task gets only 2 or 3 of them, so the numbers say that the pipeline runs, not which design is better (the
 # lesson and paper presets train for 10 and 50 epochs). Δm divides by the single-task metric, so a task whose
-# baseline is still near zero (semseg mIoU after one smoke epoch) swings it by tens of percent either way. What the full runs show, and the paper reports: TSN
-# within about a point of the single-task networks on every task, at a fifth of their parameters.
+# baseline is still near zero (semseg mIoU after one smoke epoch) swings it by tens of percent either way. What the
+# full runs show, and the paper reports: TSN within about a point of the single-task networks on every task, at a
+# fifth of their parameters.
 #
 # **Parameters versus quality.** The models actually trained here (the preset's widths), Δm against their size; the
 # single-task models together count $k$ encoders and decoders.
