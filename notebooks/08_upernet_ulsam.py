@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -38,7 +40,8 @@ SEED = 0
 DATA = "auto"  # "auto": the preset's dataset (synthetic-broden; the paper preset uses the real broden data)
 OUT_DIR = "../runs/notebooks/08_upernet_ulsam"
 EPOCHS = None  # None: the preset's schedule (smoke 1 epoch, lesson 8, paper 20)
-TRAIN_IMAGES = None  # None: the preset's choice (smoke: the first 128 of the 192 training images; others: all)
+TRAIN_IMAGES = None  # None: the preset's choice (smoke: the first 96 of the 192 training images; others: all)
+VAL_IMAGES = None  # None: the preset's choice (smoke: the first 32 of the 64 validation images; others: all)
 ULSAM_VARIANTS = ("fused", "pairs", "adjacent")  # which ULSAM placements to train (C(1), C(2), C(3))
 ULSAM_GROUPS = None  # None: the preset's g (4)
 N_SHOW = 2  # test images in the figures
@@ -57,40 +60,39 @@ import torch.nn.functional as F
 
 from mtlkit import viz
 from mtlkit.course import course_table, relative_error, summarize, train_or_load, write_notebook_results
-from mtlkit.course_broden import UPERNET_REFERENCE, broden_splits, part_owners_for, upernet_schedule
+from mtlkit.course_broden import UPERNET_REFERENCE, broden_splits, part_owners_for, upernet_schedule, upernet_tasks
 from mtlkit.data import collate
 from mtlkit.metrics import delta_m
 from mtlkit.models import build, count_parameters
 from mtlkit.models.ulsam import ULSAM
 from mtlkit.models.upernet import UPERNET_LOSS_WEIGHTS
-from mtlkit.tasks import tasks_for
 from mtlkit.train import seed_everything
 
 sns.set_theme(style="whitegrid", context="notebook")
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
 
-overrides = {k: v for k, v in {"epochs": EPOCHS, "train_images": TRAIN_IMAGES,
+overrides = {k: v for k, v in {"epochs": EPOCHS, "train_images": TRAIN_IMAGES, "val_images": VAL_IMAGES,
                                "ulsam_groups": ULSAM_GROUPS}.items() if v is not None}
 if DATA != "auto":
     overrides["data"] = DATA
 schedule = upernet_schedule(PRESET, **overrides)
 splits = broden_splits(schedule, seed=SEED)  # the real dataset says how to prepare it when it is missing
 info = splits["train"].task_info
-tasks = tasks_for(info)  # scene, semseg (= object), parts, material, texture
+tasks = upernet_tasks(info)  # scene, semseg (= object), parts (trained per owning object), material, texture
 task_channels = {t: task.out_channels for t, task in tasks.items()}
-part_owners = part_owners_for(info)  # parts gated by their owning object (None: the part names do not say)
+part_owners = part_owners_for(info)  # the object classes owning each part class (None: the part names do not say)
 model_options = {k: schedule[k] for k in ("encoder", "pretrained", "fpn_channels", "ppm_channels", "ulsam_groups")}
 trainer_kwargs = {k: schedule[k] for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "scheduler")}
-trainer_kwargs.update(device=DEVICE, seed=SEED, weighting="static",
+trainer_kwargs.update(device=DEVICE, seed=SEED, tasks=tasks, weighting="static",
                       weighting_options={"weights": {t: UPERNET_LOSS_WEIGHTS.get(t, 1.0) for t in task_channels}})
 
-# What the preset decides (the smoke preset is tiny so that the notebook runs in about a minute on a CPU):
-print(f"data: {schedule['data']} ({schedule['data_preset']}), {len(splits['train'])} training images of "
-      f"{splits['train'].image_size}, tasks {task_channels}")
+# What the preset decides (smoke: tiny data and models, one epoch each; enough to see the pipeline run on a CPU):
+print(f"data: {schedule['data']} ({schedule['data_preset']}), {len(splits['train'])} training and "
+      f"{len(splits['val'])} validation images of {splits['train'].image_size}, tasks {task_channels}")
 print(f"model: UPerNet on {model_options['encoder']} (ImageNet: {model_options['pretrained']}), F = "
       f"{model_options['fpn_channels']}, PPM branches {model_options['ppm_channels']}, ULSAM groups g = "
-      f"{model_options['ulsam_groups']}; parts gated by their owner: {part_owners is not None}")
+      f"{model_options['ulsam_groups']}; parts per owning object: {part_owners is not None}")
 print(f"schedule: {schedule['epochs']} epoch(s), batch {schedule['batch_size']}, {schedule['optimizer']} lr "
       f"{schedule['lr']} ({schedule['scheduler'] or 'constant'}), loss weights {trainer_kwargs['weighting_options']}")
 print(f"runs: upernet, upernet+context, " + ", ".join(f"ulsam-{v}" for v in ULSAM_VARIANTS))
@@ -113,13 +115,20 @@ print(f"runs: upernet, upernet+context, " + ", ".join(f"ulsam-{v}" for v in ULSA
 # |---|---|---|
 # | scene | $P_5$, globally average-pooled | $[B, C_\text{scene}]$ |
 # | object (`semseg`) | $P_\text{fuse}$ | $[B, C_\text{obj}, H, W]$ |
-# | part (`parts`) | $P_\text{fuse}$, gated by its owning object | $[B, C_\text{part}, H, W]$ |
+# | part (`parts`) | $P_\text{fuse}$, read per owning object | $[B, C_\text{part}, H, W]$ |
 # | material | $P_2$ (fine detail, little semantics) | $[B, C_\text{mat}, H, W]$ |
 # | texture | $P_\text{fuse}$, pooled (trained on DTD-like close-ups) | $[B, C_\text{tex}]$ |
 #
-# **Parts per owning object.** A part class is an (object, part) pair ("chair leg", "table leg"). At inference the
-# part logits are gated by the object head: $\tilde z_c = z_c + \log \sum_{o \text{ owns } c} p(o)$, so the parts of
-# objects that are not there are suppressed.
+# **Parts per owning object.** A part class is an (object, part) pair ("chair leg", "table leg"); object $o$ may
+# show only the classes $\mathcal P(o)$: its own parts and "none" (just "none" for an object without parts). As in
+# the public UPerNet code, the part loss is a softmax over $\mathcal P(o)$ on the pixels $V_o$ whose
+# **ground-truth** object $o$ has parts, averaged per object and summed over the objects:
+# $$\mathcal L_\text{part} = \sum_{o} \frac{1}{|V_o|} \sum_{i \in V_o}
+#   -\log \frac{e^{z_{i, y_i}}}{\sum_{c \in \mathcal P(o)} e^{z_{i,c}}}$$
+# (pixels of objects without parts add nothing). At inference a pixel's part is read from its **predicted** object
+# $\hat o_i = \arg\max_o p_i(o)$: $\hat y_i = \arg\max_{c \in \mathcal P(\hat o_i)} z_{i,c}$, so it is "none"
+# wherever the predicted object has no parts. The gate is not applied in training: gated by an object head that
+# has barely started, every part would stay below "none" and the part head would learn nothing else.
 #
 # **Multi-source training.** No image labels all five tasks. With $V_t$ the labelled images (or pixels) of task $t$
 # in a batch, the loss is
@@ -150,10 +159,10 @@ plt.show()
 batch = collate([splits["train"][i] for i in range(min(8, len(splits["train"])))])
 mask = pd.DataFrame({t: tasks[t].labelled(batch).numpy() for t in task_channels},
                     index=[f"{i}: {m['source']}" for i, m in enumerate(batch["meta"])])
-fig, axes = plt.subplots(1, len(batch["image"]), figsize=(1.0 * len(batch["image"]), 1.3), dpi=60)
+fig, axes = plt.subplots(1, len(batch["image"]), figsize=(1.2 * len(batch["image"]), 1.5), dpi=60)
 for i, ax in enumerate(np.atleast_1d(axes)):
     ax.imshow(batch["image"][i].permute(1, 2, 0).numpy())
-    ax.set_title(f"{i}: {batch['meta'][i]['source']}", fontsize=7)
+    ax.set_title(f"{i}: {batch['meta'][i]['source']}", fontsize=8)
     ax.set_axis_off()
 plt.tight_layout()
 plt.show()
@@ -317,7 +326,7 @@ def train_run(run_name: str, **options):
     model = build("upernet", task_channels, **model_options, part_owners=part_owners, **options)
     metrics = train_or_load(run_name, model, splits, out_dir,
                             describe={"model": "upernet", "options": {**model_options, **options},
-                                      "part_owners": part_owners is not None},
+                                      "parts": "per owning object" if part_owners else "plain"},
                             **trainer_kwargs)
     return model.eval(), metrics
 
@@ -357,11 +366,59 @@ table["train s"] = summary["train_seconds"]
 print(table.round(2).to_string(na_rep="-"))
 
 # %% [markdown]
-# How to read this: in the smoke preset every model sees 16 steps of 8 images, so the numbers say that the pipeline
-# runs, not which design is better (the part head, for one, has barely left "none"); the lesson preset trains on
-# 2,000 images for 8 epochs and the paper preset on Broden at 384 px, which is where the placements can be told
-# apart. Keep in mind what ULSAM can do at all: $x \odot A + x = x\,(1 + A)$ with $A \le 1$ re-weights a position by
-# a factor between 1 and 2, for 0.003 % more parameters (C(1)) or even fewer (C(2), C(3)).
+# **What the part head predicts.** Part mIoU averages over all part classes, "none" included, and "none" covers most
+# pixels, so a model that only ever says "none" still gets a high part pixel accuracy. Below, for each model, the test
+# pixels predicted as a part (not "none"), how many part classes it predicts, and how many of the true part pixels
+# it gets right. A part can only appear where the object head predicts an object that has parts.
+
+# %%
+test_set = splits["test"]
+on = next(models["upernet"].parameters()).device  # where the Trainer left the models (a GPU in the paper preset)
+unowned = [c for c, o in enumerate(part_owners or [()]) if not o]  # "none" (class 0 when the names do not say)
+
+
+def part_predictions(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(predicted, true) part class of every part-labelled test pixel, with the model's inference rule, and whether
+    every predicted part is a class that the object predicted at its pixel may show."""
+    predicted, true, inside = [], [], True
+    with torch.no_grad():
+        for start in range(0, len(test_set), 16):
+            b = collate([test_set[i] for i in range(start, min(start + 16, len(test_set)))])
+            y = tasks["parts"].target(b)
+            out = {t: v.cpu() for t, v in model(b["image"].to(on)).items()}
+            p = out["parts"].argmax(1)
+            if model.part_allowed is not None:  # allowed [O, P]: the classes each object may show
+                shown = model.part_allowed.cpu()[out["semseg"].argmax(1)]               # [B, H, W, P]
+                inside &= bool(shown.gather(-1, p[..., None]).all())
+            predicted.append(p[y >= 0])
+            true.append(y[y >= 0])
+    return torch.cat(predicted), torch.cat(true), inside
+
+
+part_stats, parts_inside = {}, {}
+for name, model in models.items():
+    pred, true, parts_inside[name] = part_predictions(model)
+    is_part, was_part = ~torch.isin(pred, torch.tensor(unowned)), ~torch.isin(true, torch.tensor(unowned))
+    part_stats[name] = {"pixels predicted as a part (%)": 100 * is_part.float().mean().item(),
+                        "part classes predicted": len(set(pred[is_part].tolist())),
+                        "true part pixels found (%)": 100 * (pred == true)[was_part].float().mean().item()}
+print(pd.DataFrame(part_stats).T.round(1).to_string())
+print(f"labels: {100 * was_part.float().mean().item():.1f} % of the part-labelled test pixels are parts, in "
+      f"{len(set(true[was_part].tolist()))} classes")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"{len(splits['train'])} training images, {len(splits['val'])} validation images, {len(test_set)} test images")
+print("parts read from the predicted object's classes:", part_owners is not None)
+print("every predicted part is a class of its pixel's predicted object:", all(parts_inside.values()))
+
+# %% [markdown]
+# How to read this: in the smoke preset every model sees 12 steps of 8 images, so the numbers say that the pipeline
+# runs, not which design is better (the object head, for one, has only begun to find the objects that carry parts,
+# so the part head gets few chances to show what it learnt); the lesson preset trains on 2,000 images for 8 epochs
+# and the paper preset on Broden at 384 px, which is where the placements can be told apart. Keep in mind what
+# ULSAM can do at all: $x \odot A + x = x\,(1 + A)$ with $A \le 1$ re-weights a position by a factor between 1 and
+# 2, for 0.003 % more parameters (C(1)) or even fewer (C(2), C(3)).
 #
 # **The context-aware head's trade-off.** Material is hard from $P_2$ alone: a wooden table and a wooden floor look
 # alike at ¼ resolution, and the object head *knows* that this is a table. Feeding its features into the material
@@ -387,11 +444,9 @@ print("with the context head minus without (points):", change.round(2).to_dict()
 # texture titles give the predicted class (and the true one where labelled).
 
 # %%
-test_set = splits["test"]
 show = [i for i in range(len(test_set)) if "semseg" in test_set[i]["meta"]["tasks"]][:N_SHOW]
 show += [i for i in range(len(test_set)) if "material" in test_set[i]["meta"]["tasks"]][:N_SHOW]
 batch = collate([test_set[i] for i in show])
-on = next(models["upernet"].parameters()).device  # where the Trainer left the models (a GPU in the paper preset)
 with torch.no_grad():
     pred = {t: v.cpu() for t, v in models["upernet+context"](batch["image"].to(on)).items()}
 
@@ -401,20 +456,20 @@ def class_name(task: str, index: int) -> str:
 
 
 dense = ["semseg", "parts", "material"]
-fig, axes = plt.subplots(len(show), 1 + 2 * len(dense), figsize=(1.2 * (1 + 2 * len(dense)), 1.35 * len(show)),
-                         dpi=60, squeeze=False)
+fig, axes = plt.subplots(len(show), 1 + 2 * len(dense), figsize=(1.6 + 1.1 * 2 * len(dense), 1.75 * len(show)),
+                         dpi=72, squeeze=False, gridspec_kw={"width_ratios": [1.6] + [1.1] * (2 * len(dense))})
 for i in range(len(show)):
     axes[i, 0].imshow(batch["image"][i].permute(1, 2, 0).numpy())
-    title = [f"{batch['meta'][i]['source']}"]
+    title = [f"{batch['meta'][i]['source']} (pred / true)"]
     for t in ("scene", "texture"):
         title.append(f"{t}: {class_name(t, int(pred[t][i].argmax()))} / {class_name(t, int(batch[t][i]))}")
-    axes[i, 0].set_title("\n".join(title), fontsize=5)
+    axes[i, 0].set_title("\n".join(title), fontsize=8)
     for j, t in enumerate(dense):
         for k, (value, what) in enumerate(((tasks[t].target(batch)[i], "label"), (pred[t][i].argmax(0), "pred"))):
             img, kw = viz.label_to_rgb(t, value, info[t])
             axes[i, 1 + 2 * j + k].imshow(img, **kw)
             if i == 0:
-                axes[i, 1 + 2 * j + k].set_title(f"{'object' if t == 'semseg' else t}\n{what}", fontsize=7)
+                axes[i, 1 + 2 * j + k].set_title(f"{'object' if t == 'semseg' else t}\n{what}", fontsize=8)
 for ax in axes.flat:
     ax.set_axis_off()
 plt.tight_layout()
@@ -467,12 +522,12 @@ for r, (i, n) in enumerate(rows):
     maps = F.interpolate(maps[None], size=images.shape[-2:], mode="bilinear", align_corners=False)[0]
     picture = images[i].permute(1, 2, 0).cpu().numpy()
     axes[r, 0].imshow(picture)
-    axes[r, 0].set_title(f"{n}", fontsize=7)
+    axes[r, 0].set_title(f"{n}", fontsize=8)
     for k in range(g):
         axes[r, 1 + k].imshow(picture)
         axes[r, 1 + k].imshow((maps[k] / maps[k].max()).numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
         if r == 0:
-            axes[r, 1 + k].set_title(f"group {k + 1}", fontsize=7)
+            axes[r, 1 + k].set_title(f"group {k + 1}", fontsize=8)
 for ax in axes.flat:
     ax.set_axis_off()
 plt.tight_layout()
