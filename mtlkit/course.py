@@ -186,7 +186,7 @@ def _describe_data(dataset: Any) -> list[Any]:
 
 # Trainer arguments that do not change what a run computes: left out of the fingerprint, so that e.g. a run trained
 # on a GPU, or with progress bars, is still loaded later.
-_NOT_FINGERPRINTED = ("resume", "progress", "callbacks", "num_workers", "device")
+_NOT_FINGERPRINTED = ("resume", "progress", "callbacks", "num_workers", "device", "keep_last")
 
 
 def _read_metrics(path: Path) -> dict[str, Any] | None:
@@ -212,6 +212,9 @@ def train_or_load(run_name: str, model: nn.Module, splits: Mapping[str, Any], ou
     * an unfinished run with the same fingerprint (the kernel died): the Trainer resumes it from ``last.pt``;
     * anything else (another fingerprint, a corrupt ``metrics.json`` or ``best.pt``): trained afresh, and the old
       files are replaced -- never resumed, since they belong to another run.
+
+    A finished run keeps ``best.pt`` and ``metrics.json`` only (the Trainer's ``keep_last=False``, unless passed):
+    a changed schedule is another run, so its optimiser state would never be resumed.
     """
     from mtlkit.checkpoint import CheckpointError, load_checkpoint
     from mtlkit.train import Trainer
@@ -235,6 +238,7 @@ def train_or_load(run_name: str, model: nn.Module, splits: Mapping[str, Any], ou
             print(f"{run_name}: loaded the finished run (delete {run_name}/ in OUT_DIR to retrain)")
             return metrics
     resume = bool(trainer_kwargs.pop("resume", True)) and same_run
+    trainer_kwargs.setdefault("keep_last", False)
     trainer = Trainer(model, splits["train"], splits.get("val"), splits.get("test"), out_dir=run_dir,
                       config={"fingerprint": key, "describe": dict(describe or {})}, resume=resume,
                       **trainer_kwargs)

@@ -287,6 +287,10 @@ class Trainer:
         aux_weight: weight of deep-supervision losses on ``prediction["aux"][stage][task]``.
         train_metrics: compute metrics on the training predictions too (cheap; off saves a little time).
         drop_last: drop the last incomplete training batch.
+        keep_last: keep ``last.pt``/``prev.pt`` (weights + optimiser state) after a finished fit, so that more epochs
+            can be trained on later. False (what :func:`mtlkit.course.train_or_load` uses): the final epoch writes no
+            ``last.pt`` (a crash before the end resumes from the epoch before) and both files are removed once
+            ``metrics.json`` says finished, leaving ``best.pt``: the biggest checkpoint writes of a short run saved.
         config: extra JSON-able values recorded in ``metrics.json["config"]`` (e.g. the model name).
     """
 
@@ -325,6 +329,7 @@ class Trainer:
         aux_weight: float = 1.0,
         train_metrics: bool = True,
         drop_last: bool = False,
+        keep_last: bool = True,
         config: Mapping[str, Any] | None = None,
     ) -> None:
         if epochs < 1 or batch_size < 1:
@@ -343,6 +348,7 @@ class Trainer:
         self.seed, self.num_workers = int(seed), int(num_workers)
         self.resume, self.grad_clip, self.aux_weight = bool(resume), grad_clip, float(aux_weight)
         self.task_schedule, self.train_metrics, self.drop_last = task_schedule, bool(train_metrics), bool(drop_last)
+        self.keep_last = bool(keep_last)
         self.callbacks = list(callbacks)
 
         seed_everything(self.seed)
@@ -953,7 +959,8 @@ class Trainer:
                 if improved:
                     save_checkpoint({"model": self.model.state_dict(), "epoch": epoch, "score": record["score"],
                                      "config": self.config}, self.out_dir / "best.pt")
-                rotate_and_save(self.state_dict(), self.out_dir)
+                if self.keep_last or epoch < self.epochs - 1:
+                    rotate_and_save(self.state_dict(), self.out_dir)
                 atomic_write_json(self.out_dir / "metrics.json", self._metrics(finished=False))
             if self.dist.enabled:
                 dist.barrier()
@@ -983,6 +990,9 @@ class Trainer:
         metrics = self._metrics(finished=True, test=test)
         if self.dist.is_main:
             atomic_write_json(self.out_dir / "metrics.json", metrics)
+            if not self.keep_last:  # finished: nothing will resume from these any more
+                for name in ("last.pt", "prev.pt"):
+                    (self.out_dir / name).unlink(missing_ok=True)
         if self.dist.enabled:  # nobody leaves (or tears the group down) while another rank still communicates
             dist.barrier()
         for cb in self.callbacks:

@@ -139,6 +139,32 @@ def test_corrupt_last_checkpoint_falls_back_to_prev(tmp_path, capsys):
     assert without_timings(second) == without_timings(first)
 
 
+def test_keep_last_false_leaves_best_and_metrics_and_a_crash_at_the_end_resumes_exactly(tmp_path):
+    whole = make(tmp_path / "whole", epochs=3).fit()
+    run = tmp_path / "run"
+    saved = []
+
+    class Broken(torch.utils.data.Dataset):  # the test split fails: the process dies after the last epoch
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            saved.append(sorted(p.name for p in run.glob("*.pt")))
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny(), nyu("train"), nyu("val"), Broken(), out_dir=run, epochs=3, batch_size=4, progress=False,
+                keep_last=False).fit()
+    # the final epoch wrote no last.pt: what is there is epoch 2's (epoch 1's as prev.pt), and best.pt
+    assert saved[0] == ["best.pt", "last.pt", "prev.pt"]
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    resumed = make(run, epochs=3, keep_last=False)
+    metrics = resumed.fit()
+    assert resumed.start_epoch == 2  # only the final epoch was trained again
+    assert without_timings(metrics) == without_timings(whole)
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == ["best.pt", "metrics.json"]
+
+
 def test_checkpoint_of_another_model_fails_before_training(tmp_path):
     make(tmp_path / "run", epochs=1).fit()
     before = (tmp_path / "run" / "last.pt").read_bytes()
