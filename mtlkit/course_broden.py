@@ -50,8 +50,9 @@ UPERNET_REFERENCE: dict[str, dict[str, float]] = {
     "UPerNet-50, ADE20K (paper)": {"semseg/miou": 40.44, "semseg/pixel_acc": 79.80},
 }
 
-# broden has only train and val; the kit holds out the last training images to select the best epoch and reports
-# the official val split as the test split.
+# broden has only train and val; the kit holds out a seeded random subset of this many training images to select the
+# best epoch (smaller training lists hold out a fifth, see broden_splits) and reports the official val split as the
+# test split.
 BRODEN_HELD_OUT = 1000
 
 
@@ -65,27 +66,40 @@ def upernet_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
     return schedule
 
 
-def broden_splits(schedule: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
+def broden_splits(schedule: Mapping[str, Any], seed: int = 0, held_out: int | None = None) -> dict[str, Any]:
     """``{"train", "val", "test"}`` for a schedule of :data:`UPERNET_SCHEDULES`.
 
     ``train_images`` / ``val_images`` keep the first n images of those splits (the validation split at most its
     size; the test split is always whole).
 
-    Synthetic data has all three splits. ``broden`` has train and val: the last :data:`BRODEN_HELD_OUT` training
-    images become the validation split and the official val split is the test split.
+    Synthetic data has all three splits. ``broden`` has train and val: the official val split is the test split, and
+    ``held_out`` training images, drawn at random with ``seed``, become the validation split (default:
+    ``min(BRODEN_HELD_OUT, len(train) // 5)``, i.e. :data:`BRODEN_HELD_OUT` = 1000 on the real data). A random draw,
+    not the last records: Broden+'s training list is ordered by source (ADE20K, PASCAL, OpenSurfaces, DTD), so its
+    tail is DTD texture images only, and selecting epochs on them would select on one task. A uniform draw keeps each
+    source's share in expectation (about 1000 images hold every source); it is not stratified. The same ``seed`` and
+    data give the same split; the training split is the other records. Both splits come in the drawn (shuffled)
+    order, so ``train_images`` / ``val_images`` also keep a mix of the sources, not the first source's images.
     """
     name, preset, options = schedule["data"], schedule["data_preset"], dict(schedule.get("data_options") or {})
     if name == "broden":
+        import numpy as np
+
         from mtlkit.data import get_dataset
 
         train = get_dataset(name, "train", preset=preset, **options)
-        cut = len(train) - BRODEN_HELD_OUT
-        if cut < 1:
-            raise ValueError(f"broden train has {len(train)} images; holding out {BRODEN_HELD_OUT} for validation "
-                             "needs more. Check the prepared data (mtlkit data verify broden)")
-        splits = {"train": subset(train, range(cut)), "val": subset(train, range(cut, len(train))),
+        k = min(BRODEN_HELD_OUT, len(train) // 5) if held_out is None else int(held_out)
+        if not 1 <= k < len(train):
+            raise ValueError(f"broden train has {len(train)} images; holding out {k} for validation needs 1 <= "
+                             f"held_out < {len(train)}. Check the prepared data (mtlkit data verify broden) or "
+                             "pass another held_out")
+        order = np.random.default_rng(seed).permutation(len(train)).tolist()
+        splits = {"train": subset(train, order[k:]), "val": subset(train, order[:k]),
                   "test": get_dataset(name, "val", preset=preset, **options)}
     else:
+        if held_out is not None:
+            raise ValueError(f"held_out applies to broden (train only: the validation split is held out of it); "
+                             f"{name} has its own validation split")
         splits = load_splits(name, preset, seed=seed, **options)
     n = schedule.get("train_images")
     if n:
@@ -97,10 +111,14 @@ def broden_splits(schedule: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
 
 
 def part_owners_for(task_info: Mapping[str, Mapping[str, Any]]) -> list[tuple[int, ...]] | None:
-    """Owning object classes per part class (``upernet(part_owners=...)``), or None where the names do not say.
+    """Owning object classes per part class (``upernet(part_owners=...)``), or None where the data does not say.
 
-    Works when part classes are named "<owner> <part>" after the object classes (or their groups), as in
-    ``synthetic-broden``; data whose part names do not follow that pattern gets None (parts are then not gated).
+    ``task_info["parts"]["owners"]`` (one sequence of object class indices per part class, as the ``broden`` loader
+    gives for Broden+) is used when present; a malformed one (wrong length, an index that is not an object class) is
+    an error. Without it the part names are read: "<owner> <part>", owner = the longest object class name (or group
+    of :data:`~mtlkit.models.upernet.PART_OWNER_GROUPS`) that starts the name (see
+    :func:`~mtlkit.models.upernet.broden_part_owners`), as in ``synthetic-broden``; names that do not follow that
+    pattern give None (parts are then not gated).
     """
     from mtlkit.models.upernet import broden_part_owners
 
@@ -108,6 +126,15 @@ def part_owners_for(task_info: Mapping[str, Mapping[str, Any]]) -> list[tuple[in
     parts = (task_info.get("parts") or {}).get("class_names")
     if not objects or not parts:
         return None
+    given = (task_info.get("parts") or {}).get("owners")
+    if given is not None:
+        owners = [tuple(int(o) for o in entry) for entry in given]
+        bad = [c for c, entry in enumerate(owners) if any(not 0 <= o < len(objects) for o in entry)]
+        if len(owners) != len(parts) or bad:
+            raise ValueError(f"task_info['parts']['owners'] must hold one tuple of object classes (0.."
+                             f"{len(objects) - 1}) per part class ({len(parts)}); got {len(owners)} entries"
+                             + (f", invalid at part classes {bad[:5]}" if bad else ""))
+        return owners
     try:
         return broden_part_owners(objects, parts)
     except ValueError:

@@ -429,3 +429,97 @@ def test_notebook_08_schedules_references_and_splits():
     # part names that do not say their owner: no gating rather than an error
     assert part_owners_for({"semseg": {"class_names": ["a", "b"]}, "parts": {"class_names": ["x y"]}}) is None
     assert part_owners_for({"semseg": {"class_names": ["a"]}}) is None
+
+
+# --------------------------------------------------------------------- Broden: part owners and held-out split
+def test_part_owner_names_match_the_longest_object_name():
+    objects = ["chest", "chest of drawers", "coffee table", "table", "car", "truck", "cat"]
+    parts = ["none", "chest of drawers drawer", "coffee table leg", "table leg", "chest lid", "car wheel",
+             "creature head"]
+    # multi-word owners: "chest of drawers", not "chest"; "coffee table", not "coffee" (no such object)
+    assert broden_part_owners(objects, parts) == [(), (1,), (2,), (3,), (0,), (4, 5), (6,)]
+    with pytest.raises(ValueError, match="'sofa arm': no object class"):
+        broden_part_owners(objects, ["none", "sofa arm"])
+
+
+def test_part_owners_for_uses_the_owners_the_data_lists():
+    from mtlkit.course_broden import part_owners_for
+
+    objects = ["chest", "chest of drawers", "wall"]
+    # listed owners win over the names ("big lid" names no object class; the listed owners differ from the names)
+    info = {"semseg": {"class_names": objects}, "parts": {"class_names": ["none", "chest of drawers drawer", "big lid"],
+                                                          "owners": [[], [1], (0, 1)]}}
+    assert part_owners_for(info) == [(), (1,), (0, 1)]
+    assert part_owners_for({**info, "parts": {k: v for k, v in info["parts"].items() if k != "owners"}}) is None
+    for bad in ([(), (1,)], [(), (3,), ()], [(), (-1,), ()]):
+        with pytest.raises(ValueError, match="owners"):
+            part_owners_for({**info, "parts": {**info["parts"], "owners": bad}})
+    # without owners, multi-word object names through the name rule
+    named = {"semseg": {"class_names": objects}, "parts": {"class_names": ["none", "chest of drawers drawer"]}}
+    assert part_owners_for(named) == [(), (1,)]
+
+
+def test_part_owners_for_a_broden_plus_twin_are_the_loaders_owners(tmp_path):
+    from mtlkit.course_broden import OwnerPartsTask, part_owners_for, upernet_tasks
+    from mtlkit.data import get_dataset
+    from mtlkit.data.real.twins import write_twin
+
+    info = get_dataset("broden", "val", root=write_twin("broden", tmp_path / "twin", n=1)).task_info
+    owners = part_owners_for(info)
+    assert owners == [tuple(o) for o in info["parts"]["owners"]] and owners[0] == ()
+    names = info["semseg"]["class_names"]
+    assert [names[o] for o in owners[info["parts"]["class_names"].index("table leg")]] == ["table"]
+    tasks = upernet_tasks(info)
+    assert isinstance(tasks["parts"], OwnerPartsTask) and tasks["parts"].part_owners == tuple(owners)
+
+
+def _sources(ds) -> list[str]:
+    return [ds[i]["meta"]["source"] for i in range(len(ds))]
+
+
+def test_broden_validation_split_is_a_seeded_random_subset_of_train(tmp_path):
+    from mtlkit.course_broden import broden_splits, upernet_schedule
+    from mtlkit.data.real.twins import write_twin
+
+    root = write_twin("broden", tmp_path / "twin", n=20)  # train records ordered by source: ade20k .. dtd
+    schedule = upernet_schedule("paper", data_options={"root": str(root)})
+    splits = broden_splits(schedule, seed=0)
+    train, val = splits["train"], splits["val"]
+    assert train.dataset is val.dataset and _sources(train.dataset)[-4:] == ["dtd"] * 4
+    assert len(val) == 20 // 5 and len(train) == 16                     # min(1000, len // 5) held out
+    assert set(train.indices).isdisjoint(val.indices) and set(train.indices) | set(val.indices) == set(range(20))
+    assert len(set(_sources(val))) > 1                                  # not the list's tail (DTD only)
+    assert len(splits["test"]) == 20 and splits["test"].split == "val"  # the official val split, whole
+    again = broden_splits(schedule, seed=0)
+    assert (again["train"].indices, again["val"].indices) == (train.indices, val.indices)
+    assert broden_splits(schedule, seed=1)["val"].indices != val.indices
+    five = broden_splits(schedule, seed=0, held_out=5)
+    assert len(five["val"]) == 5 and set(five["train"].indices).isdisjoint(five["val"].indices)
+    small = broden_splits(upernet_schedule("paper", data_options={"root": str(root)}, train_images=6, val_images=3))
+    assert small["train"].dataset.indices == train.indices and len(small["train"]) == 6 and len(small["val"]) == 3
+    for bad in (0, 20):
+        with pytest.raises(ValueError, match="held_out"):
+            broden_splits(schedule, held_out=bad)
+    with pytest.raises(ValueError, match="held_out applies to broden"):
+        broden_splits(upernet_schedule("unit"), held_out=3)
+
+
+def test_broden_holds_out_1000_images_from_every_source_of_a_source_ordered_list(monkeypatch):
+    import mtlkit.data
+    from mtlkit.course_broden import BRODEN_HELD_OUT, broden_splits, upernet_schedule
+
+    class SourceOrdered:  # Broden+'s train list: ADE20K, PASCAL, OpenSurfaces, DTD records one after another
+        def __init__(self, split):
+            self.split, self.name, self.tasks, self.task_info = split, "broden", ("scene",), {}
+            self.sources = ["ade20k"] * 20_000 + ["pascal"] * 5_000 + ["os"] * 20_000 + ["dtd"] * 4_000
+
+        def __len__(self):
+            return len(self.sources)
+
+    monkeypatch.setattr(mtlkit.data, "get_dataset", lambda name, split, **kw: SourceOrdered(split))
+    splits = broden_splits(upernet_schedule("paper"), seed=0)
+    assert BRODEN_HELD_OUT == 1000 and len(splits["val"]) == 1000 and len(splits["train"]) == 48_000
+    shares = {s: sum(splits["val"].dataset.sources[i] == s for i in splits["val"].indices) / 1000
+              for s in ("ade20k", "pascal", "os", "dtd")}
+    # every source, near its share of the list (20/49, 5/49, 20/49, 4/49); the last 1000 records were DTD only
+    assert all(abs(shares[s] - n / 49) < 0.05 for s, n in (("ade20k", 20), ("pascal", 5), ("os", 20), ("dtd", 4)))

@@ -262,22 +262,32 @@ def broden_part_owners(object_names: Sequence[str], part_names: Sequence[str],
                        groups: Mapping[str, Sequence[str]] = PART_OWNER_GROUPS) -> list[tuple[int, ...]]:
     """For each part class named "<owner> <part>", the indices of the object classes that own it.
 
-    ``owner`` is an object class name or a group of :data:`PART_OWNER_GROUPS` ("creature": cat, dog, person,
-    rider). Part classes without a space ("none", "background") have no owner: ``()``.
+    ``owner`` is the longest object class name, or group of :data:`PART_OWNER_GROUPS` ("creature": cat, dog,
+    person, rider) with a member among the object classes, that the part name starts with, followed by a space:
+    owners may be several words ("chest of drawers drawer" -> "chest of drawers", not "chest"). A group name stands
+    for its members even where it is also an object class ("car"). Part classes without a space ("none",
+    "background") have no owner: ``()``. Data that lists each part's owner (Broden+: ``task_info["parts"]
+    ["owners"]``) does not need this rule (:func:`mtlkit.course_broden.part_owners_for`).
+
+    Raises:
+        ValueError: a part name with a space that no object class or group starts.
     """
     index = {n: i for i, n in enumerate(object_names)}
+    resolve = {n: (i,) for n, i in index.items()}
+    for group, members in groups.items():
+        found = tuple(index[m] for m in members if m in index)
+        if found:
+            resolve[group] = found
     owners: list[tuple[int, ...]] = []
     for name in part_names:
         if " " not in name:
             owners.append(())
             continue
-        owner = name.split(" ", 1)[0]
-        members = tuple(groups.get(owner, (owner,)))
-        found = tuple(index[m] for m in members if m in index)
-        if not found:
-            raise ValueError(f"part class {name!r}: owner {owner!r} is neither an object class nor a group of "
-                             f"{sorted(groups)}; object classes: {', '.join(object_names)}")
-        owners.append(found)
+        candidates = [o for o in resolve if name.startswith(o + " ")]
+        if not candidates:
+            raise ValueError(f"part class {name!r}: no object class nor group of {sorted(groups)} starts its name; "
+                             f"object classes: {', '.join(object_names)}")
+        owners.append(resolve[max(candidates, key=len)])
     return owners
 
 
