@@ -88,11 +88,12 @@ overrides = {k: v for k, v in (("epochs", EPOCHS), ("train_images", TRAIN_IMAGES
                                ("cross_stitch_init", CROSS_STITCH_INIT)) if v is not None}
 if DATA != "auto":
     overrides["data"] = DATA
+as_list = lambda v: [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else list(v)  # noqa: E731
 grid = nyu_schedule(PRESET, BACKBONE, **overrides)["grid"]
-if MODELS is not None:
-    grid = {m: grid.get(m, list(NYU_WEIGHTINGS)) for m in MODELS}
+if MODELS is not None:  # a list, or one string "mtan,cross-stitch"
+    grid = {m: grid.get(m, list(NYU_WEIGHTINGS)) for m in as_list(MODELS)}
 if WEIGHTINGS is not None:
-    grid = {m: list(WEIGHTINGS) for m in grid}
+    grid = {m: as_list(WEIGHTINGS) for m in grid}
 schedule = nyu_schedule(PRESET, BACKBONE, **overrides, grid=grid)  # checks every row and weighting
 
 splits = nyu_splits(schedule, seed=SEED)  # nyuv2: val is the test split (what the papers report), no val split
@@ -313,13 +314,22 @@ for row, weightings in grid.items():
         else:
             rows[key], params[key] = test[key], metrics[key]["parameters"]["total"]
 single = rows["single"]
+
+
+def delta(res, form):
+    """Δm in percent, or NaN where a baseline metric is 0 (e.g. no pixel within 11.25° after a very short run)."""
+    try:
+        return delta_m(res, single, form=form, tasks=tasks if form == "survey" else list(tasks))
+    except ValueError:
+        return float("nan")
+
+
 COLUMNS = {"semseg": ("miou", "pixel_acc"), "depth": ("abs_err", "rel_err"),
            "normals": ("mean", "median", "within_11_25", "within_22_5", "within_30")}
 table = pd.DataFrame({
     key: {"params (M)": params[key] / 1e6,
           **{f"{t}/{m}": res[t][m] for t in task_channels for m in COLUMNS.get(t, ()) if m in res[t]},
-          "Δm %": delta_m(res, single, tasks=tasks),
-          "Δm % (LibMTL)": delta_m(res, single, form="libmtl", tasks=list(tasks))}
+          "Δm %": delta(res, "survey"), "Δm % (LibMTL)": delta(res, "libmtl")}
     for key, res in rows.items()}).T
 table.index.name = f"model-weighting ({PRESET}, {BACKBONE})"
 pd.set_option("display.width", 160)
@@ -403,7 +413,7 @@ if mtan_run is not None:
     plt.tight_layout()
     plt.show()
     mask_means = {t: [round(float(m.mean()), 3) for m in stage_masks[t]] for t in task_channels}
-    print(f"{mtan_run}: mean mask value per encoder stage:", mask_means)
+    print(f"{mtan_run}: mean mask value per stage (SegNet: encoder stages):", mask_means)
 
 # %% [markdown]
 # ## 7 · The weights over training: DWA's $\lambda_k(t)$ and Uncertainty's $\sigma_k$
