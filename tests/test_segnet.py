@@ -59,7 +59,7 @@ def test_mtan_has_44_23_million_parameters_and_per_task_attention():
 # 9 units; at width 0.25 the mixing points have 16+32+64+128+128+128+64+32+16 = 608 channels in all
 @pytest.mark.parametrize("mode, n_units", [("channelwise", 3 * 3 * 608), ("scalar", 9 * 3 * 3), ("shared", 9 * 3)])
 def test_every_cross_stitch_variant_is_three_segnets_plus_its_units(mode, n_units):
-    counts = count_parameters(build("segnet-cross-stitch", NYU, cross_stitch=mode, width_mult=SMALL))
+    counts = count_parameters(build("segnet-cross-stitch", NYU, mode=mode, width_mult=SMALL))
     singles = sum(_total("segnet-single", {t: c}, width_mult=SMALL) for t, c in NYU.items())
     assert counts["cross_stitch"] == n_units
     assert counts["total"] == singles + n_units
@@ -125,7 +125,7 @@ def test_bad_arguments_name_the_problem():
     with pytest.raises(ValueError, match="dense tasks only.*'scene'"):
         build("segnet-mtan", {"semseg": 13, "scene": 10})
     with pytest.raises(ValueError, match="valid: channelwise, scalar, shared"):
-        build("segnet-cross-stitch", NYU, cross_stitch="full")
+        build("segnet-cross-stitch", NYU, mode="full")
     with pytest.raises(ValueError, match="at least 2 tasks"):
         build("segnet-cross-stitch", {"semseg": 13})
     with pytest.raises(ValueError, match="width_mult must be > 0"):
