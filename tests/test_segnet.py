@@ -76,8 +76,8 @@ def test_every_cross_stitch_variant_is_three_segnets_plus_its_units(mode, n_unit
         ("segnet-split", NYU, {"variant": "deep"}),
         ("segnet-dense", NYU, {}),
         ("segnet-cross-stitch", NYU, {}),
-        ("segnet-cross-stitch", NYU, {"cross_stitch": "scalar"}),
-        ("segnet-cross-stitch", NYU, {"cross_stitch": "shared"}),
+        ("segnet-cross-stitch", NYU, {"mode": "scalar"}),
+        ("segnet-cross-stitch", NYU, {"mode": "shared"}),
         ("segnet-mtan", NYU, {}),
     ],
 )
