@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.mtlkit-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 EXTRAS := notebooks,tests,grading,cluster
 PRESET ?= smoke
+# Notebooks executed at once by `make reproduce` (each kernel gets cores/JOBS torch threads).
+JOBS   ?= 2
 
 .PHONY: install reproduce test clean-runs
 
@@ -22,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 
 reproduce: $(STAMP)
 	$(BIN)/mtlkit data synth all --preset $(PRESET)
-	$(BIN)/mtlkit reproduce --preset $(PRESET)
+	$(BIN)/mtlkit reproduce --preset $(PRESET) --jobs $(JOBS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
