@@ -47,7 +47,7 @@ CODE = "orthogonal"  # the main TSN's task code: "orthogonal" (block one-hot) or
 CODE_DIM = 100  # d: 5 tasks x 20 ones, as in the paper
 TASK_SCHEDULE = None  # None: the preset's ("iteration" on CPU, "epoch" in the paper preset)
 SINGLE_TASK = None  # None: the preset's baselines (smoke, lesson, paper: all five tasks)
-CODE_GRID = None  # None: the preset's extra TSNs [(code, dim), ...] (smoke: gaussian 100; lesson/paper: four)
+CODE_GRID = None  # None: the preset's extra TSNs [(code, dim), ...] (smoke: gaussian 100 and orthogonal 10; lesson/paper: four)
 N_SHOW = 2  # test images in the prediction figure
 
 # %%
@@ -452,8 +452,8 @@ plt.show()
 
 # %% [markdown]
 # **Orthogonal or Gaussian codes, and the code dimension.** The TSNs of the code grid, per task. The smoke preset
-# trains orthogonal and Gaussian codes at d = 100 only (and one epoch says little); the lesson and paper presets add
-# the code dimension: both codes at d = 10 and orthogonal codes at d = 500 (`CODE_GRID` trains them here too).
+# trains orthogonal and Gaussian codes at d = 100 and orthogonal codes at d = 10 (one epoch says little); the lesson
+# and paper presets add Gaussian codes at d = 10 and orthogonal codes at d = 500 (`CODE_GRID` trains them here too).
 
 # %%
 code_rows = [{"run": n, "code": k, "d": d, **{main_metric[t]: test[n][t][tasks[t].delta_metric] for t in task_channels},

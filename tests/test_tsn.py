@@ -198,10 +198,11 @@ def test_notebook_09_schedules_and_references():
     splits = pascal_splits(tsn_schedule("unit", val_images=2))  # the first images; the test split stays whole
     assert len(splits["val"]) == 2 and len(splits["test"]) == 4
     assert splits["val"][1]["image"].equal(pascal_splits(tsn_schedule("unit"))["val"][1]["image"])
-    # smoke: Δm over all five tasks; Gaussian codes at the d of the notebook's main TSN (orthogonal, d = 100)
+    # smoke: Δm over all five tasks; Gaussian codes at the d of the notebook's main TSN (orthogonal, d = 100) and
+    # orthogonal codes at another d
     smoke = tsn_schedule("smoke")
     assert set(smoke["single_task"]) == set(PASCAL) and (smoke["train_images"], smoke["val_images"]) == (96, 32)
-    assert ("gaussian", 100) in smoke["code_grid"]
+    assert set(smoke["code_grid"]) == {("gaussian", 100), ("orthogonal", 10)}
     for preset in ("lesson", "paper"):  # they compare more codes (and dimensions) than smoke, with every baseline
         assert set(smoke["code_grid"]) < set(tsn_schedule(preset)["code_grid"])
         assert set(tsn_schedule(preset)["single_task"]) == set(PASCAL)
