@@ -164,6 +164,9 @@ def execute(run: Run, out_root: Path, preset: str, device: str) -> dict:
             papermill.execute_notebook(
                 str(run.notebook), str(partial), parameters=params, kernel_name="python3",
                 cwd=str(run.notebook.parent), progress_bar=False, log_output=True, stdout_file=log, stderr_file=log,
+                # the kernel's own start-up notices (e.g. "running over TCP without encryption": it listens on
+                # localhost only) would print once per run on the console; errors still show
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
         os.replace(partial, run_dir / run.notebook.name)
         status["status"] = "ok"
