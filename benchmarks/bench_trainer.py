@@ -1,7 +1,8 @@
 """The Trainer's overhead over a bare training loop, and the size and write time of its checkpoints.
 
 The same model (same initial weights), the same batches (same DataLoader order) and the same losses go through
-(a) a bare loop: zero_grad, forward, the tasks' losses, their sum (Equal weighting), backward, Adam step; and
+(a) a bare loop: zero_grad, forward, the tasks' losses, their sum (Equal weighting), backward, Adam step (fused,
+as the Trainer builds it); and
 (b) ``Trainer(...).fit()``: the same epochs with everything the notebooks get (construction checks, training
 metrics, per-step weight log, progress, checkpoint + metrics.json every epoch), without validation (the meters'
 share of an evaluation pass is the ``meters`` benchmark).
@@ -54,7 +55,7 @@ def bare_loop(name, options, train, tasks, epochs: int, batch_size: int) -> tupl
     from mtlkit.data import collate
 
     model = _model(name, options, tasks)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # the Trainer's Adam: fused kernels
     model.train()
     t0, c0 = time.perf_counter(), time.process_time()
     for epoch in range(epochs):
