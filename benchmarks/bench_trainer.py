@@ -124,7 +124,7 @@ def profile_fit(name, options, train, tasks, epochs: int, batch_size: int, out: 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--profile", action="store_true", help="add a cProfile summary of one Trainer.fit()")
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--train-images", type=int, default=128, help="training images (the smoke notebooks' 128)")
+    ap.add_argument("--train-images", type=int, default=128, help="training images (default 128)")
     ap.add_argument("--pairs", type=int, default=3, help="bare/Trainer pairs (median of the ratios)")
 
 
