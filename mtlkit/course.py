@@ -106,10 +106,7 @@ def deeplab_setup(preset: str, data: str = "auto", seed: int = 0, device: str = 
     schedule["epochs"], schedule["train_images"] = int(epochs), train_images
     name = schedule["data"] if data == "auto" else data
     splits = load_splits(name, schedule["data_preset"], seed=seed)  # a real dataset says how to prepare it
-    if train_images:
-        splits["train"] = subset(splits["train"], int(train_images))
-    if schedule.get("val_images") and splits.get("val") is not None:
-        splits["val"] = subset(splits["val"], min(int(schedule["val_images"]), len(splits["val"])))
+    splits = first_images(splits, train_images, schedule.get("val_images"))
     from mtlkit.tasks import tasks_for
 
     tasks = tasks_for(splits["train"].task_info)
@@ -124,6 +121,19 @@ def deeplab_setup(preset: str, data: str = "auto", seed: int = 0, device: str = 
     trainer_options.update(device=device, seed=seed)
     return DeepLabSetup(schedule, name, splits, tasks, {t: task.out_channels for t, task in tasks.items()},
                         model_options, trainer_options)
+
+
+def first_images(splits: Mapping[str, Any], train_images: int | None = None,
+                 val_images: int | None = None) -> dict[str, Any]:
+    """``splits`` with the training split cut to its first ``train_images`` and the validation split (where there is
+    one) to its first ``val_images`` (at most all of it); None or 0 keeps a split whole; the test split stays whole.
+    The presets' way to make a notebook's runs cheaper while every run sees the same images."""
+    out = dict(splits)
+    if train_images:
+        out["train"] = subset(out["train"], int(train_images))
+    if val_images and out.get("val") is not None:
+        out["val"] = subset(out["val"], min(int(val_images), len(out["val"])))
+    return out
 
 
 def load_splits(name: str, preset: str, seed: int = 0, **options: Any) -> dict[str, Any]:

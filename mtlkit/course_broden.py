@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from mtlkit.course import check_preset, load_splits, subset
+from mtlkit.course import check_preset, first_images, load_splits, subset
 from mtlkit.tasks import Task
 
 __all__ = ["UPERNET_SCHEDULES", "UPERNET_REFERENCE", "upernet_schedule", "broden_splits", "part_owners_for",
@@ -101,13 +101,7 @@ def broden_splits(schedule: Mapping[str, Any], seed: int = 0, held_out: int | No
             raise ValueError(f"held_out applies to broden (train only: the validation split is held out of it); "
                              f"{name} has its own validation split")
         splits = load_splits(name, preset, seed=seed, **options)
-    n = schedule.get("train_images")
-    if n:
-        splits["train"] = subset(splits["train"], n)
-    n = schedule.get("val_images")
-    if n and splits.get("val") is not None:
-        splits["val"] = subset(splits["val"], min(int(n), len(splits["val"])))
-    return splits
+    return first_images(splits, schedule.get("train_images"), schedule.get("val_images"))
 
 
 def part_owners_for(task_info: Mapping[str, Mapping[str, Any]]) -> list[tuple[int, ...]] | None:

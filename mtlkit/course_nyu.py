@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import torch.nn as nn
 
-from mtlkit.course import check_preset, subset
+from mtlkit.course import check_preset, first_images
 
 __all__ = ["NYU_TASK_CHANNELS", "BACKBONES", "NYU_WEIGHTINGS", "AUGMENT_SCALES", "SEGNET_ROWS", "RESNET_ROWS",
            "SINGLE_TASK_ROWS", "NYU_SCHEDULES", "MTAN_NYUV2_REFERENCE", "LIBMTL_NYUV2_REFERENCE",
@@ -241,11 +241,8 @@ def nyu_splits(schedule: Mapping[str, Any], seed: int = 0, root: Any = None) -> 
         val, test = get_dataset(name, "val", **common), get_dataset(name, "test", **common)
     transform = nyu_augmentation(test.image_size) if schedule["augment"] else None
     train = get_dataset(name, "train", transform=transform, **common)
-    if schedule.get("train_images"):
-        train = subset(train, schedule["train_images"])
-    if val is not None and schedule.get("val_images"):
-        val = subset(val, schedule["val_images"])
-    return {"train": train, "val": val, "test": test}
+    return first_images({"train": train, "val": val, "test": test}, schedule.get("train_images"),
+                        schedule.get("val_images"))
 
 
 def nyu_references(columns: Any = None):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtlkit.course import check_preset, load_splits, subset
+from mtlkit.course import check_preset, first_images, load_splits, subset
 
 __all__ = ["TSN_SCHEDULES", "TSN_REFERENCE", "PASCAL_TASK_CHANNELS", "tsn_schedule", "pascal_splits"]
 
@@ -91,10 +91,4 @@ def pascal_splits(schedule: dict[str, Any], seed: int = 0) -> dict[str, Any]:
                   "test": get_dataset(name, "val", preset=preset, **options)}
     else:
         splits = load_splits(name, preset, seed=seed, **options)
-    n = schedule.get("train_images")
-    if n:
-        splits["train"] = subset(splits["train"], n)
-    n = schedule.get("val_images")
-    if n:
-        splits["val"] = subset(splits["val"], n)
-    return splits
+    return first_images(splits, schedule.get("train_images"), schedule.get("val_images"))
