@@ -1,24 +1,21 @@
-"""Task registry: what each task predicts, how it is trained (loss) and scored (meter, Δm metric, direction).
+"""One row per task: what it predicts, its target and fill value, loss, meter, options, Δm metrics and display label.
 
-Models and the Trainer talk about tasks by name only; everything task-specific lives here::
+Models and the Trainer talk about tasks by name only; everything task-specific is the task's :class:`TaskSpec` row
+in :data:`TASKS`. Adding a task is one row here, one meter (:mod:`mtlkit.meters`) and one loss (:mod:`mtlkit.losses`)::
 
     tasks = tasks_for(dataset.task_info)            # {"semseg": Task(...), "depth": Task(...), ...}
     model = build("tiny", {n: t.out_channels for n, t in tasks.items()})
     loss = sum(t.loss(preds[n], batch) for n, t in tasks.items())
     meters = {n: t.meter() for n, t in tasks.items()}; meters[n].update(preds[n], t.target(batch))
 
-Prediction conventions (at input resolution): semseg/parts/material logits [B,C,H,W]; depth [B,1,H,W] metres;
-normals [B,3,H,W] (any length); edge/saliency logits [B,1,H,W]; scene/texture/binary/category logits [B,C];
-boxes [B,4] xyxy pixels (one box per image).
-
-Targets (:meth:`Task.target`), with images whose ``meta["tasks"]`` does not list the task filled with ignore values:
-labels [B,H,W] / [B] int64 (-1 = ignore); depth [B,1,H,W] float metres (0 = invalid); normals [B,3,H,W] (all-zero
-= invalid); edge/saliency [B,1,H,W] float {0,1} (-1 = ignore); boxes [B,4] float xyxy, the image's FIRST ground-truth
-box, with a NaN row for an image without a box.
+Predictions (input resolution): label logits [B,C,H,W] or [B,C]; depth [B,1,H,W] metres; normals [B,3,H,W] (any
+length); edge/saliency logits [B,1,H,W]; boxes [B,4] xyxy pixels. Targets (:meth:`Task.target`): labels int64
+(-1 ignore), depth metres (0 invalid), normals (all-zero invalid), edge/saliency {0,1} (-1 ignore), boxes [B,4] (the
+image's first box, NaN row when none); an image whose ``meta["tasks"]`` omits the task gets the row's ``fill``.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,34 +23,52 @@ import torch
 from torch import Tensor
 
 from mtlkit import losses
-from mtlkit.metrics import METER_CLASSES, Meter, meter
+from mtlkit.meters import (BoxMeter, ClassificationMeter, DepthMeter, EdgeMeter, Meter, NormalsMeter, SaliencyMeter,
+                           SegmentationMeter)
 
-__all__ = ["TASK_KINDS", "TASK_SPECS", "TaskSpec", "Task", "make_task", "tasks_for"]
+__all__ = ["TASKS", "TaskSpec", "Task", "OwnerPartsTask", "make_task", "tasks_for", "TASK_KINDS", "TASK_SPECS",
+           "TRIVIAL_PREDICTORS"]
 
-TASK_KINDS: dict[str, str] = {
-    "semseg": "dense", "parts": "dense", "material": "dense", "depth": "dense", "normals": "dense",
-    "edge": "dense", "saliency": "dense", "scene": "image", "texture": "image", "binary": "image",
-    "category": "image", "boxes": "box",
-}
+#: Trivial predictors a row may name (fitted on a training split by :mod:`mtlkit.baselines`).
+TRIVIAL_PREDICTORS = ("majority_pixel", "mean_depth", "mean_normal", "best_constant", "majority_label", "mean_box")
+TARGETS = ("labels", "depth", "normals", "binary", "box")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TaskSpec:
-    """Static facts of a task type.
+    """The row of one task type.
 
     Attributes:
-        kind: "dense", "image" or "box" (:data:`TASK_KINDS`).
-        delta_metric: the meter key that represents the task in Δm.
-        higher_is_better: direction of ``delta_metric``.
+        kind: "dense" (per pixel), "image" (one label per image) or "box" (one box per image).
+        target: what the target holds: "labels", "depth", "normals", "binary" ({0,1} maps) or "box".
+        loss: ``loss(pred, target, **loss_options) -> scalar`` (:mod:`mtlkit.losses`).
+        meter: the meter class (:mod:`mtlkit.meters`), built with ``meter_options``.
+        delta_metric / higher_is_better: the meter key that stands for the task in the kit's Δm, and its direction.
+        fill: target value of an image that does not label the task (NaN for boxes).
+        trivial: the trivial predictor to beat (one of :data:`TRIVIAL_PREDICTORS`).
+        title: display label.
         out_channels: fixed output channels, or None when it is ``num_classes`` (label tasks).
         default_classes: ``num_classes`` when the dataset does not say (binary: cat/dog).
+        loss_defaults: default keyword arguments of ``loss``.
+        options: ``task_info`` keys :func:`make_task` understands: key -> ("loss" | "meter", argument name).
+        survey_metrics / libmtl_metrics: the task's metrics in the survey code's and LibMTL's Δm (empty: none).
     """
 
     kind: str
+    target: str
+    loss: Callable[..., Tensor]
+    meter: type[Meter]
     delta_metric: str
     higher_is_better: bool
+    fill: float
+    trivial: str
+    title: str
     out_channels: int | None = None
     default_classes: int | None = None
+    loss_defaults: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    survey_metrics: tuple[str, ...] = ()
+    libmtl_metrics: tuple[str, ...] = ()
 
     @property
     def is_label(self) -> bool:
@@ -61,42 +76,67 @@ class TaskSpec:
         return self.out_channels is None
 
 
-TASK_SPECS: dict[str, TaskSpec] = {
-    "semseg": TaskSpec("dense", "miou", True),
-    "parts": TaskSpec("dense", "miou", True),
-    "material": TaskSpec("dense", "miou", True),
-    "depth": TaskSpec("dense", "abs_err", False, out_channels=1),
-    "normals": TaskSpec("dense", "mean", False, out_channels=3),
-    "edge": TaskSpec("dense", "ods_f", True, out_channels=1),
-    "saliency": TaskSpec("dense", "max_f", True, out_channels=1),
-    "scene": TaskSpec("image", "accuracy", True),
-    "texture": TaskSpec("image", "accuracy", True),
-    "binary": TaskSpec("image", "accuracy", True, default_classes=2),
-    "category": TaskSpec("image", "accuracy", True),
-    "boxes": TaskSpec("box", "mean_iou", True, out_channels=4),
-}
-assert set(TASK_SPECS) == set(TASK_KINDS) == set(METER_CLASSES)
+_SEG_OPTIONS = {"absent": ("meter", "absent"), "per_image": ("meter", "per_image")}
+_SEG_METRICS = ("miou", "pixel_acc")
+_NAN = float("nan")
 
-# Options make_task understands, per task: option -> (goes to "loss" | "meter", name of the argument there).
-_LABEL_METER = {"absent": ("meter", "absent"), "per_image": ("meter", "per_image")}
-_OPTIONS: dict[str, dict[str, tuple[str, str]]] = {
-    "semseg": _LABEL_METER, "parts": _LABEL_METER, "material": _LABEL_METER,
-    "depth": {
-        "depth_loss": ("loss", "kind"), "depth_mean": ("loss", "mean"), "depth_std": ("loss", "std"),
-        "depth_mode": ("meter", "mode"), "depth_clamp": ("meter", "clamp"),
-    },
-    "normals": {"median": ("meter", "median")},
-    "edge": {"pos_weight": ("loss", "pos_weight"), "tolerance": ("meter", "tolerance"),
-             "thresholds": ("meter", "thresholds")},
-    "saliency": {"pos_weight": ("loss", "pos_weight"), "thresholds": ("meter", "thresholds")},
+
+def _segmentation(title: str, survey: tuple[str, ...] = ()) -> TaskSpec:
+    return TaskSpec("dense", "labels", losses.cross_entropy, SegmentationMeter, "miou", True, fill=-1,
+                    trivial="majority_pixel", title=title, options=_SEG_OPTIONS, survey_metrics=survey,
+                    libmtl_metrics=_SEG_METRICS)
+
+
+def _image_label(title: str, default_classes: int | None = None) -> TaskSpec:
+    return TaskSpec("image", "labels", losses.cross_entropy, ClassificationMeter, "accuracy", True, fill=-1,
+                    trivial="majority_label", title=title, default_classes=default_classes)
+
+
+TASKS: dict[str, TaskSpec] = {
+    "semseg": _segmentation("semantic segmentation", survey=("miou",)),
+    "parts": _segmentation("parts", survey=("miou",)),
+    "material": _segmentation("material"),
+    "depth": TaskSpec(
+        "dense", "depth", losses.depth_loss, DepthMeter, "abs_err", False, fill=0.0, trivial="mean_depth",
+        title="depth", out_channels=1, loss_defaults={"kind": "l1"},
+        options={"depth_loss": ("loss", "kind"), "depth_mean": ("loss", "mean"), "depth_std": ("loss", "std"),
+                 "depth_mode": ("meter", "mode"), "depth_clamp": ("meter", "clamp")},
+        survey_metrics=("rmse",), libmtl_metrics=("abs_err", "rel_err")),
+    "normals": TaskSpec(
+        "dense", "normals", losses.normals_cosine, NormalsMeter, "mean", False, fill=0.0, trivial="mean_normal",
+        title="surface normals", out_channels=3,
+        options={"median": ("meter", "median"), "normals_mode": ("meter", "mode")},
+        survey_metrics=("mean",), libmtl_metrics=("mean", "median", "within_11_25", "within_22_5", "within_30")),
+    "edge": TaskSpec(
+        "dense", "binary", losses.balanced_bce, EdgeMeter, "ods_f", True, fill=-1.0, trivial="best_constant",
+        title="edges", out_channels=1, loss_defaults={"pos_weight": losses.EDGE_POS_WEIGHT},
+        options={"pos_weight": ("loss", "pos_weight"), "tolerance": ("meter", "tolerance"),
+                 "thresholds": ("meter", "thresholds")},
+        survey_metrics=("ods_f",)),
+    "saliency": TaskSpec(
+        "dense", "binary", losses.balanced_bce, SaliencyMeter, "max_f", True, fill=-1.0, trivial="best_constant",
+        title="saliency", out_channels=1,
+        loss_defaults={"pos_weight": None},  # balanced by the batch's positive fraction
+        options={"pos_weight": ("loss", "pos_weight"), "thresholds": ("meter", "thresholds")},
+        survey_metrics=("max_iou",), libmtl_metrics=("max_f", "max_iou")),
+    "scene": _image_label("scene"),
+    "texture": _image_label("texture"),
+    "binary": _image_label("cat or dog", default_classes=2),
+    "category": _image_label("category"),
+    "boxes": TaskSpec("box", "box", losses.diou_loss, BoxMeter, "mean_iou", True, fill=_NAN, trivial="mean_box",
+                      title="box", out_channels=4),
 }
-_LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
-    "depth": {"kind": "l1"},
-    "edge": {"pos_weight": losses.EDGE_POS_WEIGHT},
-    "saliency": {"pos_weight": None},  # balanced by the batch's positive fraction
-}
-# ignore value written into the target of an image that does not label the task
-_FILL = {"dense-label": -1, "depth": 0.0, "normals": 0.0, "edge": -1.0, "saliency": -1.0, "image": -1}
+
+# Names older code imports: the row table, and task -> kind.
+TASK_SPECS = TASKS
+TASK_KINDS: dict[str, str] = {name: spec.kind for name, spec in TASKS.items()}
+
+
+def spec_of(name: str) -> TaskSpec:
+    """The row of task ``name``; a clear error for an unknown name."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}.")
+    return TASKS[name]
 
 
 @dataclass(frozen=True)
@@ -104,7 +144,7 @@ class Task:
     """One task of a multi-task problem (build with :func:`make_task` / :func:`tasks_for`).
 
     Attributes:
-        name: task name (a key of :data:`TASK_KINDS`).
+        name: task name (a key of :data:`TASKS`).
         kind: "dense", "image" or "box".
         out_channels: channels the model's head must output for it.
         num_classes: classes of label tasks, None for regression tasks.
@@ -126,9 +166,14 @@ class Task:
     info: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
+    def spec(self) -> TaskSpec:
+        """This task's row in :data:`TASKS`."""
+        return TASKS[self.name]
+
+    @property
     def metric_keys(self) -> tuple[str, ...]:
         """The keys this task's meter reports."""
-        return METER_CLASSES[self.name].keys
+        return self.spec.meter.keys
 
     # ------------------------------------------------------------------------------------------ targets
     def labelled(self, batch: Mapping[str, Any]) -> Tensor | None:
@@ -150,18 +195,15 @@ class Task:
                 "task: build the tasks from its task_info (tasks_for(dataset.task_info))."
             )
         raw = batch[self.name]
+        fill = self.spec.fill
         if self.kind == "box":
             target = _first_boxes(raw)
-            fill: float = float("nan")
         elif self.kind == "image":
             target = torch.as_tensor(raw).long().reshape(-1)
-            fill = _FILL["image"]
         elif self.num_classes is not None:
             target = raw.long()
-            fill = _FILL["dense-label"]
         else:
             target = raw.float() if not raw.is_floating_point() else raw
-            fill = _FILL[self.name]
         mask = self.labelled(batch)
         if mask is not None:
             if mask.numel() != target.shape[0]:
@@ -187,22 +229,43 @@ class Task:
         if pred.dim() < 2 or pred.shape[1] != self.out_channels:
             raise ValueError(f"Task {self.name!r}: prediction {tuple(pred.shape)} should have {self.out_channels} "
                              "channels at dim 1.")
-        target = self.target(batch).to(pred.device)
-        if self.num_classes is not None:
-            return losses.cross_entropy(pred, target)
-        if self.name == "depth":
-            return losses.depth_loss(pred, target, **self.loss_options)
-        if self.name == "normals":
-            return losses.normals_cosine(pred, target)
-        if self.name in ("edge", "saliency"):
-            return losses.balanced_bce(pred, target, **self.loss_options)
-        if self.name == "boxes":
-            return losses.diou_loss(pred, target)
-        raise AssertionError(f"no loss for task {self.name!r}")  # unreachable: every registered task is covered
+        return self.spec.loss(pred, self.target(batch).to(pred.device), **self.loss_options)
 
     def meter(self) -> Meter:
         """A fresh streaming meter for this task (update with ``(pred, task.target(batch))``)."""
-        return meter(self.name, **self.meter_options)
+        cls = self.spec.meter
+        try:
+            return cls(**self.meter_options)
+        except TypeError as exc:
+            raise TypeError(f"Task {self.name!r}: {exc}; see {cls.__name__}'s arguments.") from None
+
+
+@dataclass(frozen=True)
+class OwnerPartsTask(Task):
+    """The ``parts`` task trained with UPerNet's per-object part loss (:func:`mtlkit.losses.owner_part_loss`).
+
+    Everything but the loss is the plain parts task's (targets, meter, metrics). The loss needs each pixel's
+    ground-truth object, taken from the batch through ``objects`` (the ``semseg`` task, so that images which do
+    not label objects are ignored); ``part_owners`` is what ``upernet(part_owners=...)`` gets.
+    """
+
+    objects: Task | None = field(default=None, compare=False, repr=False)
+    part_owners: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.objects is None or self.objects.num_classes is None:
+            raise ValueError("OwnerPartsTask needs objects=<the semseg Task> (a label task with num_classes)")
+        if len(self.part_owners) != self.out_channels:
+            raise ValueError(f"OwnerPartsTask: part_owners has {len(self.part_owners)} entries for "
+                             f"{self.out_channels} part classes")
+
+    def loss(self, pred: Tensor, batch: Mapping[str, Any]) -> Tensor:
+        if pred.dim() != 4 or pred.shape[1] != self.out_channels:
+            raise ValueError(f"Task {self.name!r}: prediction {tuple(pred.shape)} should be [B, {self.out_channels}, "
+                             "H, W]")
+        allowed = losses.part_allowed(self.part_owners, self.objects.num_classes)
+        return losses.owner_part_loss(pred, self.target(batch).to(pred.device),
+                                      self.objects.target(batch).to(pred.device), allowed)
 
 
 def _first_boxes(raw: Any) -> Tensor:
@@ -231,14 +294,13 @@ def make_task(name: str, **info: Any) -> Task:
     """Build a :class:`Task` from its name and the dataset's ``task_info[name]`` entry.
 
     Recognised keys: ``num_classes`` and ``class_names`` (label tasks; ``num_classes`` may be inferred from the
-    names; binary defaults to 2); options ``absent``, ``per_image`` (segmentation meters); ``depth_loss``
-    ("l1" | "mse"), ``depth_mean``, ``depth_std``, ``depth_mode`` ("pixel" | "per_batch"), ``depth_clamp``;
-    ``median`` ("exact" | "histogram", normals); ``pos_weight``, ``tolerance``, ``thresholds`` (edge/saliency).
-    Other keys are kept in ``Task.info``.
+    names; binary defaults to 2) and the row's ``options``: ``absent`` ("exclude" | "zero": DLAD counts a class
+    absent from the split as IoU 0), ``per_image`` (segmentation meters); ``depth_loss`` ("l1" | "mse"),
+    ``depth_mean``, ``depth_std``, ``depth_mode`` ("pixel" | "per_batch"), ``depth_clamp``; ``median``
+    ("exact" | "histogram") and ``normals_mode`` ("pixel" | "per_batch", MTAN's) for normals; ``pos_weight``,
+    ``tolerance``, ``thresholds`` (edge/saliency). Other keys are kept in ``Task.info``.
     """
-    if name not in TASK_SPECS:
-        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASK_SPECS)}.")
-    spec = TASK_SPECS[name]
+    spec = spec_of(name)
     info = dict(info)
     num_classes = info.pop("num_classes", None)
     class_names = info.pop("class_names", None)
@@ -262,13 +324,13 @@ def make_task(name: str, **info: Any) -> Task:
         if num_classes is not None:
             raise ValueError(f"task {name!r} is a regression task; it takes no num_classes (got {num_classes}).")
         out_channels = spec.out_channels
-    loss_options = dict(_LOSS_DEFAULTS.get(name, {}))
+    loss_options = dict(spec.loss_defaults)
     meter_options: dict[str, Any] = {}
     if spec.is_label:
         meter_options["num_classes"] = num_classes
         if class_names is not None:
             meter_options["class_names"] = list(class_names)
-    for key, (target, arg) in _OPTIONS.get(name, {}).items():
+    for key, (target, arg) in spec.options.items():
         if key in info:
             (loss_options if target == "loss" else meter_options)[arg] = info.pop(key)
     task = Task(

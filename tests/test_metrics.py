@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtlkit import metrics
+from mtlkit import meters, metrics
 from mtlkit.metrics import (
     BoxMeter, ClassificationMeter, DepthMeter, EdgeMeter, NormalsMeter, SaliencyMeter, SegmentationMeter,
     delta_m, grader_score, meter,
@@ -421,6 +421,6 @@ def test_delta_m_errors_are_clear():
 def test_sync_free_counting_matches_bincount():
     # the accelerator path (scatter into fixed bins) must count exactly like torch.bincount; masked elements dropped
     index = torch.tensor([0, 3, 3, 1, 3, 0])
-    assert metrics._scatter_count(index, 5).tolist() == torch.bincount(index, minlength=5).tolist() == [2, 1, 0, 3, 0]
+    assert meters._scatter_count(index, 5).tolist() == torch.bincount(index, minlength=5).tolist() == [2, 1, 0, 3, 0]
     mask = torch.tensor([True, True, False, True, True, False])
-    assert metrics._bincount(index, 4, mask).tolist() == [1, 1, 0, 2]
+    assert meters._bincount(index, 4, mask).tolist() == [1, 1, 0, 2]
