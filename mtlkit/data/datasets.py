@@ -1,12 +1,13 @@
 """Dataset registry, the synthetic datasets, and ``collate``.
 
 ``get_dataset(name, split, preset)`` is the one way notebooks and the Trainer get data. Every item follows the
-sample contract of DESIGN.md exactly; the synthetic generator's compact dtypes (uint8 images, int16 labels, int8
+sample contract (docs/contracts.md) exactly; the synthetic generator's compact dtypes (uint8 images, int16 labels, int8
 edges) are converted here, on read, so one cache on disk serves every consumer (and both Cityscapes label sets).
 """
 from __future__ import annotations
 
 import functools
+import inspect
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mtlkit.data.cache import ShardedCache, normalize_meta
+from mtlkit.data.cache import ShardedCache, build_caches, normalize_meta
 from mtlkit.paths import cache_dir
 
 PRESETS: tuple[str, ...] = ("unit", "smoke", "lesson", "paper")
@@ -44,9 +45,25 @@ def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
     return wrap
 
 
+def _real_factory(cls: type, split: str, preset: str = "paper", root: Any = None, transform: Any = None,
+                  seed: int = 0, cache: bool = True, **options: Any) -> Dataset:
+    """get_dataset adapter of a real loader: ``seed``/``cache`` only concern synthetic data and are ignored here."""
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "split", "preset", "root",
+                                                                                "transform")]
+    for key in options:
+        if key not in valid:
+            raise ValueError(f"{cls.name} has no option {key!r}; valid options: {', '.join(valid)}")
+    return cls(split, preset=preset, root=root, transform=transform, **options)
+
+
 def _register_real() -> None:
-    """Import the real-dataset loaders (they register themselves); lazily, so ``import mtlkit.data`` stays light."""
-    import mtlkit.data.real  # noqa: F401
+    """Register the real-dataset loaders of :mod:`mtlkit.data.real.registry`; lazily, so ``import mtlkit.data``
+    stays light (the loaders import their own dependencies)."""
+    from mtlkit.data.real.registry import LOADERS
+
+    for name, cls in LOADERS.items():
+        if name not in DATASETS:
+            DATASETS[name] = functools.partial(_real_factory, cls)
 
 
 def list_datasets() -> list[str]:
@@ -288,3 +305,36 @@ def synthetic_caches(name: str, preset: str, seed: int = 0, splits: Sequence[str
     _check_choice("preset", preset, PRESETS)
     variant = _variant(name)
     return [_synthetic_cache(variant, preset, seed, split, root) for split in splits]
+
+
+# ------------------------------------------------------------------------------------- synthetic-data commands
+def build_cache(name: str, preset: str, seed: int = 0, splits: Sequence[str] = ("train", "val", "test"),
+                jobs: int = 1, progress: bool = True, root: str | Path | None = None) -> list[Path]:
+    """Build every shard of synthetic dataset ``name`` for ``splits``, over ``jobs`` processes.
+
+    Returns the cache folder of each split (each holds a ``manifest.json``). Already built shards whose checksum
+    matches are kept, so an interrupted build resumes where it stopped and a damaged one is repaired.
+    """
+    caches = synthetic_caches(name, preset, seed=seed, splits=splits, root=root)
+    build_caches(caches, jobs=jobs, progress=progress, desc=f"{name} {preset}", check=True)
+    return [c.directory for c in caches]
+
+
+def verify_cache(name: str, preset: str, seed: int = 0, splits: Sequence[str] = ("train", "val", "test"),
+                 root: str | Path | None = None) -> list[str]:
+    """Check the manifests and shard checksums of a built cache; one line per problem (empty list = all good)."""
+    return [p for c in synthetic_caches(name, preset, seed=seed, splits=splits, root=root) for p in c.verify()]
+
+
+def synth_command(names: Sequence[str], preset: str, seed: int = 0, jobs: int = 1) -> None:
+    """``mtlkit data synth NAME... --preset P --seed S --jobs J``: build the caches and print where they went.
+
+    All shards of all named datasets form one pool of work, so ``jobs`` processes stay busy across datasets.
+    """
+    names = list(SYNTHETIC_NAMES) if list(names) == ["all"] else list(names)
+    per_name = {name: synthetic_caches(name, preset, seed=seed) for name in names}
+    build_caches([c for caches in per_name.values() for c in caches], jobs=jobs, progress=True,
+                 desc=f"synth {preset}", check=True)
+    for name, caches in per_name.items():
+        counts = ", ".join(f"{c.directory.name} {c.count}" for c in caches)
+        print(f"{name} ({preset}, seed {seed}): {caches[0].directory.parent}  [{counts}]")
