@@ -21,7 +21,7 @@ from torch import Tensor
 
 from mtlkit.tasks import TRIVIAL_PREDICTORS, Task
 
-__all__ = ["TrivialPredictor", "fit_trivial", "trivial_metrics", "BEATS", "Check", "beats_trivial", "format_checks"]
+__all__ = ["TrivialPredictor", "fit_trivial", "evaluate_trivial", "trivial_metrics", "BEATS", "Check", "beats_trivial", "format_checks"]
 
 
 @dataclass(frozen=True)
@@ -123,11 +123,17 @@ def fit_trivial(tasks: Mapping[str, Task], train: Any, batch_size: int = 16) -> 
                 raise ValueError(f"fit_trivial: the training split has no valid {name!r} normal to fit on.")
             value = total / total.norm()
         else:
-            scores = [m.compute()[task.delta_metric] for m in cand_meters[name]]
-            best = max(range(len(scores)), key=lambda i: (scores[i] if scores[i] == scores[i] else -1.0, -i))
+            # rank by the Δm metric, then the meter's other keys (saliency: max-F, then max-IoU)
+            keys = [task.delta_metric] + [k for k in task.metric_keys if k != task.delta_metric]
+            scores = [tuple(_or_low(m.compute()[k]) for k in keys) for m in cand_meters[name]]
+            best = max(range(len(scores)), key=lambda i: (scores[i], -i))
             value = torch.tensor(candidates[name][best])
         fitted[name] = TrivialPredictor(task, rule, value.detach().cpu())
     return fitted
+
+
+def _or_low(x: float) -> float:
+    return x if x == x else float("-inf")  # NaN (nothing valid) ranks last
 
 
 def evaluate_trivial(predictors: Mapping[str, TrivialPredictor], data: Any,

@@ -12,7 +12,7 @@ from mtlkit.metrics import (
     BoxMeter, ClassificationMeter, DepthMeter, EdgeMeter, NormalsMeter, SaliencyMeter, SegmentationMeter,
     delta_m, grader_score, meter,
 )
-from mtlkit.tasks import tasks_for
+from mtlkit.tasks import make_task, tasks_for
 
 NAN = float("nan")
 
@@ -217,6 +217,61 @@ def test_normals_angles_equal_the_f_normalize_definition():
     assert torch.equal(angles[0, 0, :4], torch.full((4,), 90.0))
 
 
+def test_normals_per_batch_mean_of_batch_metrics_by_hand():
+    """MTAN's convention: each metric on each batch alone, then the mean over batches (here != pooled)."""
+    x, y = torch.tensor([1.0, 0, 0]), torch.tensor([0, 1.0, 0])
+    diag = torch.tensor([1.0, 1.0, 0]) / 2 ** 0.5
+
+    def maps(vectors):  # [1, 3, 1, N]
+        return torch.stack(vectors, dim=1).view(1, 3, 1, -1)
+
+    zero = torch.zeros(3)
+    # batch 1: angles 0, 90 (+ an invalid pixel) -> mean 45, median 45, within_30 50 %
+    # batch 2: angles 45, 45, 0 -> mean 30, median 45, within_30 1/3
+    b1 = (maps([x, x, x]), maps([x, y, zero]))
+    b2 = (maps([x, x, x]), maps([diag, diag, x]))
+    per_batch, pixel = NormalsMeter(mode="per_batch"), NormalsMeter()
+    for m in (per_batch, pixel):
+        for pred, target in (b1, b2):
+            m.update(pred, target)
+    pb, px = per_batch.compute(), pixel.compute()
+    assert pb["mean"] == pytest.approx((45 + 30) / 2, abs=1e-4)
+    assert pb["median"] == pytest.approx(45.0, abs=1e-4)
+    assert pb["within_30"] == pytest.approx((50 + 100 / 3) / 2)
+    assert pb["within_11_25"] == pytest.approx((50 + 100 / 3) / 2)
+    # pooled over the 5 valid pixels: 0, 90, 45, 45, 0
+    assert px["mean"] == pytest.approx(36.0, abs=1e-4) and px["median"] == pytest.approx(45.0, abs=1e-4)
+    # a batch with no valid pixel does not count; the option reaches the meter through make_task
+    per_batch.update(maps([x]), maps([zero]))
+    assert per_batch.compute()["mean"] == pytest.approx(37.5, abs=1e-4)
+    assert make_task("normals", normals_mode="per_batch").meter().mode == "per_batch"
+    with pytest.raises(ValueError, match="pixel, per_batch"):
+        NormalsMeter(mode="batch")
+
+
+def test_normals_per_batch_even_median_is_the_middle_pair_mean():
+    x = torch.tensor([1.0, 0, 0]).view(1, 3, 1, 1)
+    # angles 0, 10, 20, 90 degrees -> median (10 + 20) / 2 = 15
+    angles = torch.deg2rad(torch.tensor([0.0, 10.0, 20.0, 90.0]))
+    target = torch.stack([torch.cos(angles), torch.sin(angles), torch.zeros(4)]).view(1, 3, 1, 4)
+    m = NormalsMeter(mode="per_batch")
+    m.update(x.expand(1, 3, 1, 4), target)
+    assert m.compute()["median"] == pytest.approx(15.0, abs=1e-4)
+
+
+def test_segmentation_absent_class_as_zero_is_a_named_task_option():
+    """DLAD's grader counts a class absent from the split as IoU 0: ``absent="zero"`` via the task options."""
+    task = make_task("semseg", num_classes=3, absent="zero")
+    m = task.meter()
+    # classes 0 and 1 only, predicted perfectly: exclude -> 100 %, zero -> (1 + 1 + 0) / 3
+    target = torch.tensor([[0, 1, 1]])
+    m.update(target.clone(), target)
+    assert m.compute()["miou"] == pytest.approx(200 / 3)
+    plain = make_task("semseg", num_classes=3).meter()
+    plain.update(target.clone(), target)
+    assert plain.compute()["miou"] == pytest.approx(100.0)
+
+
 def test_normals_empty_is_nan():
     m = NormalsMeter()
     m.update(torch.ones(1, 3, 2, 2), torch.zeros(1, 3, 2, 2))
@@ -354,6 +409,7 @@ def test_meters_do_not_sync_with_the_host_during_update(monkeypatch):
         (DepthMeter(mode="per_batch"), torch.rand(2, 1, 6, 6), torch.rand(2, 1, 6, 6)),
         (NormalsMeter(), torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6)),
         (NormalsMeter(median="histogram"), torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6)),
+        (NormalsMeter(mode="per_batch"), torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6)),
         (SaliencyMeter(), torch.randn(2, 1, 6, 6), (torch.rand(2, 1, 6, 6) > 0.5).float()),
         (EdgeMeter(), torch.randn(2, 1, 6, 6), (torch.rand(2, 1, 6, 6) > 0.8).float()),
         (ClassificationMeter(), torch.randn(2, 3), torch.tensor([1, -1])),
@@ -396,8 +452,8 @@ MULTI = {"semseg": {"miou": 44.0, "pixel_acc": 63.0}, "depth": {"abs_err": 0.5, 
 SINGLE = {"semseg": {"miou": 40.0, "pixel_acc": 60.0}, "depth": {"abs_err": 0.4, "rel_err": 0.2}}
 
 
-def test_delta_m_survey_and_libmtl_by_hand():
-    # survey: semseg miou +4/40 = +0.10; depth abs_err -(0.1/0.4) = -0.25 -> mean -0.075 -> -7.5 %
+def test_delta_m_kit_and_libmtl_by_hand():
+    # kit: semseg miou +4/40 = +0.10; depth abs_err -(0.1/0.4) = -0.25 -> mean -0.075 -> -7.5 %
     assert delta_m(MULTI, SINGLE) == pytest.approx(-7.5)
     assert delta_m(MULTI, SINGLE, tasks=tasks_for({"semseg": {"num_classes": 13}, "depth": {}})) == pytest.approx(-7.5)
     # libmtl: semseg (0.10 + 3/60) / 2 = 0.075; depth (-0.25 + 0.02/0.2) / 2 = -0.075 -> 0 %
@@ -407,9 +463,28 @@ def test_delta_m_survey_and_libmtl_by_hand():
     assert delta_m(MULTI, SINGLE, tasks=["depth"], metrics={"depth": ["rel_err"]}) == pytest.approx(10.0)
 
 
+def test_delta_m_survey_code_metric_set_by_hand():
+    multi = {"semseg": {"miou": 44.0, "pixel_acc": 63.0}, "depth": {"abs_err": 0.5, "rmse": 0.6},
+             "normals": {"mean": 18.0, "median": 15.0}, "saliency": {"max_f": 70.0, "max_iou": 55.0},
+             "edge": {"ods_f": 66.0}, "parts": {"miou": 50.0, "pixel_acc": 80.0}}
+    single = {"semseg": {"miou": 40.0, "pixel_acc": 60.0}, "depth": {"abs_err": 0.4, "rmse": 0.5},
+              "normals": {"mean": 20.0, "median": 15.0}, "saliency": {"max_f": 70.0, "max_iou": 50.0},
+              "edge": {"ods_f": 60.0}, "parts": {"miou": 50.0, "pixel_acc": 70.0}}
+    # survey code: semseg mIoU +0.10, depth RMSE -(0.1/0.5) = -0.20, normals mean -(-2/20) = +0.10,
+    # saliency mIoU (max over thresholds) +5/50 = +0.10, edge ODS-F +6/60 = +0.10, parts mIoU 0 -> +0.20 / 6
+    assert delta_m(multi, single, form="survey") == pytest.approx(100 * 0.20 / 6)
+    # the kit's set differs: depth abs error -0.25 and saliency max-F 0 -> (0.10 - 0.25 + 0.10 + 0 + 0.10 + 0) / 6
+    assert delta_m(multi, single) == pytest.approx(100 * 0.05 / 6)
+    assert metrics.SURVEY_METRICS == {"semseg": ("miou",), "parts": ("miou",), "depth": ("rmse",),
+                                      "normals": ("mean",), "edge": ("ods_f",), "saliency": ("max_iou",)}
+    assert metrics.KIT_METRICS["depth"] == ("abs_err",) and metrics.KIT_METRICS["saliency"] == ("max_f",)
+
+
 def test_delta_m_errors_are_clear():
-    with pytest.raises(ValueError, match="survey, libmtl"):
+    with pytest.raises(ValueError, match="kit, survey, libmtl"):
         delta_m(MULTI, SINGLE, form="average")
+    with pytest.raises(ValueError, match="survey code reports no metric for task 'boxes'.*form='kit'"):
+        delta_m({"boxes": {"mean_iou": 2.0}}, {"boxes": {"mean_iou": 1.0}}, form="survey")
     with pytest.raises(ValueError, match="non-zero baseline"):
         delta_m({"semseg": {"miou": 1.0}}, {"semseg": {"miou": 0.0}})
     with pytest.raises(ValueError, match="missing"):

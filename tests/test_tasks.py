@@ -214,3 +214,74 @@ def test_tasks_for_synthetic_dataset_end_to_end(dataset):
         m = task.meter()
         m.update(pred.detach(), task.target(batch))
         assert set(m.compute()) == set(task.metric_keys), name
+
+
+# ------------------------------------------------------------------------------------------ one row per task
+def test_every_row_is_complete_and_consistent():
+    from mtlkit import losses
+    from mtlkit.tasks import TARGETS, TASKS, TRIVIAL_PREDICTORS
+
+    assert TASK_SPECS is TASKS and TASK_KINDS == {n: s.kind for n, s in TASKS.items()}
+    for name, spec in TASKS.items():
+        assert spec.kind in ("dense", "image", "box") and spec.target in TARGETS, name
+        assert callable(spec.loss) and spec.loss.__module__ == losses.__name__, name
+        assert issubclass(spec.meter, metrics.Meter) and spec.delta_metric in spec.meter.keys, name
+        assert set(spec.survey_metrics) <= set(spec.meter.keys) and set(spec.libmtl_metrics) <= set(spec.meter.keys)
+        assert spec.trivial in TRIVIAL_PREDICTORS and spec.title, name
+        assert spec.is_label == (spec.target == "labels"), name
+        for option, (where, _) in spec.options.items():
+            assert where in ("loss", "meter"), (name, option)
+    assert math.isnan(TASKS["boxes"].fill) and TASKS["depth"].fill == 0.0 and TASKS["edge"].fill == -1.0
+
+
+def test_adding_a_task_is_one_row(monkeypatch):
+    """A new row is all make_task, targets, the loss and the meter need (here a made-up per-pixel 'albedo' task)."""
+    from mtlkit import losses, meters
+    from mtlkit.tasks import TASKS, TaskSpec
+
+    row = TaskSpec("dense", "depth", losses.depth_loss, meters.DepthMeter, "rmse", False, fill=0.0,
+                   trivial="mean_depth", title="albedo", out_channels=1, loss_defaults={"kind": "l1"},
+                   options={"albedo_mode": ("meter", "mode")})
+    monkeypatch.setitem(TASKS, "albedo", row)
+    task = make_task("albedo", albedo_mode="per_batch")
+    assert (task.kind, task.out_channels, task.meter().mode) == ("dense", 1, "per_batch")
+    batch = {"albedo": torch.tensor([[[[2.0, 4.0]]], [[[6.0, 8.0]]]]), "meta": [{"tasks": ["albedo"]}, {"tasks": []}]}
+    assert task.target(batch).tolist() == [[[[2.0, 4.0]]], [[[0.0, 0.0]]]]  # the row's fill for image 1
+    pred = torch.tensor([[[[3.0, 4.0]]], [[[0.0, 0.0]]]], requires_grad=True)
+    assert task.loss(pred, batch).item() == pytest.approx(0.5)  # |3-2|, |4-4| over the labelled image
+    m = task.meter()
+    m.update(pred.detach(), task.target(batch))
+    assert m.compute()["rmse"] == pytest.approx(math.sqrt(0.5))
+
+
+def test_owner_parts_task_lives_in_the_task_layer():
+    from mtlkit import losses
+    from mtlkit.tasks import OwnerPartsTask
+
+    semseg, parts = make_task("semseg", num_classes=3), make_task("parts", num_classes=4)
+    owners = ((), (1,), (1,), (2,))
+    task = OwnerPartsTask(**{f.name: getattr(parts, f.name) for f in dataclasses.fields(parts)},
+                          objects=semseg, part_owners=owners)
+    gen = torch.Generator().manual_seed(0)
+    batch = {"semseg": torch.tensor([[[0, 1, 1, 2]]]), "parts": torch.tensor([[[0, 1, 2, 3]]]),
+             "meta": [{"tasks": ["semseg", "parts"]}]}
+    logits = torch.randn(1, 4, 1, 4, generator=gen, requires_grad=True)
+    expected = losses.owner_part_loss(logits, batch["parts"], batch["semseg"], losses.part_allowed(owners, 3))
+    assert task.loss(logits, batch).item() == pytest.approx(expected.item())
+    assert expected.item() > 0 and task.metric_keys == parts.metric_keys
+    with pytest.raises(ValueError, match="needs objects"):
+        OwnerPartsTask(**{f.name: getattr(parts, f.name) for f in dataclasses.fields(parts)}, part_owners=owners)
+    with pytest.raises(ValueError, match="3 entries for 4 part classes"):
+        OwnerPartsTask(**{f.name: getattr(parts, f.name) for f in dataclasses.fields(parts)}, objects=semseg,
+                       part_owners=owners[:3])
+
+
+def test_part_loss_by_hand():
+    """One pixel of object 1, which owns parts 1 and 2: the softmax runs over parts {0 (unowned), 1, 2} only."""
+    from mtlkit import losses
+
+    allowed = losses.part_allowed(((), (1,), (1,), (2,)), 3)
+    assert allowed.tolist() == [[True, False, False, False], [True, True, True, False], [True, False, False, True]]
+    logits = torch.tensor([0.0, math.log(2.0), 0.0, 5.0]).view(1, 4, 1, 1)
+    loss = losses.owner_part_loss(logits, torch.tensor([[[1]]]), torch.tensor([[[1]]]), allowed)
+    assert float(loss) == pytest.approx(-math.log(2 / 4))  # part 3 (logit 5) is masked out

@@ -17,17 +17,18 @@ from torch.utils.data import Dataset
 
 from mtlkit.data.cache import ShardedCache, build_caches, normalize_meta
 from mtlkit.paths import cache_dir
+from mtlkit.tasks import TASKS
 
 PRESETS: tuple[str, ...] = ("unit", "smoke", "lesson", "paper")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SYNTHETIC_NAMES: tuple[str, ...] = ("synthetic-nyu", "synthetic-city", "synthetic-pet", "synthetic-pascal",
                                     "synthetic-broden")
 
-# Sample contract: how each key is converted from the generator's compact form.
-LABEL_MAPS = ("semseg", "parts", "material")          # [H,W] int64, -1 ignore
-BINARY_MAPS = ("edge", "saliency")                    # [1,H,W] float32 {0,1}, -1 ignore
-IMAGE_LABELS = ("scene", "texture", "binary", "category")  # 0-d int64, -1 ignore
-REGRESSION = ("depth", "normals")                     # float32 maps
+# Sample contract: how each key is converted from the generator's compact form (read from the task rows).
+LABEL_MAPS = tuple(n for n, s in TASKS.items() if s.kind == "dense" and s.target == "labels")  # [H,W] int64, -1
+BINARY_MAPS = tuple(n for n, s in TASKS.items() if s.target == "binary")  # [1,H,W] float32 {0,1}, -1 ignore
+IMAGE_LABELS = tuple(n for n, s in TASKS.items() if s.kind == "image")  # 0-d int64, -1 ignore
+REGRESSION = tuple(n for n, s in TASKS.items() if s.target in ("depth", "normals"))  # float32 maps
 
 DatasetFactory = Callable[..., Dataset]
 DATASETS: dict[str, DatasetFactory] = {}
