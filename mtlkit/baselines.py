@@ -21,7 +21,8 @@ from torch import Tensor
 
 from mtlkit.tasks import TRIVIAL_PREDICTORS, Task
 
-__all__ = ["TrivialPredictor", "fit_trivial", "evaluate_trivial", "trivial_metrics", "BEATS", "Check", "beats_trivial", "format_checks"]
+__all__ = ["TrivialPredictor", "fit_trivial", "evaluate_trivial", "trivial_metrics", "BEATS", "Check", "beats_trivial",
+           "format_checks"]
 
 
 @dataclass(frozen=True)

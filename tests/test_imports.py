@@ -119,11 +119,13 @@ def test_find_cycle_finds_a_planted_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_graph_reader_sees_module_and_function_level_imports(tmp_path):
+def test_graph_reader_sees_module_and_function_level_imports():
     top, inner = import_graphs()
     assert "mtlkit.meters" in top["mtlkit.tasks"]  # from mtlkit.meters import (...)
     assert "mtlkit.losses" in top["mtlkit.tasks"]  # from mtlkit import losses: a module, not the package
     assert "mtlkit.tasks" in inner["mtlkit.models.tiny"]  # imported inside a function
+    assert "mtlkit.data.raycast" in top["mtlkit.data.synthetic"]  # from . import raycast (relative)
+    assert "mtlkit.data.real.registry" in inner["mtlkit.data.datasets"]
 
 
 def test_module_level_import_graph_is_acyclic():
