@@ -298,12 +298,14 @@ def make_task(name: str, **info: Any) -> Task:
     absent from the split as IoU 0), ``per_image`` (segmentation meters); ``depth_loss`` ("l1" | "mse"),
     ``depth_mean``, ``depth_std``, ``depth_mode`` ("pixel" | "per_batch"), ``depth_clamp``; ``median``
     ("exact" | "histogram") and ``normals_mode`` ("pixel" | "per_batch", MTAN's) for normals; ``pos_weight``,
-    ``tolerance``, ``thresholds`` (edge/saliency). Other keys are kept in ``Task.info``.
+    ``tolerance``, ``thresholds`` (edge/saliency). Other keys are kept in ``Task.info`` (so are a box task's
+    ``num_classes``/``class_names``, which label its boxes, not its 4 outputs).
     """
     spec = spec_of(name)
     info = dict(info)
-    num_classes = info.pop("num_classes", None)
-    class_names = info.pop("class_names", None)
+    # a box task's classes label its boxes (``box_labels``), not model outputs: they stay in ``info``
+    num_classes = info.pop("num_classes", None) if spec.kind != "box" else None
+    class_names = info.pop("class_names", None) if spec.kind != "box" else None
     if spec.is_label:
         if num_classes is None and class_names is not None:
             num_classes = len(class_names)

@@ -161,5 +161,10 @@ def test_beats_trivial_thresholds():
     text = format_checks(checks.values())
     assert "FAIL  semseg/pixel_acc: model 64.900 >= 65.000 needed (trivial 50.000" in text
     assert "PASS  depth/abs_err: model 0.500 <= 0.500 needed" in text
+    assert all(c.attainable for c in checks.values())
+    high = beats_trivial({"semseg": {"miou": 60.0, "pixel_acc": 99.0}}, {"semseg": {"miou": 5.0, "pixel_acc": 90.0}},
+                         {"semseg": tasks["semseg"]})
+    assert [(c.metric, c.passed, c.attainable) for c in high] == [("miou", True, True), ("pixel_acc", False, False)]
+    assert "unattainable: the bar is above 100 %" in str(high[1])
     with pytest.raises(ValueError, match="no trivial metrics for task 'depth'"):
         beats_trivial({"depth": {"abs_err": 0.1}}, {}, {"depth": tasks["depth"]})

@@ -285,3 +285,11 @@ def test_part_loss_by_hand():
     logits = torch.tensor([0.0, math.log(2.0), 0.0, 5.0]).view(1, 4, 1, 1)
     loss = losses.owner_part_loss(logits, torch.tensor([[[1]]]), torch.tensor([[[1]]]), allowed)
     assert float(loss) == pytest.approx(-math.log(2 / 4))  # part 3 (logit 5) is masked out
+
+
+def test_box_task_keeps_its_box_label_classes_as_info():
+    """A pet dataset's task_info["boxes"] names the boxes' classes (cat/dog); the box head still outputs 4 values."""
+    task = make_task("boxes", num_classes=2, class_names=["cat", "dog"])
+    assert (task.out_channels, task.num_classes) == (4, None)
+    assert task.info == {"num_classes": 2, "class_names": ["cat", "dog"]}
+    assert tasks_for({"binary": {"num_classes": 2}, "boxes": {"num_classes": 2}})["boxes"].out_channels == 4
