@@ -82,7 +82,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from . import register_model
+from . import OutputLayer, register_model
 from .blocks import conv_bn_relu, upsample_to
 from .encoders import (ENCODERS, IMAGENET_MEAN, IMAGENET_STD, PretrainedWeightsUnavailable, _is_download_error)
 from .ulsam import ULSAM
@@ -196,7 +196,8 @@ class UPerFusion(nn.Module):
     Shapes: [P2, P3, P4, P5] ([B, F, h_i, w_i]) -> [B, F, h2, w2].
     """
 
-    def __init__(self, channels: int, num_levels: int = 4, ulsam: str | None = None, groups: int = 4) -> None:
+    def __init__(self, channels: int, num_levels: int = 4, ulsam: str | None = None, groups: int = 4,
+                 bn_momentum: float = 0.1) -> None:
         super().__init__()
         if ulsam is not None and ulsam not in ULSAM_VARIANTS:
             raise ValueError(f"unknown ulsam variant {ulsam!r}; valid choices: None, "
@@ -211,9 +212,9 @@ class UPerFusion(nn.Module):
         n_maps = len(self.pairs) if self.pairs else num_levels
         self.conv = conv_bn_relu(n_maps * channels, channels, 3)
         if ulsam == "fused":
-            self.attention = nn.ModuleList([ULSAM(channels, groups)])
+            self.attention = nn.ModuleList([ULSAM(channels, groups, bn_momentum)])
         elif ulsam is not None:
-            self.attention = nn.ModuleList(ULSAM(channels, groups) for _ in self.pairs)
+            self.attention = nn.ModuleList(ULSAM(channels, groups, bn_momentum) for _ in self.pairs)
         else:
             self.attention = nn.ModuleList()
 
@@ -394,6 +395,7 @@ class UPerNet(nn.Module):
         pool_scales: PPM pooling grid sizes.
         context_head: feed the object head's pre-classifier features into the material head.
         ulsam: None, "fused", "pairs" or "adjacent"; ulsam_groups: g of every ULSAM.
+        ulsam_bn_momentum: BatchNorm momentum of every ULSAM (PyTorch's 0.1; docs/fidelity.md).
         part_owners: per part class, the object classes owning it. In eval mode the parts are then read from each
             pixel's predicted object (:func:`gate_parts`); training mode returns the raw part logits, to be
             trained with :func:`owner_part_loss`.
@@ -404,7 +406,7 @@ class UPerNet(nn.Module):
     def __init__(self, tasks: Mapping[str, int], encoder: str = "resnet50", pretrained: bool = False,
                  fpn_channels: int = 512, ppm_channels: int = 512, pool_scales: Sequence[int] = (1, 2, 3, 6),
                  context_head: bool = False, ulsam: str | None = None, ulsam_groups: int = 4,
-                 part_owners: Sequence[Sequence[int]] | None = None) -> None:
+                 ulsam_bn_momentum: float = 0.1, part_owners: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__()
         self.kinds = _check_tasks(tasks)
         self.tasks = tuple(tasks)
@@ -424,7 +426,7 @@ class UPerNet(nn.Module):
         c2, c3, c4, c5 = self.encoder.channels
         self.ppm = PyramidPooling(c5, F_, ppm_channels, pool_scales)
         self.fpn = FPN((c2, c3, c4), F_)
-        self.fusion = UPerFusion(F_, 4, ulsam, ulsam_groups)
+        self.fusion = UPerFusion(F_, 4, ulsam, ulsam_groups, ulsam_bn_momentum)
 
         heads: dict[str, nn.Module] = {}
         for task, channels in tasks.items():
@@ -480,12 +482,21 @@ class UPerNet(nn.Module):
             out["parts"] = gate_parts(out["parts"], out["semseg"], self.part_allowed)
         return out
 
+    def output_layer(self, task: str) -> OutputLayer:
+        """The 1x1 classifier of ``task``'s head (in eval mode with ``part_owners`` the parts are gated after it)."""
+        return OutputLayer(self.heads[task].classifier, slice(None))
+
     def attention_maps(self) -> list[torch.Tensor]:
         """The last forward's ULSAM maps, one [B, g, h, w] tensor per ULSAM (empty without ``ulsam``)."""
         return [m.last_attention for m in self.fusion.attention if m.last_attention is not None]
 
 
-@register_model("upernet")
+#: Small widths of the smoke configuration (the benchmarks' smoke rows).
+SMOKE_OPTIONS: dict[str, object] = dict(encoder="resnet18", fpn_channels=64, ppm_channels=64)
+
+
+@register_model("upernet", smoke=SMOKE_OPTIONS,
+                smoke_tasks={"scene": 3, "semseg": 4, "parts": 5, "material": 3, "texture": 3})
 def upernet(tasks: dict[str, int], **options) -> UPerNet:
     """UPerNet (options: encoder, fpn_channels, ppm_channels, context_head, ulsam, ulsam_groups, part_owners)."""
     return UPerNet(tasks, **options)
