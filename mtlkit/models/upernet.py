@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from . import OutputLayer, register_model
 from .blocks import conv_bn_relu, upsample_to
-from .encoders import (ENCODERS, IMAGENET_MEAN, IMAGENET_STD, PretrainedWeightsUnavailable, _is_download_error)
+from .encoders import IMAGENET_MEAN, IMAGENET_STD, PretrainedWeightsUnavailable, _is_download_error, check_encoder
 from .ulsam import ULSAM
 
 __all__ = ["ULSAM_VARIANTS", "UPERNET_LOSS_WEIGHTS", "PART_OWNER_GROUPS", "PART_GATE_FLOOR", "ResNetPyramid",
@@ -60,8 +60,7 @@ class ResNetPyramid(nn.Module):
     def __init__(self, name: str = "resnet50", out_indices: Sequence[int] = (1, 2, 3, 4), pretrained: bool = False,
                  normalize_input: bool = True) -> None:
         super().__init__()
-        if name not in ENCODERS:
-            raise ValueError(f"unknown encoder {name!r}; valid encoders: {', '.join(ENCODERS)}")
+        name = check_encoder(name)
         try:
             self.body = timm.create_model(name, pretrained=pretrained, features_only=True,
                                           out_indices=tuple(out_indices))
