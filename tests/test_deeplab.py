@@ -1,5 +1,5 @@
 """DeepLabV3+ family: output contract, output stride / dilation flags, ASPP at batch size 1, parameter counts
-against REFERENCE.md, offline pretrained weights, and gradient flow."""
+against docs/reference.md, offline pretrained weights, and gradient flow."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -139,7 +139,7 @@ def test_self_attention_gate_formula():
     torch.testing.assert_close(gate(x), expected)
 
 
-# REFERENCE.md: ResNet-34, 19 classes + depth
+# docs/reference.md: ResNet-34, 19 classes + depth
 REFERENCE_COUNTS = {"deeplab-joint": 26.72e6, "deeplab-branched": 32.14e6, "deeplab-distill": 36.87e6}
 
 

@@ -421,7 +421,7 @@ def test_notebook_08_schedules_references_and_splits():
         upernet_schedule("smoke", epoch=3)
     with pytest.raises(ValueError, match="valid presets"):
         upernet_schedule("fast")
-    # REFERENCE.md's UPerNet-50 ADE20K numbers, under the kit's metric names
+    # docs/reference.md's UPerNet-50 ADE20K numbers, under the kit's metric names
     assert UPERNET_REFERENCE == {"UPerNet-50, ADE20K (paper)": {"semseg/miou": 40.44, "semseg/pixel_acc": 79.80}}
 
     full = broden_splits(upernet_schedule("unit"))
