@@ -202,7 +202,7 @@ def measure(name: str, resolution: str, setting: Setting, batch: int, repeats: i
 
     latencies = common.repeat(infer, latency_repeats, warmup=latency_warmup, device=device)
     result.latency_ms = 1e3 * common.median(latencies)
-    del model, opt, step_model
+    model = opt = step_model = None  # free them (the closures above hold the names) before empty_cache
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result

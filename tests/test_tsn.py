@@ -212,10 +212,11 @@ def test_channel_pooling_groups_consecutive_channels_like_the_authors():
     """The authors' test.py reads task t as adaptive average pooling of the 21 shared channels down to C_t."""
     from mtlkit.models.tsn import channel_pool_matrix
 
-    parts = channel_pool_matrix(21, 7)
-    assert torch.equal(parts, torch.kron(torch.eye(7, dtype=torch.float64), torch.full((1, 3), 1 / 3, dtype=torch.float64)))
-    normals = channel_pool_matrix(21, 3)
-    assert torch.equal(normals, torch.kron(torch.eye(3, dtype=torch.float64), torch.full((1, 7), 1 / 7, dtype=torch.float64)))
+    def groups(n: int, size: int) -> torch.Tensor:  # n consecutive groups of `size` channels, each averaged
+        return torch.kron(torch.eye(n, dtype=torch.float64), torch.full((1, size), 1 / size, dtype=torch.float64))
+
+    assert torch.equal(channel_pool_matrix(21, 7), groups(7, 3))   # parts
+    assert torch.equal(channel_pool_matrix(21, 3), groups(3, 7))   # normals
     assert torch.equal(channel_pool_matrix(21, 1), torch.full((1, 21), 1 / 21, dtype=torch.float64))
     assert torch.equal(channel_pool_matrix(21, 21), torch.eye(21, dtype=torch.float64))
     # hand-made shared output: channel c is the constant c, so parts read 1, 4, 7, ..., 19 and edge reads 10
