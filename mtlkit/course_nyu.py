@@ -121,7 +121,7 @@ NYU_SCHEDULES: dict[str, dict[str, Any]] = {
                       step_size=None, gamma=None, drop_last=False, encoder="resnet18", output_stride=8,
                       pretrained=False, aspp_channels=64, grid={"shared": _ALL, "mtan": _ALL}),
     ),
-    # paper: the real NYUv2 (MTAN preprocessing, 288x384), both recipes with augmentation (REFERENCE.md)
+    # paper: the real NYUv2 (MTAN preprocessing, 288x384), both recipes with augmentation (docs/reference.md)
     "paper": dict(
         data="nyuv2", data_preset="paper", train_images=None, val_images=None, augment=True,
         segnet=dict(epochs=200, batch_size=2, optimizer="adam", lr=1e-4, weight_decay=0.0, scheduler="step",
