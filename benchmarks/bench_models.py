@@ -24,51 +24,60 @@ NYU = {"semseg": 13, "depth": 1, "normals": 3}
 CITY = {"semseg": 19, "depth": 1}
 PASCAL = {"semseg": 21, "parts": 7, "edge": 1, "normals": 3, "saliency": 1}
 BRODEN = {"scene": 5, "semseg": 47, "parts": 28, "material": 10, "texture": 6}
-TSN_SMOKE_DECODER = [64, 32, 32, 32, 16]  # notebooks/09_task_switching.py, smoke preset
+
+
+def _smoke(name: str) -> dict[str, Any]:
+    """The model's smoke options, from its registration (mtlkit.models.smoke_config): one place for them."""
+    from mtlkit.models import smoke_config
+
+    return smoke_config(name)[1]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """How to benchmark one registered model: its tasks and constructor options per resolution."""
+    """How to benchmark one registered model: its tasks, its paper options and the two resolutions.
 
+    The smoke (narrow) options are not written here: they live with the model's registration (``smoke``).
+    """
+
+    name: str
     tasks: Mapping[str, int]
-    smoke: Mapping[str, Any] = field(default_factory=dict)   # narrow options trained in the smoke preset
     paper: Mapping[str, Any] = field(default_factory=dict)   # the paper's full-size options
     smoke_size: tuple[int, int] = (64, 64)                   # H, W of the smoke preset's data
     paper_size: tuple[int, int] = (288, 384)                 # H, W of the paper recipe's data
     paper_batch: int = 8                                     # the paper recipe's batch size (on CUDA)
     task_conditioned: bool = False                           # model(images, task=name): TSN
 
+    @property
+    def smoke(self) -> dict[str, Any]:
+        """Narrow options trained in the smoke preset (the registry's)."""
+        return _smoke(self.name)
 
-_DEEPLAB_SMOKE = dict(encoder="resnet18", aspp_channels=64, decoder_channels=64, skip_channels=24)  # course.py
-_DEEPLAB = dict(smoke=_DEEPLAB_SMOKE, paper=dict(encoder="resnet34"), smoke_size=(64, 128), paper_size=(256, 512),
-                paper_batch=4)
-_SEGNET = dict(smoke=dict(width_mult=0.25), paper=dict(width_mult=1.0), paper_batch=2)
-_RESNET = dict(smoke=dict(encoder="resnet18", aspp_channels=32), paper=dict(encoder="resnet50"), paper_batch=8)
 
-CONFIGS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(NYU, smoke=dict(width=8), paper=dict(width=32)),
-    "deeplab-joint": ModelConfig(CITY, **_DEEPLAB),
-    "deeplab-single": ModelConfig({"semseg": 19}, **_DEEPLAB),
-    "deeplab-branched": ModelConfig(CITY, **_DEEPLAB),
-    "deeplab-distill": ModelConfig(CITY, **_DEEPLAB),
-    "segnet-single": ModelConfig({"semseg": 13}, **_SEGNET),
-    "segnet-stan": ModelConfig({"semseg": 13}, **_SEGNET),
-    "segnet-split": ModelConfig(NYU, **_SEGNET),
-    "segnet-dense": ModelConfig(NYU, **_SEGNET),
-    "segnet-mtan": ModelConfig(NYU, **_SEGNET),
-    "segnet-cross-stitch": ModelConfig(NYU, **_SEGNET),
-    "resnet-shared": ModelConfig(NYU, **_RESNET),
-    "resnet-mtan": ModelConfig(NYU, **_RESNET),
-    "resnet-cross-stitch": ModelConfig({"semseg": 13, "depth": 1}, smoke=_DEEPLAB_SMOKE, paper={}),
-    "resnet-single": ModelConfig({"semseg": 13}, smoke=_DEEPLAB_SMOKE, paper={}),
-    "tsn": ModelConfig(PASCAL, smoke=dict(encoder="resnet18", decoder_channels=TSN_SMOKE_DECODER),
-                       paper=dict(encoder="resnet18"), paper_size=(512, 512), task_conditioned=True),
-    "unet": ModelConfig(PASCAL, smoke=dict(encoder="resnet18", decoder_channels=TSN_SMOKE_DECODER),
-                        paper=dict(encoder="resnet18"), paper_size=(512, 512)),
-    "upernet": ModelConfig(BRODEN, smoke=dict(encoder="resnet18", fpn_channels=64, ppm_channels=64),
-                           paper=dict(encoder="resnet50"), paper_batch=8),
+_DEEPLAB = dict(paper=dict(encoder="resnet34"), smoke_size=(64, 128), paper_size=(256, 512), paper_batch=4)
+_SEGNET = dict(paper=dict(width_mult=1.0), paper_batch=2)
+_RESNET = dict(paper=dict(encoder="resnet50"), paper_batch=8)
+_ROWS: dict[str, tuple[Mapping[str, int], dict[str, Any]]] = {
+    "tiny": (NYU, dict(paper=dict(width=32))),
+    "deeplab-joint": (CITY, _DEEPLAB),
+    "deeplab-single": ({"semseg": 19}, _DEEPLAB),
+    "deeplab-branched": (CITY, _DEEPLAB),
+    "deeplab-distill": (CITY, _DEEPLAB),
+    "segnet-single": ({"semseg": 13}, _SEGNET),
+    "segnet-stan": ({"semseg": 13}, _SEGNET),
+    "segnet-split": (NYU, _SEGNET),
+    "segnet-dense": (NYU, _SEGNET),
+    "segnet-mtan": (NYU, _SEGNET),
+    "segnet-cross-stitch": (NYU, _SEGNET),
+    "resnet-shared": (NYU, _RESNET),
+    "resnet-mtan": (NYU, _RESNET),
+    "resnet-cross-stitch": ({"semseg": 13, "depth": 1}, dict(paper={})),
+    "resnet-single": ({"semseg": 13}, dict(paper={})),
+    "tsn": (PASCAL, dict(paper=dict(encoder="resnet18"), paper_size=(512, 512), task_conditioned=True)),
+    "unet": (PASCAL, dict(paper=dict(encoder="resnet18"), paper_size=(512, 512))),
+    "upernet": (BRODEN, dict(paper=dict(encoder="resnet50"), paper_batch=8)),
 }
+CONFIGS: dict[str, ModelConfig] = {name: ModelConfig(name, tasks, **kw) for name, (tasks, kw) in _ROWS.items()}
 QUICK_MODELS = ("tiny",)
 
 
@@ -193,7 +202,7 @@ def measure(name: str, resolution: str, setting: Setting, batch: int, repeats: i
 
     latencies = common.repeat(infer, latency_repeats, warmup=latency_warmup, device=device)
     result.latency_ms = 1e3 * common.median(latencies)
-    del model, opt, step_model
+    model = opt = step_model = None  # free them (the closures above hold the names) before empty_cache
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result

@@ -17,10 +17,16 @@ def test_paper_preset_is_the_mtan_nyuv2_recipe():
     assert nyu_trainer_kwargs(paper) == dict(epochs=200, batch_size=2, optimizer="adam", lr=1e-4, weight_decay=0.0,
                                              scheduler="step", drop_last=False, step_size=100, gamma=0.5)
     assert paper["width_mult"] == 1.0
-    # the full table of the MTAN paper, every model under the three weightings; cross-stitch the faithful way
-    assert paper["grid"] == {m: ALL for m in ("stan", "split-wide", "split-deep", "dense", "cross-stitch", "mtan")}
-    assert paper["cross_stitch"] == "channelwise" and paper["cross_stitch_init"] == "single-task"
-    assert paper["units_lr_mult"] > 1
+    # the full table of the MTAN paper, every model under the three weightings, plus the faithful cross-stitch row
+    assert paper["grid"] == {m: ALL for m in ("stan", "split-wide", "split-deep", "dense", "cross-stitch",
+                                              "cross-stitch-channelwise", "mtan")}
+    # MTAN's Cross-Stitch row: one shared mixture per stage, init 1, from scratch, one learning rate (their code)
+    assert (paper["cross_stitch"], paper["cross_stitch_init"], paper["units_lr_mult"]) == ("shared", "scratch", 1.0)
+    assert nyu_model_spec("cross-stitch", paper) == ("segnet-cross-stitch", {"width_mult": 1.0, "mode": "shared"})
+    # Misra et al.'s form as its own labelled row: channel-wise units from the single-task SegNets, faster units
+    assert nyu_model_spec("cross-stitch-channelwise", paper) == ("segnet-cross-stitch",
+                                                                 {"mode": "channelwise", "width_mult": 1.0})
+    assert paper["channelwise_init"] == "single-task" and paper["channelwise_units_lr_mult"] > 1
 
 
 def test_paper_resnet50_is_libmtls_recipe():
@@ -28,8 +34,10 @@ def test_paper_resnet50_is_libmtls_recipe():
     assert paper["data"] == "nyuv2" and paper["augment"] is True
     assert nyu_trainer_kwargs(paper) == dict(epochs=200, batch_size=8, optimizer="adam", lr=1e-4, weight_decay=1e-5,
                                              scheduler="step", drop_last=True, step_size=100, gamma=0.5)
-    assert nyu_model_spec("mtan", paper) == ("resnet-mtan", dict(encoder="resnet50", output_stride=8,
-                                                                   pretrained=True, aspp_channels=256))
+    # torchvision's ImageNet weights and LibMTL's final upsampling (align_corners=True), as LibMTL's code
+    assert nyu_model_spec("mtan", paper) == ("resnet-mtan", dict(encoder="resnet50.tv_in1k", output_stride=8,
+                                                                   pretrained=True, aspp_channels=256,
+                                                                   align_corners=True))
     assert nyu_model_spec("shared", paper)[0] == nyu_model_spec("single", paper)[0] == "resnet-shared"
     assert set(paper["grid"]) == {"shared", "mtan"} and all("equal" in w for w in paper["grid"].values())
 
@@ -117,7 +125,8 @@ def test_unit_segnet_rows_and_faithful_cross_stitch_start():
     schedule = nyu_schedule("unit")
     x = torch.rand(2, 3, 32, 32)
     singles = {t: nyu_model("single", {t: c}, schedule).eval() for t, c in NYU_TASK_CHANNELS.items()}
-    model = nyu_model("cross-stitch", NYU_TASK_CHANNELS, schedule).eval()
+    model = nyu_model("cross-stitch-channelwise", NYU_TASK_CHANNELS, schedule).eval()
+    assert model.mode == "channelwise"
     assert model.widths[0] == 8  # width_mult 0.125
     model.load_single_task_branches(singles)
     # with every unit set to identity, each branch is exactly its single-task network
@@ -129,8 +138,10 @@ def test_unit_segnet_rows_and_faithful_cross_stitch_start():
             torch.testing.assert_close(out[t], single(x)[t])
     names = {n.split(".")[0] for n, _ in model.named_parameters()}
     assert "cross_stitch" in names  # the prefix the notebook's param_groups rule uses
-    shared = nyu_model("cross-stitch", NYU_TASK_CHANNELS, nyu_schedule("unit", cross_stitch="shared"))
-    assert shared.cross_stitch[0].weight.shape == (3,)
+    shared = nyu_model("cross-stitch", NYU_TASK_CHANNELS, schedule)  # MTAN's row: one shared mixture, init 1
+    assert shared.mode == "shared" and shared.cross_stitch[0].weight.tolist() == [1.0, 1.0, 1.0]
+    faithful = nyu_model("cross-stitch", NYU_TASK_CHANNELS, nyu_schedule("unit", cross_stitch="channelwise"))
+    assert faithful.cross_stitch[0].weight.shape == (3, 3, 8)
 
 
 def test_unit_resnet_path_trains(tmp_path):

@@ -1,5 +1,5 @@
 """DeepLabV3+ family: output contract, output stride / dilation flags, ASPP at batch size 1, parameter counts
-against REFERENCE.md, offline pretrained weights, and gradient flow."""
+against docs/reference.md, offline pretrained weights, and gradient flow."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -139,7 +139,7 @@ def test_self_attention_gate_formula():
     torch.testing.assert_close(gate(x), expected)
 
 
-# REFERENCE.md: ResNet-34, 19 classes + depth
+# docs/reference.md: ResNet-34, 19 classes + depth
 REFERENCE_COUNTS = {"deeplab-joint": 26.72e6, "deeplab-branched": 32.14e6, "deeplab-distill": 36.87e6}
 
 
@@ -229,3 +229,19 @@ def test_distillation_returns_initial_predictions_in_train_and_eval(train):
         out = model(torch.rand(2, 3, 64, 64))
     assert set(out["aux"]["initial"]) == set(TASKS)
     assert all(out["aux"]["initial"][t].shape == out[t].shape for t in TASKS)
+
+
+def test_dlad_aspp_has_no_dropout_and_batchnorm_pooling_is_an_option():
+    """The DLAD template's ASPP (the course's authors) has no dropout; its pooling branch uses BatchNorm, which the
+    kit replaces by GroupNorm (trains at batch size 1) unless aspp_pooling_norm="batch"."""
+    kit = build("deeplab-joint", {"depth": 1}, encoder="resnet18", aspp_channels=16, decoder_channels=16)
+    assert isinstance(kit.aspp.dropout, torch.nn.Identity)
+    assert isinstance(kit.aspp.branches[-1].norm, torch.nn.GroupNorm)
+    dlad = build("deeplab-joint", {"depth": 1}, encoder="resnet18", aspp_channels=16, decoder_channels=16,
+                 aspp_pooling_norm="batch")
+    assert isinstance(dlad.aspp.branches[-1].norm, torch.nn.BatchNorm2d)
+    assert count_parameters(dlad) == count_parameters(kit)
+    dlad.train()(torch.rand(2, 3, 32, 32))  # BatchNorm over the pooled 1x1 map needs >= 2 images in training
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        dlad.train()(torch.rand(1, 3, 32, 32))
+    kit.train()(torch.rand(1, 3, 32, 32))  # GroupNorm: batch size 1 trains

@@ -41,3 +41,14 @@ def test_count_parameters_per_component_adds_up():
     assert counts["heads.semseg"] == 4 * 5 + 5
     assert counts["heads.depth"] == 4 * 1 + 1
     assert "tiny" in list_models()
+
+
+def test_encoder_weight_tag_selects_torchvisions_weights():
+    """timm's default ResNet weights are its own recipe (a1_in1k); the authors' code loads torchvision's, which the
+    tag "tv_in1k" selects (docs/fidelity.md). Same architecture, same parameter count."""
+    plain = build("resnet-shared", {"depth": 1}, encoder="resnet18", aspp_channels=16)
+    tv = build("resnet-shared", {"depth": 1}, encoder="resnet18.tv_in1k", aspp_channels=16)
+    assert plain.encoder.body.pretrained_cfg["tag"] == "a1_in1k" and tv.encoder.body.pretrained_cfg["tag"] == "tv_in1k"
+    assert count_parameters(plain) == count_parameters(tv)
+    with pytest.raises(ValueError, match="unknown encoder 'resnet18.v2'.*weight tag: a1_in1k, tv_in1k"):
+        build("upernet", {"semseg": 3}, encoder="resnet18.v2")

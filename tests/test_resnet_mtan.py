@@ -136,3 +136,59 @@ def test_bad_inputs_are_named():
         model(torch.rand(1, 1, 32, 32))
     with pytest.raises(ValueError, match="divisible by 4"):
         RefinementBlock(8, 10)
+
+
+def test_aspp_dropout_follows_the_projection_in_training_only():
+    """The authors' heads (survey, LibMTL, torchvision) drop out after the ASPP projection: p is an option, 0.5 by
+    default in the ResNet heads; in eval mode the head is deterministic."""
+    torch.manual_seed(0)
+    aspp = ASPP(4, 8, rates=(1, 2, 3), dropout=0.25)
+    x = torch.randn(2, 4, 16, 16)
+    aspp.eval()
+    projected = aspp.project(torch.cat([b(x) for b in aspp.branches], dim=1))  # [2, 8, 16, 16], >= 0 (ReLU)
+    torch.testing.assert_close(aspp(x), projected)  # eval: no dropout
+    aspp.train()
+    projected = aspp.project(torch.cat([b(x) for b in aspp.branches], dim=1))  # train-mode BN statistics
+    y = aspp(x)
+    kept = y != 0
+    # every element is either dropped or scaled by 1 / (1 - p)
+    torch.testing.assert_close(y[kept], projected[kept] / 0.75)
+    alive = projected > 0
+    dropped = (~kept & alive).sum().item() / alive.sum().item()
+    assert 0.2 < dropped < 0.3  # ~p of 4096 values
+    assert isinstance(ASPP(4, 8, rates=(1, 2, 3)).dropout, torch.nn.Identity)  # 0: no dropout module at all
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        ASPP(4, 8, rates=(1, 2, 3), dropout=1.0)
+
+
+@pytest.mark.parametrize("name", ["resnet-mtan", "resnet-shared"])
+def test_heads_have_the_authors_dropout_and_the_rate_is_an_option(name):
+    default = build(name, {"depth": 1}, **SMALL)
+    assert default.heads["depth"].aspp.dropout.p == 0.5
+    off = build(name, {"depth": 1}, aspp_dropout=0.0, **SMALL)
+    assert isinstance(off.heads["depth"].aspp.dropout, torch.nn.Identity)
+    assert build(name, {"depth": 1}, aspp_dropout=0.1, **SMALL).heads["depth"].aspp.dropout.p == 0.1
+    assert count_parameters(default) == count_parameters(off)  # dropout has no parameters
+    # eval mode: the dropout rate does not change the function
+    off.load_state_dict(default.state_dict())
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(default.eval()(x)["depth"], off.eval()(x)["depth"])
+
+
+def test_authors_form_options_pooling_norm_and_align_corners():
+    """aspp_pooling_norm="batch" and align_corners=True restore the authors' code; counts do not change."""
+    kit = build("resnet-shared", {"depth": 1}, **SMALL)
+    authors = build("resnet-shared", {"depth": 1}, aspp_pooling_norm="batch", align_corners=True, **SMALL)
+    assert isinstance(kit.heads["depth"].aspp.branches[-1].norm, torch.nn.GroupNorm)
+    assert isinstance(authors.heads["depth"].aspp.branches[-1].norm, torch.nn.BatchNorm2d)
+    assert count_parameters(kit) == count_parameters(authors)
+    authors.eval()
+    feats = {}
+    authors.heads["depth"].register_forward_hook(lambda m, i, o: feats.setdefault("head", o))
+    with torch.no_grad():
+        out = authors(torch.rand(1, 3, 32, 32))["depth"]
+    expected = torch.nn.functional.interpolate(feats["head"], size=(32, 32), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(ValueError, match="unknown ASPP pooling norm 'layer'"):
+        build("resnet-shared", {"depth": 1}, aspp_pooling_norm="layer", **SMALL)

@@ -8,7 +8,7 @@ from mtlkit.models import build, count_parameters
 from mtlkit.models.cross_stitch import CrossStitchUnit
 
 NYU = {"semseg": 13, "depth": 1, "normals": 3}
-SINGLE = 24_981_069  # one-task SegNet, 13 classes (MTAN paper / REFERENCE.md)
+SINGLE = 24_981_069  # one-task SegNet, 13 classes (MTAN paper / docs/reference.md)
 SMALL = 0.25  # width_mult of the fast forward tests
 
 

@@ -206,3 +206,62 @@ def test_notebook_09_schedules_and_references():
     for preset in ("lesson", "paper"):  # they compare more codes (and dimensions) than smoke, with every baseline
         assert set(smoke["code_grid"]) < set(tsn_schedule(preset)["code_grid"])
         assert set(tsn_schedule(preset)["single_task"]) == set(PASCAL)
+
+
+def test_channel_pooling_groups_consecutive_channels_like_the_authors():
+    """The authors' test.py reads task t as adaptive average pooling of the 21 shared channels down to C_t."""
+    from mtlkit.models.tsn import channel_pool_matrix
+
+    def groups(n: int, size: int) -> torch.Tensor:  # n consecutive groups of `size` channels, each averaged
+        return torch.kron(torch.eye(n, dtype=torch.float64), torch.full((1, size), 1 / size, dtype=torch.float64))
+
+    assert torch.equal(channel_pool_matrix(21, 7), groups(7, 3))   # parts
+    assert torch.equal(channel_pool_matrix(21, 3), groups(3, 7))   # normals
+    assert torch.equal(channel_pool_matrix(21, 1), torch.full((1, 21), 1 / 21, dtype=torch.float64))
+    assert torch.equal(channel_pool_matrix(21, 21), torch.eye(21, dtype=torch.float64))
+    # hand-made shared output: channel c is the constant c, so parts read 1, 4, 7, ..., 19 and edge reads 10
+    shared = torch.arange(21.0).view(1, 21, 1, 1).expand(2, 21, 3, 5)
+    model = build("tsn", PASCAL, decoder_channels=NARROW)
+    assert model.readout == "pool"
+    torch.testing.assert_close(model.read_task(shared, "parts")[0, :, 0, 0], torch.arange(1.0, 21.0, 3.0))
+    torch.testing.assert_close(model.read_task(shared, "normals")[0, :, 0, 0], torch.tensor([3.0, 10.0, 17.0]))
+    torch.testing.assert_close(model.read_task(shared, "edge"), torch.full((2, 1, 3, 5), 10.0))
+    torch.testing.assert_close(model.read_task(shared, "semseg"), shared)
+    # uneven bins are adaptive pooling's (overlapping) ones, as torch computes them
+    x = torch.randn(2, 6, 3, 5)
+    for c in (1, 4, 5):
+        expected = F.adaptive_avg_pool3d(x.unsqueeze(1), (c, 3, 5)).squeeze(1)
+        torch.testing.assert_close(torch.einsum("tc,bchw->bthw", channel_pool_matrix(6, c).float(), x), expected)
+    with pytest.raises(ValueError, match="1 <= out_channels <= in_channels"):
+        channel_pool_matrix(3, 4)
+
+
+def test_tsn_readout_pool_is_the_default_and_slice_an_option():
+    torch.manual_seed(0)
+    pool = build("tsn", PASCAL, decoder_channels=NARROW).eval()
+    sliced = build("tsn", PASCAL, decoder_channels=NARROW, readout="slice").eval()
+    sliced.load_state_dict(pool.state_dict())  # same parameters: the read-out has none
+    assert count_parameters(pool) == count_parameters(sliced)
+    captured = []
+    pool.head.register_forward_hook(lambda m, i, o: captured.append(o))
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        out_pool, out_slice = pool(x, task="parts"), sliced(x, task="parts")
+    shared = captured[0]  # [1, 21, 32, 32]
+    expected = F.adaptive_avg_pool3d(shared.unsqueeze(1), (7, 32, 32)).squeeze(1)
+    torch.testing.assert_close(out_pool["parts"], expected)
+    torch.testing.assert_close(out_slice["parts"], shared[:, :7])
+    assert pool.output_layer("parts").channels == slice(None)      # pooling reads every shared channel
+    assert sliced.output_layer("parts").channels == slice(0, 7)
+    with pytest.raises(ValueError, match="unknown TSN readout 'first'; valid: pool, slice"):
+        build("tsn", PASCAL, decoder_channels=NARROW, readout="first")
+
+
+def test_align_corners_is_an_option_of_the_u_net_decoder():
+    kit = build("unet", {"edge": 1}, decoder_channels=NARROW)
+    authors = build("unet", {"edge": 1}, decoder_channels=NARROW, align_corners=True)
+    authors.load_state_dict(kit.state_dict())
+    assert kit.decoders["edge"].align_corners is False and authors.decoders["edge"].align_corners is True
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(kit.eval()(x)["edge"], authors.eval()(x)["edge"])

@@ -85,6 +85,16 @@ def test_ulsam_uses_pytorch_bn_momentum_and_leaves_the_default_device_alone():
     assert torch.get_default_dtype() == torch.float32
 
 
+def test_upernet_passes_the_ulsam_bn_momentum_option():
+    from mtlkit.models import build
+
+    kit = build("upernet", {"semseg": 4}, encoder="resnet18", fpn_channels=16, ppm_channels=8, ulsam="fused")
+    authors = build("upernet", {"semseg": 4}, encoder="resnet18", fpn_channels=16, ppm_channels=8, ulsam="fused",
+                    ulsam_bn_momentum=0.9)  # the public file's value, Keras-style (docs/fidelity.md)
+    assert kit.fusion.attention[0].bn_depthwise.momentum == 0.1
+    assert authors.fusion.attention[0].bn_depthwise.momentum == authors.fusion.attention[0].bn_pointwise.momentum == 0.9
+
+
 def test_ulsam_rejects_groups_that_do_not_divide_channels():
     with pytest.raises(ValueError, match="divisible by groups"):
         ULSAM(10, groups=4)
@@ -411,7 +421,7 @@ def test_notebook_08_schedules_references_and_splits():
         upernet_schedule("smoke", epoch=3)
     with pytest.raises(ValueError, match="valid presets"):
         upernet_schedule("fast")
-    # REFERENCE.md's UPerNet-50 ADE20K numbers, under the kit's metric names
+    # docs/reference.md's UPerNet-50 ADE20K numbers, under the kit's metric names
     assert UPERNET_REFERENCE == {"UPerNet-50, ADE20K (paper)": {"semseg/miou": 40.44, "semseg/pixel_acc": 79.80}}
 
     full = broden_splits(upernet_schedule("unit"))

@@ -12,7 +12,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["conv_bn_relu", "ASPP", "DeepLabV3PlusDecoder", "DenseHead", "SelfAttentionGate", "upsample_to"]
+__all__ = ["ASPP_POOLING_NORMS", "conv_bn_relu", "ASPP", "DeepLabV3PlusDecoder", "DenseHead", "SelfAttentionGate",
+           "upsample_to"]
+
+#: Normalisations of ASPP's image-pooling branch: "group" (the kit's default, works at batch size 1) or "batch"
+#: (the authors' form: torchvision / survey / LibMTL / DLAD; needs batch size >= 2 in training).
+ASPP_POOLING_NORMS: tuple[str, ...] = ("group", "batch")
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1) -> nn.Sequential:
@@ -25,32 +30,37 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, dila
     )
 
 
-def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize of ``x`` [B,C,h,w] to ``size`` (H, W) (align_corners=False); no-op when already that size."""
+def upsample_to(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
+    """Bilinear resize of ``x`` [B,C,h,w] to ``size`` (H, W); no-op when already that size.
+
+    ``align_corners=False`` is PyTorch's default and the kit's; some authors' code uses True (docs/fidelity.md).
+    """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=bool(align_corners))
 
 
 class _ImagePooling(nn.Module):
-    """ASPP's image-level branch: global average pool -> 1x1 conv -> GroupNorm -> ReLU -> broadcast to H x W.
+    """ASPP's image-level branch: global average pool -> 1x1 conv -> norm -> ReLU -> broadcast to H x W.
 
-    Why GroupNorm and not BatchNorm: after pooling, the map is 1x1, so BatchNorm in train mode normalises over
-    the batch only; with batch size 1 it has a single value per channel and PyTorch raises ("Expected more than 1
-    value per channel when training"). GroupNorm normalises each image over groups of channels, so it works at any
-    batch size and behaves the same in train and eval mode (groups of at least two channels: up to 32 groups,
-    i.e. 8 channels per group at width 256). It has the same parameters as BatchNorm (a scale and a
-    shift per channel), so parameter counts are unchanged.
+    ``norm="group"`` (default): after pooling the map is 1x1, so BatchNorm in train mode normalises over the batch
+    only and raises at batch size 1; GroupNorm (up to 32 groups, at least 2 channels each) normalises each image
+    and behaves the same in train and eval mode. ``norm="batch"`` is the authors' form. Both have a scale and a shift
+    per channel, so parameter counts do not depend on the choice.
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "group") -> None:
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        if norm not in ASPP_POOLING_NORMS:
+            raise ValueError(f"unknown ASPP pooling norm {norm!r}; valid: {', '.join(ASPP_POOLING_NORMS)}")
         if out_channels < 2:
             raise ValueError(f"ASPP image pooling needs at least 2 channels to normalise; got {out_channels}")
-        # up to 32 groups (GroupNorm's usual), at least 2 channels per group: one value alone cannot be normalised
-        self.norm = nn.GroupNorm(math.gcd(32, out_channels // 2), out_channels)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        if norm == "group":
+            self.norm = nn.GroupNorm(math.gcd(32, out_channels // 2), out_channels)
+        else:
+            self.norm = nn.BatchNorm2d(out_channels)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,12 +80,14 @@ class ASPP(nn.Module):
         in_channels: channels of the encoder features (512 for ResNet-18/34, 2048 for ResNet-50).
         out_channels: width of every branch and of the output (256 in DeepLab).
         rates: dilation rates of the three 3x3 branches, e.g. (6, 12, 18) at output stride 16.
-        dropout: dropout probability after the projection (0 disables it).
+        dropout: dropout probability after the projection (0 disables it; the survey/LibMTL/torchvision heads
+            use 0.5, the DLAD course none).
+        pooling_norm: "group" (default) or "batch" (the authors' form), see :class:`_ImagePooling`.
     Shapes: [B, in_channels, H, W] -> [B, out_channels, H, W].
     """
 
     def __init__(self, in_channels: int, out_channels: int = 256, rates: Sequence[int] = (6, 12, 18),
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, pooling_norm: str = "group") -> None:
         super().__init__()
         rates = tuple(int(r) for r in rates)
         if len(rates) != 3 or min(rates) < 1:
@@ -85,7 +97,7 @@ class ASPP(nn.Module):
         self.rates = rates
         branches = [conv_bn_relu(in_channels, out_channels, 1)]
         branches += [conv_bn_relu(in_channels, out_channels, 3, dilation=r) for r in rates]
-        branches.append(_ImagePooling(in_channels, out_channels))
+        branches.append(_ImagePooling(in_channels, out_channels, pooling_norm))
         self.branches = nn.ModuleList(branches)
         self.project = conv_bn_relu(len(branches) * out_channels, out_channels, 1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

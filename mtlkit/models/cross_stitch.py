@@ -1,24 +1,11 @@
 """Cross-stitch units (Misra et al., CVPR 2016): learnt linear mixing of the task branches' feature maps.
 
-One unit sits between two stages of ``T`` task branches. Branch ``t`` continues from a mixture of all branches::
-
-    y_t = sum_s alpha[t, s] * x_s        x_s, y_t: [B, C, H, W]
-
-Three forms of ``alpha`` are found in papers and public code; all are offered so a notebook can compare them (the
-networks take the form as ``mode=``: ``build("resnet-cross-stitch", tasks, mode="scalar")``, and the same for
-``segnet-cross-stitch``):
-
-- ``"channelwise"`` (the faithful form, default): one ``T x T`` matrix per channel, ``weight`` [T, T, C].
-- ``"scalar"``: one scalar per (target, source) task pair, ``weight`` [T, T].
-- ``"shared"``: one mixture shared by every target (all branches continue from the same tensor), ``weight`` [T]; this
-  is the form of the MTAN authors' SegNet cross-stitch (lorenmt/mtan), which also initialises it to 1 (a plain sum).
-
-The paper initialises the same-task weight to 0.9 and spreads 0.1 over the other tasks, and trains the units with a
-learning rate about 100x the network's (see ``SegNetCrossStitch.cross_stitch_parameters``).
-
-``targets`` makes a unit one-directional: only the listed branches continue from a mixture, the others are sources
-(e.g. frozen, pre-trained auxiliary networks whose features are transferred into a target task's network, the
-"sequential" alternative to joint training). ``weight`` then has one row per target: [T_out, T, C] or [T_out, T].
+Branch ``t`` continues from ``y_t = sum_s alpha[t, s] * x_s``. Three forms of ``alpha`` (``mode=``, the same word
+for ``segnet-cross-stitch`` and ``resnet-cross-stitch``): ``"channelwise"`` (the paper's, default: a T x T matrix
+per channel, [T, T, C]), ``"scalar"`` ([T, T]) and ``"shared"`` (one mixture [T] shared by every target, initialised
+to 1: the form of the MTAN authors' SegNet baseline). The paper initialises the same-task weight to 0.9 and spreads
+0.1 over the others, and trains the units with a larger learning rate. ``targets`` makes a unit one-directional
+(sources only feed the mixture: the sequential/transfer variant). Details: docs/models.md.
 """
 from __future__ import annotations
 

@@ -1,28 +1,17 @@
 """The DeepLabV3+ family of the course (DLAD): joint, branched, task distillation, and the single-task baseline.
 
-All share a timm ResNet encoder (:mod:`mtlkit.models.encoders`) and the blocks of :mod:`mtlkit.models.blocks`:
-
 - ``deeplab-joint``: one ASPP + one decoder; the last 1x1 conv outputs sum(channels), split per task.
 - ``deeplab-single``: the joint model with exactly one task (the single-task baseline of Δm).
 - ``deeplab-branched``: shared encoder, one ASPP + decoder per task.
-- ``deeplab-distill``: branched decoders give initial predictions (returned under ``out["aux"]["initial"]`` for
-  deep supervision) and 256-channel features F_t at 1/4; each task's features are refined with self-attention-gated
-  features of the other tasks, F'_t = F_t + sum_{s != t} SA_{s->t}(F_s), SA(x) = conv3x3(x) * sigmoid(conv3x3(x)),
-  then a final decoder per task (two 3x3 conv-BN-ReLU + 1x1) gives the output.
+- ``deeplab-distill``: branched decoders give initial predictions (``out["aux"]["initial"]``, deep supervision)
+  and features F_t; F'_t = F_t + sum_{s != t} SA_{s->t}(F_s), SA(x) = conv3x3(x) * sigmoid(conv3x3(x)); a final
+  decoder per task gives the output.
 
-Outputs are at input resolution (bilinear): label tasks give logits, ``depth`` is a raw regression in metres (no
-activation, so it may be negative early in training; the depth loss/metrics only look at valid pixels), ``normals``
-are unnormalised 3-vectors, ``edge``/``saliency`` logits. Only dense tasks (mtlkit.tasks.TASK_KINDS) are served.
-
-Parameter counts (ResNet-34, {"semseg": 19, "depth": 1}, default widths): joint 26,716,084; branched 32,142,356;
-distill 36,868,136 -- the course's 26.72 M / 32.14 M / 36.87 M. They come from: bias-free convs before every norm,
-ASPP projection 1x1 from 5 * 256, decoder = 48-channel skip projection + two 3x3 convs at 256 + 1x1 classifier,
-a skip projection per task (branched/distill), one SA gate (two 3x3 256->256 convs) per ordered task pair, and
-final decoders as wide as the first ones (two 3x3 convs at 256).
-
-Ablations (notebook 03), for every member: ``aspp=False`` replaces each ASPP by a plain 1x1 conv-BN-ReLU projection
-of the encoder features to ``aspp_channels`` (no atrous branches, no image pooling: the same interface, no multi-scale
-context); ``skip=False`` drops the stride-4 skip, so each decoder upsamples the ASPP output to 1/4 and fuses it alone.
+Outputs at input resolution: label tasks logits, depth raw (metres), normals unnormalised. Ablations (notebook 03):
+``aspp=False``, ``skip=False``. Parameter counts (ResNet-34, semseg 19 + depth): 26,716,084 / 32,142,356 /
+36,868,136, the course's 26.72 M / 32.14 M / 36.87 M. The DLAD template's ASPP has no dropout (``aspp_dropout=0``)
+and BatchNorm in its pooling branch (``aspp_pooling_norm="batch"``; the kit's default "group" trains at batch size 1).
+Details: docs/models.md; differences from the authors' code: docs/fidelity.md.
 """
 from __future__ import annotations
 
@@ -31,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from . import register_model
+from . import OutputLayer, register_model
 from .blocks import ASPP, DeepLabV3PlusDecoder, DenseHead, SelfAttentionGate, conv_bn_relu, upsample_to
 from .encoders import create_encoder
 
@@ -68,7 +57,9 @@ class _DeepLabBase(nn.Module):
         pretrained: ImageNet weights through timm (needs the HF hub or a filled cache).
         aspp_rates: three dilation rates; default :data:`DEFAULT_ASPP_RATES` for the output stride.
         aspp_channels: ASPP width (256). skip_channels: projected stride-4 skip (48).
-        decoder_channels: decoder width (256). aspp_dropout: dropout after the ASPP projection (0).
+        decoder_channels: decoder width (256). aspp_dropout: dropout after the ASPP projection (0, as the DLAD
+            template; the survey/LibMTL heads use 0.5).
+        aspp_pooling_norm: "group" (default, trains at batch size 1) or "batch" (the DLAD template's form).
         normalize_input: ImageNet mean/std normalisation of [0, 1] images inside the encoder.
         aspp: True (default) for ASPP; False replaces it by a 1x1 conv-BN-ReLU projection to ``aspp_channels``
             (ablation: no atrous branches, no image pooling).
@@ -79,8 +70,9 @@ class _DeepLabBase(nn.Module):
     def __init__(self, tasks: Mapping[str, int], *, encoder: str = "resnet34", output_stride: int | None = None,
                  dilation: Sequence[bool] | None = None, pretrained: bool = False,
                  aspp_rates: Sequence[int] | None = None, aspp_channels: int = 256, skip_channels: int = 48,
-                 decoder_channels: int = 256, aspp_dropout: float = 0.0, normalize_input: bool = True,
-                 aspp: bool = True, skip: bool = True, model_name: str = "deeplab") -> None:
+                 decoder_channels: int = 256, aspp_dropout: float = 0.0, aspp_pooling_norm: str = "group",
+                 normalize_input: bool = True, aspp: bool = True, skip: bool = True,
+                 model_name: str = "deeplab") -> None:
         super().__init__()
         for option, value in (("aspp", aspp), ("skip", skip)):
             if not isinstance(value, bool):
@@ -92,13 +84,14 @@ class _DeepLabBase(nn.Module):
         self.output_stride = self.encoder.output_stride
         self.aspp_rates = tuple(aspp_rates) if aspp_rates is not None else DEFAULT_ASPP_RATES[self.output_stride]
         self.aspp_channels, self.skip_channels, self.decoder_channels = aspp_channels, skip_channels, decoder_channels
-        self.aspp_dropout = aspp_dropout
+        self.aspp_dropout, self.aspp_pooling_norm = aspp_dropout, aspp_pooling_norm
         self.use_aspp, self.use_skip = aspp, skip
 
     def _make_aspp(self) -> nn.Module:
         """ASPP, or (``aspp=False``) a 1x1 conv-BN-ReLU projection: [B, C_enc, h, w] -> [B, aspp_channels, h, w]."""
         if self.use_aspp:
-            return ASPP(self.encoder.channels[1], self.aspp_channels, self.aspp_rates, dropout=self.aspp_dropout)
+            return ASPP(self.encoder.channels[1], self.aspp_channels, self.aspp_rates, dropout=self.aspp_dropout,
+                        pooling_norm=self.aspp_pooling_norm)
         projection = conv_bn_relu(self.encoder.channels[1], self.aspp_channels, 1)
         if self.aspp_dropout > 0:
             projection.append(nn.Dropout(self.aspp_dropout))
@@ -127,6 +120,15 @@ class DeepLabV3PlusJoint(_DeepLabBase):
         y = self.decoder(self.aspp(features), skip, size=images.shape[-2:])  # [B, sum C, H, W]
         return dict(zip(self.tasks, torch.split(y, list(self.task_channels.values()), dim=1)))
 
+    def output_layer(self, task: str) -> OutputLayer:
+        """The decoder's classifier and ``task``'s slice of its channels."""
+        start = 0
+        for t, c in self.task_channels.items():
+            if t == task:
+                return OutputLayer(self.decoder.classifier, slice(start, start + c))
+            start += c
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(self.tasks)}")
+
 
 class DeepLabV3PlusBranched(_DeepLabBase):
     """Branched DeepLabV3+: shared encoder, one ASPP and one decoder per task.
@@ -145,6 +147,10 @@ class DeepLabV3PlusBranched(_DeepLabBase):
         skip, features = self.encoder(images)
         size = images.shape[-2:]
         return {t: self.decoders[t](self.aspp[t](features), skip, size=size) for t in self.tasks}
+
+    def output_layer(self, task: str) -> OutputLayer:
+        """The classifier of ``task``'s decoder."""
+        return OutputLayer(self.decoders[task].classifier, slice(None))
 
 
 class DeepLabV3PlusDistill(DeepLabV3PlusBranched):
@@ -183,14 +189,27 @@ class DeepLabV3PlusDistill(DeepLabV3PlusBranched):
         out["aux"] = {"initial": initial}
         return out
 
+    def output_layer(self, task: str) -> OutputLayer:
+        """The classifier of ``task``'s final decoder."""
+        return OutputLayer(self.final[task].classifier, slice(None))
 
-@register_model("deeplab-joint")
+    def aux_output_layers(self, task: str) -> list[OutputLayer]:
+        """The classifier of ``task``'s initial decoder (deep supervision's prediction)."""
+        return [OutputLayer(self.decoders[task].classifier, slice(None))]
+
+
+#: Small widths of the smoke preset (notebooks 01-05 on a CPU).
+SMOKE_OPTIONS: dict[str, object] = dict(encoder="resnet18", aspp_channels=64, decoder_channels=64, skip_channels=24)
+_CITY = {"semseg": 4, "depth": 1}
+
+
+@register_model("deeplab-joint", smoke=SMOKE_OPTIONS, smoke_tasks=_CITY)
 def deeplab_joint(tasks: dict[str, int], **options) -> DeepLabV3PlusJoint:
     """Joint DeepLabV3+ (options: see :class:`_DeepLabBase`)."""
     return DeepLabV3PlusJoint(tasks, **options)
 
 
-@register_model("deeplab-single")
+@register_model("deeplab-single", smoke=SMOKE_OPTIONS, smoke_tasks={"depth": 1})
 def deeplab_single(tasks: dict[str, int], **options) -> DeepLabV3PlusJoint:
     """Single-task DeepLabV3+ baseline: the joint model with exactly one task."""
     if len(tasks) != 1:
@@ -200,13 +219,13 @@ def deeplab_single(tasks: dict[str, int], **options) -> DeepLabV3PlusJoint:
     return DeepLabV3PlusJoint(tasks, **options)
 
 
-@register_model("deeplab-branched")
+@register_model("deeplab-branched", smoke=SMOKE_OPTIONS, smoke_tasks=_CITY)
 def deeplab_branched(tasks: dict[str, int], **options) -> DeepLabV3PlusBranched:
     """Branched DeepLabV3+: one ASPP + decoder per task."""
     return DeepLabV3PlusBranched(tasks, **options)
 
 
-@register_model("deeplab-distill")
+@register_model("deeplab-distill", smoke=SMOKE_OPTIONS, smoke_tasks=_CITY)
 def deeplab_distill(tasks: dict[str, int], **options) -> DeepLabV3PlusDistill:
     """Branched DeepLabV3+ with self-attention task distillation and deep supervision."""
     return DeepLabV3PlusDistill(tasks, **options)

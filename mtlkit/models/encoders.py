@@ -13,11 +13,16 @@ import timm
 import torch
 import torch.nn as nn
 
-__all__ = ["ENCODERS", "DILATION_TO_OUTPUT_STRIDE", "PretrainedWeightsUnavailable", "resolve_output_stride",
+__all__ = ["ENCODERS", "DILATION_TO_OUTPUT_STRIDE", "PretrainedWeightsUnavailable", "check_encoder",
+           "resolve_output_stride",
            "ResNetEncoder", "create_encoder"]
 
 #: Encoder names accepted by :class:`ResNetEncoder` (timm model names).
 ENCODERS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
+
+#: Weight tags of the encoders: timm's default ("a1_in1k", timm's own ImageNet recipe) and torchvision's original
+#: weights ("tv_in1k"), the ones the authors' code loads (docs/fidelity.md). Written as ``"resnet50.tv_in1k"``.
+ENCODER_TAGS: tuple[str, ...] = ("a1_in1k", "tv_in1k")
 
 #: The course's dilation flags (stride of stages 2, 3, 4 replaced by dilation) -> output stride.
 DILATION_TO_OUTPUT_STRIDE: dict[tuple[bool, bool, bool], int] = {
@@ -64,6 +69,16 @@ def resolve_output_stride(output_stride: int | None = None,
     return from_flags if from_flags is not None else default
 
 
+def check_encoder(name: str) -> str:
+    """``name`` if it is an encoder of :data:`ENCODERS`, optionally with a weight tag of :data:`ENCODER_TAGS`
+    (``"resnet50.tv_in1k"``: torchvision's weights, as the authors' code); a clear error otherwise."""
+    base, _, tag = str(name).partition(".")
+    if base not in ENCODERS or (tag and tag not in ENCODER_TAGS):
+        raise ValueError(f"unknown encoder {name!r}; valid encoders: {', '.join(ENCODERS)}, optionally with a weight "
+                         f"tag: {', '.join(ENCODER_TAGS)} (e.g. 'resnet50.tv_in1k', torchvision's ImageNet weights)")
+    return str(name)
+
+
 def _is_download_error(err: BaseException) -> bool:
     if isinstance(err, (OSError, ConnectionError, TimeoutError)):
         return True
@@ -74,7 +89,7 @@ class ResNetEncoder(nn.Module):
     """A timm ResNet (``features_only``) returning the stride-4 skip and the last (possibly dilated) features.
 
     Args:
-        name: one of :data:`ENCODERS`.
+        name: one of :data:`ENCODERS`, optionally with a weight tag (``"resnet50.tv_in1k"``, see :func:`check_encoder`).
         output_stride: 32 (no dilation), 16 or 8.
         pretrained: load timm's ImageNet weights (downloads through the HF hub unless cached).
         normalize_input: subtract the ImageNet mean and divide by its std inside the model, so that images can
@@ -88,8 +103,7 @@ class ResNetEncoder(nn.Module):
     def __init__(self, name: str = "resnet34", output_stride: int = 32, pretrained: bool = False,
                  normalize_input: bool = True) -> None:
         super().__init__()
-        if name not in ENCODERS:
-            raise ValueError(f"unknown encoder {name!r}; valid encoders: {', '.join(ENCODERS)}")
+        name = check_encoder(name)
         output_stride = resolve_output_stride(output_stride)
         kwargs = dict(features_only=True, out_indices=(1, 4), output_stride=output_stride)
         try:

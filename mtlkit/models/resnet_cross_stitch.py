@@ -1,36 +1,13 @@
 """Cross-stitch networks over ResNet branches (Misra et al., CVPR 2016), for dense, box and image-level tasks.
 
-One timm ResNet per task ("branch"); after each of its four stages a :class:`~mtlkit.models.cross_stitch.
-CrossStitchUnit` mixes the branches' feature maps, and branch ``t`` continues from its mixture::
+One timm ResNet per task; after each of its four stages a :class:`~mtlkit.models.cross_stitch.CrossStitchUnit`
+mixes the branches' feature maps (the survey code's placements). Heads read their own branch: dense tasks the
+course's DeepLabV3+ head, ``boxes`` a soft-argmax box head (xyxy pixels), image-level tasks pooling + linear.
 
-    x_t^(0) = stem_t(x)                                       [B, 64, H/4, W/4]
-    x_t^(i) = sum_s alpha_i[t, s] * layer_i^s(x_s^(i-1))      i = 1..4, [B, C_i, H/r_i, W/r_i]
-
-(the survey code, SimonVandenhende/Multi-Task-Learning-PyTorch ``models/cross_stitch.py``, puts its units at the
-same four points). Each task's head reads its own branch:
-
-- dense tasks (``semseg``, ...): the course's DeepLabV3+ head, ASPP on x_t^(4) and a decoder fusing the stride-4
-  x_t^(1), bilinear to the input size -> logits [B, K_t, H, W];
-- ``boxes``: a 3x3 conv-BN-ReLU, then a 1x1 conv to one centre logit and two size logits per position; the centre
-  is the soft-argmax (softmax-weighted mean position) of the logit map, the size the equally weighted mean of
-  sigmoid(size) * (W, H) -> xyxy pixels [B, 4]. Global pooling would discard where the object is; the soft-argmax
-  keeps the head translation-equivariant and always gives a valid box (x2 >= x1, y2 >= y1);
-- image-level tasks (``binary``, ``category``, ...): global average pooling and a linear layer (the ResNet
-  classifier) -> logits [B, K_t].
-
-The paper's recipe: start every branch from its single-task network (:meth:`ResNetCrossStitch.init_from_single`),
-initialise the units at 0.9 (same task) / 0.1 (others), and train the units with a larger learning rate
-(:meth:`ResNetCrossStitch.cross_stitch_parameters`, or the Trainer rule ``param_groups=[("cross_stitch", m)]``).
-
-``sources`` adds branches that only feed the units: frozen (no gradients, BatchNorm in eval mode), no head, and no
-mixture of their own. With ``tasks={"semseg": 3}, sources=("boxes", "binary")`` and the sources loaded from trained
-auxiliary networks this is the *sequential* alternative to joint training: the auxiliary networks' features are
-transferred into the segmentation network, which alone is trained.
-
-Parameter accounting (C_i the stage widths, 64/128/256/512 for ResNet-18/34; N the branches, T_out the trained
-tasks): N ResNets + units sum_i T_out * N * C_i (channelwise; scalar 4 * T_out * N; shared 4 * N) + one head per
-task. ``resnet-single`` is the same network with one task and no units (the single-task baseline; its
-``branches.<task>`` / ``heads.<task>`` names are the ones :meth:`init_from_single` copies).
+The paper's recipe: branches started from single-task networks (:meth:`ResNetCrossStitch.init_from_single`), units
+at 0.9 / 0.1, units trained with a larger learning rate (``param_groups=[("cross_stitch", m)]``). ``sources`` adds
+frozen feature-only branches (the sequential/transfer variant). ``resnet-single`` is one branch and its head, no
+units (the Δm baseline). Parameter accounting and the box head: docs/models.md.
 """
 from __future__ import annotations
 
@@ -39,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from . import register_model
+from . import OutputLayer, register_model
 from .blocks import ASPP, DeepLabV3PlusDecoder, conv_bn_relu
 from .cross_stitch import CROSS_STITCH_MODES, CrossStitchUnit
 from .deeplab import DEFAULT_ASPP_RATES
@@ -58,9 +35,10 @@ class DenseTaskHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, skip_in_channels: int, out_channels: int, aspp_channels: int = 256,
-                 decoder_channels: int = 256, skip_channels: int = 48, rates: Sequence[int] = (6, 12, 18)) -> None:
+                 decoder_channels: int = 256, skip_channels: int = 48, rates: Sequence[int] = (6, 12, 18),
+                 aspp_dropout: float = 0.0, aspp_pooling_norm: str = "group") -> None:
         super().__init__()
-        self.aspp = ASPP(in_channels, aspp_channels, rates)
+        self.aspp = ASPP(in_channels, aspp_channels, rates, dropout=aspp_dropout, pooling_norm=aspp_pooling_norm)
         self.decoder = DeepLabV3PlusDecoder(aspp_channels, skip_in_channels, out_channels, skip_channels,
                                             decoder_channels)
 
@@ -142,6 +120,7 @@ class ResNetCrossStitch(nn.Module):
         aspp_channels, decoder_channels, skip_channels: widths of the dense heads (256 / 256 / 48).
         box_channels: width of the box head's 3x3 conv (256).
         aspp_rates: three ASPP dilation rates; default ``DEFAULT_ASPP_RATES[output_stride]``.
+        aspp_dropout, aspp_pooling_norm: as for the DeepLab family (0 and "group": the course's head).
         normalize_input: ImageNet mean/std normalisation of [0, 1] images inside the model.
     Components (:func:`mtlkit.models.count_parameters`): ``branches.<name>``, ``cross_stitch`` (the units),
     ``heads.<task>``.
@@ -152,7 +131,8 @@ class ResNetCrossStitch(nn.Module):
                  pretrained: bool = False, mode: str = "channelwise", same: float = 0.9, other: float = 0.1,
                  shared_init: float = 1.0, sources: Sequence[str] = (), aspp_channels: int = 256,
                  decoder_channels: int = 256, skip_channels: int = 48, box_channels: int = 256,
-                 aspp_rates: Sequence[int] | None = None, normalize_input: bool = True,
+                 aspp_rates: Sequence[int] | None = None, aspp_dropout: float = 0.0,
+                 aspp_pooling_norm: str = "group", normalize_input: bool = True,
                  model_name: str = "resnet-cross-stitch") -> None:
         super().__init__()
         if mode not in CROSS_STITCH_MODES:
@@ -186,7 +166,7 @@ class ResNetCrossStitch(nn.Module):
         for task, channels in self.task_channels.items():
             if self.kinds[task] == "dense":
                 heads[task] = DenseTaskHead(c_last, c_skip, channels, aspp_channels, decoder_channels, skip_channels,
-                                            rates)
+                                            rates, aspp_dropout, aspp_pooling_norm)
             elif self.kinds[task] == "box":
                 heads[task] = BoxHead(c_last, box_channels)
             else:
@@ -234,6 +214,14 @@ class ResNetCrossStitch(nn.Module):
         stages = self.stage_features(images)
         size = images.shape[-2:]
         return {t: head(stages[0][j], stages[-1][j], size) for j, (t, head) in enumerate(self.heads.items())}
+
+    def output_layer(self, task: str) -> OutputLayer:
+        """The last layer of ``task``'s head: the decoder's classifier (dense), the linear layer (image-level) or
+        the box head's 1x1 conv (its read-out, soft-argmax and sigmoid, is not linear)."""
+        head = self.heads[task]
+        if isinstance(head, DenseTaskHead):
+            return OutputLayer(head.decoder.classifier, slice(None))
+        return OutputLayer(head.predict if isinstance(head, BoxHead) else head.fc, slice(None))
 
     # ------------------------------------------------------------------------------------- paper's recipe
     def cross_stitch_parameters(self) -> list[nn.Parameter]:
@@ -289,7 +277,12 @@ def _stage_channels(stage: nn.Sequential) -> int:
     return norm.num_features
 
 
-@register_model("resnet-cross-stitch")
+#: Small widths of the smoke preset (notebook 06 on a CPU).
+SMOKE_OPTIONS: dict[str, object] = dict(encoder="resnet18", aspp_channels=64, decoder_channels=64, skip_channels=24)
+
+
+@register_model("resnet-cross-stitch", smoke=SMOKE_OPTIONS,
+                smoke_tasks={"semseg": 3, "depth": 1, "boxes": 4, "binary": 2})
 def resnet_cross_stitch(tasks: dict[str, int], **options) -> ResNetCrossStitch:
     """One ResNet per task linked by cross-stitch units (``mode`` "channelwise" | "scalar" | "shared", as for
     ``segnet-cross-stitch``); ``sources=(...)`` adds frozen feature-only branches (sequential transfer)."""
@@ -300,7 +293,7 @@ def resnet_cross_stitch(tasks: dict[str, int], **options) -> ResNetCrossStitch:
     return ResNetCrossStitch(tasks, **options)
 
 
-@register_model("resnet-single")
+@register_model("resnet-single", smoke=SMOKE_OPTIONS, smoke_tasks={"depth": 1})
 def resnet_single(tasks: dict[str, int], **options) -> ResNetCrossStitch:
     """The single-task network of the family: one ResNet branch and its head, no units (the Δm baseline)."""
     if len(tasks) != 1 or options.get("sources"):

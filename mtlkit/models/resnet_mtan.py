@@ -1,35 +1,14 @@
-"""MTAN over a dilated ResNet with per-task ASPP heads, and its hard-parameter-sharing baseline.
+"""MTAN over a dilated ResNet with per-task ASPP heads, and its hard-parameter-sharing baseline (LibMTL, survey).
 
-The ResNet form of MTAN (Liu et al., 2019) used by the survey code (SimonVandenhende/Multi-Task-Learning-PyTorch,
-``models/mtan.py``) and LibMTL (``LibMTL/architecture/MTAN.py``, ``examples/nyu``):
+- ``resnet-shared``: a dilated ResNet (output stride 8) shared by all tasks, one DeepLab head per task
+  (ASPP -> dropout -> 3x3 conv-BN-ReLU -> 1x1 conv), upsampled to the input size (LibMTL's HPS).
+- ``resnet-mtan``: the same encoder and heads; each task builds its own features stage by stage with MTAN's
+  attention modules (1x1 conv-BN-ReLU -> 1x1 conv-BN-Sigmoid) and task-shared bottleneck refinements.
 
-- ``resnet-shared``: a dilated ResNet (output stride 8) shared by all tasks, then one DeepLab head per task
-  (ASPP -> 3x3 conv-BN-ReLU -> 1x1 conv), upsampled to the input size. LibMTL's HPS baseline.
-- ``resnet-mtan``: the same encoder and heads; each task additionally builds its own features stage by stage.
-  With ``b_i`` the output of stage ``i`` without its last block and ``u_i`` the full stage output:
-
-      mask_t,0 = att_t,0(b_0)                           a_t,0 = refine_0(mask_t,0 * u_0)
-      mask_t,i = att_t,i(cat[b_i, pool(a_t,i-1)])       a_t,i = refine_i(mask_t,i * u_i)     (i = 1, 2)
-      mask_t,3 = att_t,3(cat[b_3, a_t,2])               head_t(mask_t,3 * u_3)
-
-  ``att`` is MTAN's attention module (1x1 conv-BN-ReLU to C_i/4 -> 1x1 conv-BN-Sigmoid to C_i), one per task per
-  stage; ``refine_i`` is a bottleneck block C_i -> C_{i+1} shared by the tasks; ``pool`` a 2x2 max-pool, applied only
-  where the next stage is smaller (stage 1 -> 2 always; with dilation, stages 2-4 keep the resolution).
-
-Parameter accounting (C_i the stage widths: 64/128/256/512 for ResNet-18/34, 256/512/1024/2048 for ResNet-50; A the
-ASPP width, K_t the task's channels):
-
-- attention (task t, stage i): cin * C_i/4 + C_i/4 * C_i (1x1 convs with bias: + C_i/4 + C_i) + 2 * (C_i/4 + C_i)
-  (BatchNorm), cin = C_0 for stage 0 and 2 * C_i after.
-- refinement i: C_i * m + 9 m^2 + m * C_{i+1} + C_i * C_{i+1} (bias-free convs, m = C_{i+1}/4) + 2 (2m + 2 C_{i+1}) BN.
-- head t: ASPP(C_3, A) + 9 A^2 + 2A + A * K_t + K_t.
-
-With ResNet-50, A = 256 and 13-class semseg + depth + normals (LibMTL's NYUv2 setting) this gives 71,888,721
-parameters for resnet-shared and 92,347,921 for resnet-mtan (the kit's counts, pinned by the formulas above in
-tests/test_resnet_mtan.py).
-
-Outputs follow the ResNet models of the kit (``mtlkit.models.deeplab``): label tasks give logits, depth is raw,
-normals are unnormalised 3-vectors (the normals loss normalises). Models take images [B, 3, H, W] in [0, 1].
+ResNet-50, A = 256, 13-class semseg + depth + normals: 71,888,721 (shared) and 92,347,921 (MTAN) parameters,
+pinned by formulas in tests/test_resnet_mtan.py. Options restoring the authors' code: ``aspp_dropout=0.5`` (the
+default), ``aspp_pooling_norm="batch"``, ``align_corners=True`` (LibMTL's final upsampling). Formulas and the stage
+equations: docs/models.md; differences from the authors' code: docs/fidelity.md.
 """
 from __future__ import annotations
 
@@ -39,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register_model
+from . import OutputLayer, register_model
 from .blocks import ASPP, conv_bn_relu, upsample_to
 from .deeplab import DEFAULT_ASPP_RATES, _check_dense_tasks
 from .encoders import create_encoder
@@ -51,15 +30,19 @@ _STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 class ASPPHead(nn.Module):
-    """DeepLab head of the survey/LibMTL code: ASPP -> 3x3 conv-BN-ReLU -> 1x1 conv (bias) to the task's channels.
+    """DeepLab head of the survey/LibMTL code: ASPP (with dropout after its projection) -> 3x3 conv-BN-ReLU -> 1x1
+    conv (bias) to the task's channels.
 
+    Args:
+        dropout: dropout probability after the ASPP projection (the authors' 0.5; 0 disables it).
+        pooling_norm: norm of the ASPP image-pooling branch, "group" (kit) or "batch" (authors).
     Shapes: [B, in_channels, h, w] -> [B, out_channels, h, w].
     """
 
     def __init__(self, in_channels: int, out_channels: int, channels: int = 256,
-                 rates: Sequence[int] = (12, 24, 36)) -> None:
+                 rates: Sequence[int] = (12, 24, 36), dropout: float = 0.5, pooling_norm: str = "group") -> None:
         super().__init__()
-        self.aspp = ASPP(in_channels, channels, rates)
+        self.aspp = ASPP(in_channels, channels, rates, dropout=dropout, pooling_norm=pooling_norm)
         self.conv = conv_bn_relu(channels, channels, 3)
         self.classifier = nn.Conv2d(channels, out_channels, 1)
 
@@ -102,11 +85,15 @@ class _ResNetHeads(nn.Module):
         pretrained: ImageNet weights through timm (needs the HF hub or a filled cache).
         aspp_channels: width A of each ASPP head (256; smaller for the smoke preset).
         aspp_rates: three dilation rates; default ``DEFAULT_ASPP_RATES`` of the output stride ((12, 24, 36) at 8).
+        aspp_dropout: dropout after each ASPP projection (0.5, the authors'; 0 disables it).
+        aspp_pooling_norm: "group" (default, trains at batch size 1) or "batch" (the authors' form).
+        align_corners: of the final bilinear upsampling to the input size (False; LibMTL uses True).
         normalize_input: ImageNet mean/std normalisation of [0, 1] images inside the encoder.
     """
 
     def __init__(self, tasks: Mapping[str, int], *, encoder: str = "resnet50", output_stride: int = 8,
                  pretrained: bool = False, aspp_channels: int = 256, aspp_rates: Sequence[int] | None = None,
+                 aspp_dropout: float = 0.5, aspp_pooling_norm: str = "group", align_corners: bool = False,
                  normalize_input: bool = True, model_name: str = "resnet") -> None:
         super().__init__()
         self.task_channels = _check_dense_tasks(tasks, model_name)
@@ -117,8 +104,17 @@ class _ResNetHeads(nn.Module):
         #: output channels of the four ResNet stages, C_0..C_3
         self.stage_channels: tuple[int, ...] = tuple(_stage_out_channels(body[name]) for name in _STAGES)
         rates = tuple(aspp_rates) if aspp_rates is not None else DEFAULT_ASPP_RATES[self.output_stride]
-        self.heads = nn.ModuleDict({t: ASPPHead(self.stage_channels[-1], c, aspp_channels, rates)
+        self.align_corners = bool(align_corners)
+        self.heads = nn.ModuleDict({t: ASPPHead(self.stage_channels[-1], c, aspp_channels, rates,
+                                                dropout=aspp_dropout, pooling_norm=aspp_pooling_norm)
                                     for t, c in self.task_channels.items()})
+
+    def output_layer(self, task: str) -> OutputLayer:
+        """The 1x1 classifier of ``task``'s head."""
+        return OutputLayer(self.heads[task].classifier, slice(None))
+
+    def _upsample(self, x: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return upsample_to(x, images.shape[-2:], align_corners=self.align_corners)
 
     def _stem(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, 64, H/4, W/4] (conv1-BN-ReLU-maxpool of the ResNet)."""
@@ -149,7 +145,7 @@ class ResNetShared(_ResNetHeads):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         _, features = self.encoder(images)  # [B, C_3, H/os, W/os]
-        return {t: upsample_to(head(features), images.shape[-2:]) for t, head in self.heads.items()}
+        return {t: self._upsample(head(features), images) for t, head in self.heads.items()}
 
 
 class ResNetMTAN(_ResNetHeads):
@@ -200,7 +196,7 @@ class ResNetMTAN(_ResNetHeads):
                 a = mask * shared[i]
                 if i < 3:
                     a = self.refine[i](a)  # [B, C_{i+1}, h_i, w_i]
-            out[t] = upsample_to(self.heads[t](a), images.shape[-2:])
+            out[t] = self._upsample(self.heads[t](a), images)
         return out, masks
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -212,13 +208,17 @@ class ResNetMTAN(_ResNetHeads):
         return self.forward_with_masks(images)[1]
 
 
-@register_model("resnet-shared")
+#: Small widths of the smoke preset (notebook 07's resnet50 backbone on a CPU).
+SMOKE_OPTIONS: dict[str, object] = dict(encoder="resnet18", aspp_channels=32)
+
+
+@register_model("resnet-shared", smoke=SMOKE_OPTIONS)
 def resnet_shared(tasks: dict[str, int], **options) -> ResNetShared:
     """Shared dilated ResNet + per-task ASPP heads (LibMTL's HPS); with one task, the single-task baseline."""
     return ResNetShared(tasks, **options)
 
 
-@register_model("resnet-mtan")
+@register_model("resnet-mtan", smoke=SMOKE_OPTIONS)
 def resnet_mtan(tasks: dict[str, int], **options) -> ResNetMTAN:
     """MTAN attention over a dilated ResNet with per-task ASPP heads (options: see ``_ResNetHeads``)."""
     return ResNetMTAN(tasks, **options)

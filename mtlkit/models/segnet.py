@@ -1,37 +1,14 @@
-"""The SegNet family of the MTAN paper (Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention", 2019).
+"""The SegNet family of the MTAN paper (Liu, Johns & Davison, CVPR 2019), after the authors' lorenmt/mtan code.
 
-Every member is built from the same VGG-16-style SegNet: five encoder stages of widths ``[64, 128, 256, 512, 512]``
-(every "conv" is a 3x3 conv with bias + BatchNorm + ReLU; two convs in stages 0-1, three in stages 2-4), each
-followed by a 2x2 max-pool whose indices drive the mirrored decoder's max-unpooling. Heads are a 3x3 conv (no BN)
-and a 1x1 conv to the task's channels. The layer lists follow the authors' public code (lorenmt/mtan,
-``im2im_pred/model_segnet_*.py``); the parameter counts, with 13-class semseg + depth + normals, are:
+A VGG-16-style SegNet (widths 64-128-256-512-512, max-pool indices and unpooling) with heads 3x3 conv -> 1x1 conv,
+and the paper's members built from it: ``segnet-single``, ``segnet-stan``, ``segnet-split`` (standard / wide /
+deep), ``segnet-dense``, ``segnet-cross-stitch`` and ``segnet-mtan``. Parameter counts with 13-class semseg + depth
++ normals (one-task SegNet 24,981,069; MTAN 44,229,073 = 1.77x) are pinned in tests/test_segnet.py.
 
-=========================  ===========  ====================================
-model                      parameters   ratio to the one-task SegNet
-=========================  ===========  ====================================
-segnet-single (semseg)      24,981,069  1
-segnet-stan (semseg)        38,185,805  1.53
-segnet-split standard       25,055,185  1.003
-segnet-split wide           43,934,161  1.76
-segnet-split deep           50,807,761  2.03
-segnet-dense               123,699,409  4.95
-segnet-cross-stitch         74,963,665  3.00 (channelwise; every variant 3.00)
-segnet-mtan                 44,229,073  1.77 (44.23 M)
-=========================  ===========  ====================================
-
-Differences from the public code, all deliberate:
-
-- Outputs follow the kit's prediction convention: semseg/parts/material are LOGITS (MTAN applies ``log_softmax`` in
-  the model; here the task's cross-entropy loss does it), depth is raw, normals are L2-normalised in the model as in
-  MTAN (with an epsilon so an all-zero prediction gives no NaN).
-- No ``logsigma`` parameter: Uncertainty weighting's log-variances belong to ``mtlkit.weighting``.
-- Dense: the public shared decoder's last stage (64->64->13 channels) is computed but never used by any branch; it is
-  left out (44,583 parameters; the ratio is 4.95 either way).
-- Unpooling restores the exact pre-pooling size and MTAN's bilinear upsampling goes to the size of the matching
-  shared feature map, so inputs need not be multiples of 32 (for multiples of 32 this equals the public ``x2``).
-- ``width_mult`` scales every width (full size at 1.0) so the smoke preset can train a narrow model on a CPU.
-
-Models take images [B,3,H,W] and return ``{task: prediction}`` with dense predictions [B,C_t,H,W].
+Kit conventions: semseg/parts/material are logits (the loss applies log-softmax), normals are L2-normalised in the
+model as in MTAN, no ``logsigma`` parameter (Uncertainty weighting lives in ``mtlkit.weighting``), ``width_mult``
+scales every width for the CPU presets, and any input size works (unpooling to the exact pre-pooling size).
+The table of counts and every difference from the public code: docs/models.md and docs/fidelity.md.
 """
 from __future__ import annotations
 
@@ -43,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register_model
+from . import OutputLayer, register_model
 from .cross_stitch import CROSS_STITCH_MODES, CrossStitchUnit
 
 __all__ = [
@@ -245,8 +222,18 @@ class SegNetBranch(nn.Module):
         self.decoder = SegNetDecoder(widths)
 
 
+class _TaskHeads:
+    """``output_layer(task)``: the 1x1 conv of ``task``'s head (:func:`prediction_head`), shared by the family."""
+
+    heads: nn.ModuleDict
+
+    def output_layer(self, task: str) -> OutputLayer:
+        """The 1x1 conv of ``task``'s head (normals are L2-normalised after it, so their read-out is not linear)."""
+        return OutputLayer(self.heads[task][1], slice(None))
+
+
 # ------------------------------------------------------------------------------------------------------ models
-class SegNet(nn.Module):
+class SegNet(_TaskHeads, nn.Module):
     """Shared SegNet encoder-decoder + one head per task: one-task SegNet and MTAN's "Split" baselines.
 
     Args:
@@ -316,7 +303,7 @@ class AttentionConvs(nn.Module):
         self.decoder = nn.ModuleList(conv_bn_relu(w[i], self.decoder_out[i]) for i in range(_NUM_STAGES))
 
 
-class SegNetMTAN(nn.Module):
+class SegNetMTAN(_TaskHeads, nn.Module):
     """Multi-Task Attention Network on SegNet (and, with one task, the single-task attention network STAN).
 
     The shared SegNet runs as usual; each task then builds its own features stage by stage: a soft mask from its
@@ -383,7 +370,7 @@ class DenseBranch(nn.Module):
         self.decoder = nn.ModuleList(ConvStage(c) for c in dec)
 
 
-class SegNetDense(nn.Module):
+class SegNetDense(_TaskHeads, nn.Module):
     """MTAN's "Dense" baseline: a shared SegNet plus one full SegNet per task that reads the shared maps.
 
     Args:
@@ -438,7 +425,7 @@ def _cross_stitch_alias(mode: str, cross_stitch: str | None) -> str:
     return cross_stitch
 
 
-class SegNetCrossStitch(nn.Module):
+class SegNetCrossStitch(_TaskHeads, nn.Module):
     """One SegNet per task, linked by cross-stitch units after every stage (MTAN's "Cross-Stitch" baseline).
 
     Units sit after each encoder stage's pooling (9 in all: after encoder stages 0..4 and decoder stages 4..1, the
@@ -543,14 +530,19 @@ class SegNetCrossStitch(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- registry
-@register_model("segnet-single")
+#: Small width of the smoke configuration (the benchmarks' smoke rows; notebook 07's smoke preset uses 0.125).
+SMOKE_OPTIONS: dict[str, object] = dict(width_mult=0.25)
+_ONE_TASK = {"semseg": 4}
+
+
+@register_model("segnet-single", smoke=SMOKE_OPTIONS, smoke_tasks=_ONE_TASK)
 def segnet_single(tasks: dict[str, int], width_mult: float = 1.0, in_channels: int = 3) -> SegNet:
     """One-task SegNet (24,981,069 parameters for 13-class semseg)."""
     _check_num_tasks("segnet-single", tasks, exactly=1)
     return SegNet(tasks, "standard", width_mult, in_channels)
 
 
-@register_model("segnet-split")
+@register_model("segnet-split", smoke=SMOKE_OPTIONS)
 def segnet_split(
     tasks: dict[str, int], variant: str = "standard", width_mult: float = 1.0, in_channels: int = 3
 ) -> SegNet:
@@ -558,26 +550,26 @@ def segnet_split(
     return SegNet(tasks, variant, width_mult, in_channels)
 
 
-@register_model("segnet-stan")
+@register_model("segnet-stan", smoke=SMOKE_OPTIONS, smoke_tasks=_ONE_TASK)
 def segnet_stan(tasks: dict[str, int], width_mult: float = 1.0, in_channels: int = 3) -> SegNetMTAN:
     """Single-task attention network: MTAN's attention with one task."""
     _check_num_tasks("segnet-stan", tasks, exactly=1)
     return SegNetMTAN(tasks, width_mult, in_channels)
 
 
-@register_model("segnet-mtan")
+@register_model("segnet-mtan", smoke=SMOKE_OPTIONS)
 def segnet_mtan(tasks: dict[str, int], width_mult: float = 1.0, in_channels: int = 3) -> SegNetMTAN:
     """Multi-Task Attention Network on SegNet."""
     return SegNetMTAN(tasks, width_mult, in_channels)
 
 
-@register_model("segnet-dense")
+@register_model("segnet-dense", smoke=SMOKE_OPTIONS)
 def segnet_dense(tasks: dict[str, int], width_mult: float = 1.0, in_channels: int = 3) -> SegNetDense:
     """Shared SegNet + a full task SegNet per task reading the shared maps."""
     return SegNetDense(tasks, width_mult, in_channels)
 
 
-@register_model("segnet-cross-stitch")
+@register_model("segnet-cross-stitch", smoke=SMOKE_OPTIONS)
 def segnet_cross_stitch(
     tasks: dict[str, int],
     mode: str = "channelwise",

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register_model
+from . import OutputLayer, register_model
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -62,7 +62,12 @@ class TinyMTLNet(nn.Module):
                 out[task] = head(pooled)
         return out
 
+    def output_layer(self, task: str) -> OutputLayer:
+        """The head of ``task`` (a 1x1 conv or a linear layer; boxes pass through a sigmoid after it)."""
+        return OutputLayer(self.heads[task], slice(None))
 
-@register_model("tiny")
+
+@register_model("tiny", smoke={"width": 8},
+                smoke_tasks={"semseg": 4, "depth": 1, "normals": 3, "scene": 3, "boxes": 4})
 def tiny(tasks: dict[str, int], width: int = 8) -> TinyMTLNet:
     return TinyMTLNet(tasks, width=width)

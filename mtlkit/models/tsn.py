@@ -1,34 +1,16 @@
-"""Task Switching Networks (Sun et al., 2021) and the U-Net baselines they are compared with.
+"""Task Switching Networks (Sun et al., 2021) and the U-Net baselines they are compared with (GuoleiSun/TSNs).
 
-``tsn``: ONE ResNet-18 encoder (not conditioned) and ONE U-Net decoder shared by all tasks; the decoder is told which
-task to solve by a task embedding::
+``tsn``: ONE ResNet-18 encoder and ONE U-Net decoder shared by all tasks; a task code (orthogonal block one-hot or
+Gaussian) goes through a mapping network (PixelNorm, 8 x [equalised-lr linear, LeakyReLU 0.2]) to an embedding
+that sets every decoder conv's AdaIN scale and shift. A shared final 1x1 conv gives ``max_t C_t`` channels, and
+task t reads C_t of them: ``readout="pool"`` (default, the authors' code) averages the channels in C_t consecutive
+bins (21 -> parts 7: groups of 3; normals 3: groups of 7; edge/saliency 1: the mean of all 21; semseg 21: as is),
+``readout="slice"`` takes the first C_t. Parameters do not depend on the number of tasks: 18,258,805 for PASCAL's
+five (the paper's 18.26 M). Call ``model(images, task=name)`` (``task=None``: every task on one encoder pass).
 
-    code z_t (orthogonal block one-hot or Gaussian, d-dim)  -> mapping network: PixelNorm, 8 x [equalised-lr
-    linear d -> d, LeakyReLU 0.2]  -> embedding w_t (d-dim)
-    every decoder conv:  conv (bias) -> instance norm (no affine) -> AdaIN: y * gamma(w_t) + beta(w_t) -> LeakyReLU
-    (gamma, beta) = equalised-lr linear d -> 2C, biases initialised to gamma = 1, beta = 0
-    a shared final 1x1 conv with max_t C_t outputs; task t reads the first C_t channels
-
-Forward: ``model(images, task=name) -> {name: prediction}`` (``task=None`` runs every task on one encoder pass).
-The parameter count does not depend on the number of tasks: tasks only add a code (a buffer) and share the final
-conv, as long as the largest output channel count stays the same.
-
-The U-Net (GuoleiSun/TSNs ``model.py``, ``ResNetUNet2_2``): encoder levels L0 (stride 2, 64 ch), L1 (4, 64),
-L2 (8, 128), L3 (16, 256), L4 (32, 512); a 1x1 conditioned conv on each level (same width); then
-up3 = conv3x3(up(L4') ++ L3') -> 512, up2 = conv3x3(up ++ L2') -> 256, up1 -> 256, up0 -> 128, upsample to the input,
-final = conv3x3 -> 64, then the 1x1 output conv. With d = 100 (5 tasks x 20 ones) and 21 output channels this is
-11,176,512 (encoder) + 80,800 (mapping) + 7,000,128 (decoder with its style layers) + 1,365 (output conv)
-= 18,258,805 parameters, the paper's 18.26 M.
-
-``unet``: the same encoder and decoder widths without conditioning (each conv: conv -> instance norm with affine ->
-ReLU, as in the public ``ResNetUNet2_2_no_adain``), one decoder and one 1x1 output conv per task on a shared
-encoder. With one task it is the single-task U-Net baseline (17,730,005 parameters for 21 classes; five of them for
-PASCAL-Context's 21/7/1/3/1 channels: 88,645,345, the paper's 88.65 M); with several tasks it is the
-multi-decoder baseline.
-
-Kit choices: upsampling is bilinear to the skip's size (align_corners=False, so odd sizes work); the instance norm is
-computed by hand so that a 1x1 map (C5 of a 32-px image) normalises to 0 instead of raising; the decoder's
-LeakyReLU slope is PyTorch's default 0.01, as in the public code.
+``unet``: the same encoder and decoder widths without conditioning, one decoder and output conv per task (one task:
+the single-task U-Net baseline, 17,730,005 parameters for 21 classes). Layer list and kit choices (upsampling to
+the skip's size, ``align_corners``, a hand-written instance norm): docs/models.md and docs/fidelity.md.
 """
 from __future__ import annotations
 
@@ -39,15 +21,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register_model
+from . import OutputLayer, register_model
 from .blocks import upsample_to
 from .upernet import ResNetPyramid
 
-__all__ = ["TASK_CODES", "TSN_DECODER_CHANNELS", "TSN_LOSS_WEIGHTS", "TSN_PARAM_GROUPS", "task_codes", "EqualLinear", "PixelNorm", "MappingNetwork",
-           "InstanceNorm", "AdaINConv", "PlainConv", "UNetDecoder", "TaskSwitchingNet", "MultiDecoderUNet"]
+__all__ = ["TASK_CODES", "TSN_READOUTS", "TSN_DECODER_CHANNELS", "TSN_LOSS_WEIGHTS", "TSN_PARAM_GROUPS", "task_codes",
+           "channel_pool_matrix", "EqualLinear", "PixelNorm", "MappingNetwork", "InstanceNorm", "AdaINConv",
+           "PlainConv", "UNetDecoder", "TaskSwitchingNet", "MultiDecoderUNet"]
 
 #: Kinds of task code.
 TASK_CODES: tuple[str, ...] = ("orthogonal", "gaussian")
+#: How a task reads its channels from TSN's shared output conv: "pool" (the authors' channel pooling), "slice".
+TSN_READOUTS: tuple[str, ...] = ("pool", "slice")
 #: The paper's loss weights, for ``Trainer(weighting="static", weighting_options={"weights": TSN_LOSS_WEIGHTS})``.
 TSN_LOSS_WEIGHTS: dict[str, float] = {"normals": 10.0, "parts": 2.0, "edge": 50.0, "saliency": 5.0, "semseg": 1.0}
 #: The paper's Adam learning rates (encoder 1e-6, the rest 1e-4) as Trainer ``param_groups`` for ``lr=1e-4``.
@@ -74,6 +59,23 @@ def task_codes(num_tasks: int, dim: int = 100, kind: str = "orthogonal", seed: i
     for t in range(num_tasks):
         codes[t, t * block:(t + 1) * block] = 1.0
     return codes
+
+
+def channel_pool_matrix(in_channels: int, out_channels: int) -> torch.Tensor:
+    """[out_channels, in_channels] averaging matrix of adaptive average pooling over channels.
+
+    Output i is the mean of input channels floor(i * C / n) .. ceil((i + 1) * C / n) - 1 (C = ``in_channels``,
+    n = ``out_channels``): the bins of ``adaptive_avg_pool`` along the channel axis, as the TSN authors read each task
+    from the 21 shared channels (21 -> 7: groups of 3; 21 -> 1: the mean; 21 -> 21: the identity).
+    """
+    if not 1 <= out_channels <= in_channels:
+        raise ValueError(f"channel pooling needs 1 <= out_channels <= in_channels; got {out_channels}, {in_channels}")
+    weights = torch.zeros(out_channels, in_channels, dtype=torch.float64)  # cast at use: exact in any precision
+    for i in range(out_channels):
+        start = (i * in_channels) // out_channels
+        end = -((-(i + 1) * in_channels) // out_channels)  # ceil
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
 
 
 class EqualLinear(nn.Module):
@@ -167,12 +169,14 @@ class UNetDecoder(nn.Module):
         encoder_channels: channels of L0..L4 (ResNet-18: 64, 64, 128, 256, 512).
         channels: widths of up3, up2, up1, up0 and the final conv (:data:`TSN_DECODER_CHANNELS`).
         embed_dim: d of the task embedding (conditioned) or None (plain).
+        align_corners: of the bilinear upsampling (False, the kit's; the authors' nn.Upsample uses True).
     Shapes: levels [B, C_i, H/2^(i+1), W/2^(i+1)], w [B or 1, d], size (H, W) -> [B, channels[-1], H, W].
     """
 
     def __init__(self, encoder_channels: Sequence[int], channels: Sequence[int] = TSN_DECODER_CHANNELS,
-                 embed_dim: int | None = 100) -> None:
+                 embed_dim: int | None = 100, align_corners: bool = False) -> None:
         super().__init__()
+        self.align_corners = bool(align_corners)
         if len(encoder_channels) != 5 or len(channels) != 5:
             raise ValueError(f"the U-Net decoder needs 5 encoder levels and 5 widths; got {list(encoder_channels)} "
                              f"and {list(channels)}")
@@ -188,9 +192,10 @@ class UNetDecoder(nn.Module):
                 w: torch.Tensor | None = None) -> torch.Tensor:
         lat = [m(x, w) for m, x in zip(self.laterals, levels)]
         x = lat[4]
+        ac = self.align_corners
         for up, skip in zip(self.ups, reversed(lat[:4])):
-            x = up(torch.cat([upsample_to(x, skip.shape[-2:]), skip], dim=1), w)
-        return self.final(upsample_to(x, size), w)
+            x = up(torch.cat([upsample_to(x, skip.shape[-2:], ac), skip], dim=1), w)
+        return self.final(upsample_to(x, size, ac), w)
 
 
 def _check_dense(tasks: Mapping[str, int], model: str) -> dict[str, int]:
@@ -218,14 +223,21 @@ class TaskSwitchingNet(nn.Module):
         mapping_layers: linear layers of the mapping network (8).
         decoder_channels: widths of up3, up2, up1, up0, final (:data:`TSN_DECODER_CHANNELS`).
         out_channels: width of the shared output conv (default: max over tasks; set it to compare task sets).
+        readout: "pool" (default, the authors': task t averages the shared channels in C_t bins) or "slice" (the
+            first C_t channels; every task then shares channel 0, and only semseg trains channels beyond 7).
+        align_corners: of the decoder's bilinear upsampling (False; the authors' code: True).
     Components (for :func:`~mtlkit.models.count_parameters`): encoder, mapping, decoder, head.
     Shapes: images [B, 3, H, W] -> {task: [B, C_task, H, W]}.
     """
 
     def __init__(self, tasks: Mapping[str, int], encoder: str = "resnet18", pretrained: bool = False,
                  code: str = "orthogonal", code_dim: int = 100, code_seed: int = 0, mapping_layers: int = 8,
-                 decoder_channels: Sequence[int] = TSN_DECODER_CHANNELS, out_channels: int | None = None) -> None:
+                 decoder_channels: Sequence[int] = TSN_DECODER_CHANNELS, out_channels: int | None = None,
+                 readout: str = "pool", align_corners: bool = False) -> None:
         super().__init__()
+        if readout not in TSN_READOUTS:
+            raise ValueError(f"unknown TSN readout {readout!r}; valid: {', '.join(TSN_READOUTS)}")
+        self.readout = readout
         self.out_channels = _check_dense(tasks, "tsn")
         self.tasks = tuple(tasks)
         width = max(self.out_channels.values()) if out_channels is None else int(out_channels)
@@ -235,8 +247,11 @@ class TaskSwitchingNet(nn.Module):
         self.register_buffer("codes", task_codes(len(self.tasks), code_dim, code, code_seed))   # [T, d]
         self.encoder = ResNetPyramid(encoder, (0, 1, 2, 3, 4), pretrained=pretrained)
         self.mapping = MappingNetwork(code_dim, mapping_layers)
-        self.decoder = UNetDecoder(self.encoder.channels, decoder_channels, embed_dim=code_dim)
+        self.decoder = UNetDecoder(self.encoder.channels, decoder_channels, embed_dim=code_dim,
+                                   align_corners=align_corners)
         self.head = nn.Conv2d(self.decoder.out_channels, width, 1)
+        # task -> [C_t, width] channel averaging of the "pool" read-out (derived, not in the state_dict)
+        self._pools = {t: channel_pool_matrix(width, c) for t, c in self.out_channels.items()}
 
     def _task_index(self, task: str) -> int:
         if task not in self.tasks:
@@ -258,8 +273,23 @@ class TaskSwitchingNet(nn.Module):
         out = {}
         for name in names:
             features = self.decoder(levels, size, self.embedding(name))
-            out[name] = self.head(features)[:, : self.out_channels[name]]
+            out[name] = self.read_task(self.head(features), name)
         return out
+
+    def read_task(self, shared: torch.Tensor, task: str) -> torch.Tensor:
+        """Task ``task``'s output [B, C_t, H, W] from the shared output conv's [B, width, H, W] (see ``readout``)."""
+        if self.readout == "slice":
+            return shared[:, : self.out_channels[task]]
+        pool = self._pools[task].to(device=shared.device, dtype=shared.dtype)  # [C_t, width]
+        return torch.einsum("tc,bchw->bthw", pool, shared)
+
+    def output_layer(self, task: str) -> OutputLayer:
+        """The shared output conv and the channels ``task`` reads: the first C_t ("slice") or all of them ("pool").
+
+        The layer is shared: changing its bias for one task changes every task that reads those channels.
+        """
+        self._task_index(task)
+        return OutputLayer(self.head, slice(0, self.out_channels[task]) if self.readout == "slice" else slice(None))
 
 
 class MultiDecoderUNet(nn.Module):
@@ -270,13 +300,14 @@ class MultiDecoderUNet(nn.Module):
     """
 
     def __init__(self, tasks: Mapping[str, int], encoder: str = "resnet18", pretrained: bool = False,
-                 decoder_channels: Sequence[int] = TSN_DECODER_CHANNELS) -> None:
+                 decoder_channels: Sequence[int] = TSN_DECODER_CHANNELS, align_corners: bool = False) -> None:
         super().__init__()
         self.out_channels = _check_dense(tasks, "unet")
         self.tasks = tuple(tasks)
         self.encoder = ResNetPyramid(encoder, (0, 1, 2, 3, 4), pretrained=pretrained)
         self.decoders = nn.ModuleDict(
-            {t: UNetDecoder(self.encoder.channels, decoder_channels, embed_dim=None) for t in tasks})
+            {t: UNetDecoder(self.encoder.channels, decoder_channels, embed_dim=None, align_corners=align_corners)
+             for t in tasks})
         self.heads = nn.ModuleDict({t: nn.Conv2d(decoder_channels[-1], c, 1) for t, c in self.out_channels.items()})
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -284,15 +315,24 @@ class MultiDecoderUNet(nn.Module):
         levels = self.encoder(images)
         return {t: self.heads[t](self.decoders[t](levels, size)) for t in self.tasks}
 
+    def output_layer(self, task: str) -> OutputLayer:
+        """The 1x1 output conv of ``task``."""
+        return OutputLayer(self.heads[task], slice(None))
 
-@register_model("tsn")
+
+#: Small widths of the smoke preset (notebook 09 on a CPU).
+SMOKE_OPTIONS: dict[str, object] = dict(encoder="resnet18", decoder_channels=(64, 32, 32, 32, 16))
+_PASCAL_SMOKE = {"semseg": 6, "parts": 3, "edge": 1, "normals": 3, "saliency": 1}
+
+
+@register_model("tsn", smoke=SMOKE_OPTIONS, smoke_tasks=_PASCAL_SMOKE)
 def tsn(tasks: dict[str, int], **options) -> TaskSwitchingNet:
     """Task Switching Network (options: encoder, code, code_dim, code_seed, mapping_layers, decoder_channels,
-    out_channels, pretrained); call as ``model(images, task=name)``."""
+    out_channels, readout, align_corners, pretrained); call as ``model(images, task=name)``."""
     return TaskSwitchingNet(tasks, **options)
 
 
-@register_model("unet")
+@register_model("unet", smoke=SMOKE_OPTIONS, smoke_tasks=_PASCAL_SMOKE)
 def unet(tasks: dict[str, int], **options) -> MultiDecoderUNet:
-    """ResNet U-Net, one plain decoder per task (options: encoder, decoder_channels, pretrained)."""
+    """ResNet U-Net, one plain decoder per task (options: encoder, decoder_channels, align_corners, pretrained)."""
     return MultiDecoderUNet(tasks, **options)

@@ -1,19 +1,10 @@
 """ULSAM: Ultra-Lightweight Subspace Attention Module (Saini et al., WACV 2020).
 
-The C input channels are split into g groups (subspaces) of C/g channels. Each group gets one spatial attention map:
-
-    depthwise 1x1 conv -> BN -> ReLU -> 3x3 max-pool (stride 1, pad 1) -> pointwise 1x1 conv to 1 channel -> BN
-    -> ReLU -> softmax over all H*W positions  =>  A_k [B, 1, H, W], sum over positions = 1
-    out_k = x_k * A_k + x_k            (A_k broadcast over the group's channels; the residual keeps x when A ~ 1/HW)
-
-and the groups are concatenated again. Parameters: per group of c = C/g channels, depthwise conv c + c (weights,
-biases), BN 2c, pointwise conv c + 1, BN 2 -> 5c + 3; in all **5C + 3g**.
-
-The g groups are computed at once, which is exactly the per-group computation: a depthwise conv and a per-channel BN
-do not mix channels, the pointwise conv is a grouped conv (``groups=g``: group k's c channels -> its map) and the
-1-channel BNs of the groups are one g-channel BN. Differences from the public file (Nandan91/ULSAM ``ulsam.py``),
-on purpose: BN momentum is PyTorch's 0.1 (its 0.9 is a Keras-style value that, in PyTorch's convention, would keep
-only 10% of the running statistics per step), and nothing sets a CUDA default tensor type.
+The C channels are split into g groups; each group gets one spatial attention map (depthwise 1x1 conv -> BN ->
+ReLU -> 3x3 max-pool -> pointwise 1x1 conv to 1 channel -> BN -> ReLU -> softmax over all H*W positions) and
+``out_k = x_k * A_k + x_k``. Parameters: 5C + 3g. The g groups are computed at once (depthwise conv, grouped
+pointwise conv, one g-channel BN), which is exactly the per-group computation. BatchNorm momentum is PyTorch's 0.1
+(``bn_momentum``; the public file's 0.9 is a Keras-style value, docs/fidelity.md).
 """
 from __future__ import annotations
 

@@ -1,77 +1,15 @@
 """UPerNet for unified perceptual parsing (Xiao et al., ECCV 2018), with the course's ULSAM variants.
 
-Layout (``fpn_channels`` = F; CSAILVision/unifiedparsing ``models/models.py`` uses F = 512 and 512-channel PPM
-branches)::
+ResNet C2..C5 -> PPM on C5 (= P5) -> FPN (P2..P4) -> fusion of all levels at 1/4. Heads (3x3 conv-BN-ReLU + 1x1):
+scene from P5 (pooled), object (semseg) and part from the fused map, material from P2, texture from the fused map
+(pooled); other dense/image-level tasks get a head on the fused map; boxes are refused.
 
-    images -> ResNet C2..C5 (strides 4, 8, 16, 32)
-    C5 -> PPM: for s in (1, 2, 3, 6): adaptive avg-pool to s x s -> upsample -> 1x1 conv-BN-ReLU (512);
-              concat with C5 -> 3x3 conv-BN-ReLU (F)                                   = P5 (the "PPM output")
-    FPN: lateral_i = 1x1 conv-BN-ReLU(C_i) (F); top-down f_i = lateral_i + up(f_{i+1}); P_i = 3x3 conv-BN-ReLU(f_i)
-    fusion at 1/4: concat(P2, up(P3), up(P4), up(P5)) -> 3x3 conv-BN-ReLU (F)          = fused map
-    heads (3x3 conv-BN-ReLU (F) + 1x1 conv with bias):
-        scene    <- P5, global average pool before the 1x1 (image-level, [B, C])
-        semseg   <- fused map (the "object" head)            parts <- fused map
-        material <- P2                                       texture <- fused map, pooled like scene ([B, C])
-    dense outputs are upsampled (bilinear) from 1/4 to the input size.
-
-Other dense tasks (depth, normals, edge, saliency) get a dense head on the fused map and other image-level tasks
-(binary, category) an image-level head on it, so the model serves any dense/image task set; boxes are refused.
-The PPM applies its 1x1 conv-BN-ReLU after the upsampling, as the public code does: a 1x1 conv commutes with
-bilinear upsampling, and BatchNorm then normalises over the whole C5 map, so the s = 1 branch also trains at batch
-size 1 (a 1x1 map after pooling would leave BatchNorm one value per channel).
-
-Texture: the public decoder has no texture head (the paper fine-tunes a texture classifier on DTD afterwards); the
-kit's texture head reads the fused map, like object and part, and is trained on the "dtd" source's images.
-
-**Parts per owning object.** What the public code does (CSAILVision/unifiedparsing ``models/models.py``): the part
-head has one block of channels per part-bearing object. Training: for each such object o, a log-softmax over o's
-parts only, the NLL taken on the pixels whose GROUND-TRUTH object is o (in images that label parts), averaged over
-those pixels; the part loss is the sum of these per-object means (weight 0.5). Pixels of objects without parts add
-nothing. Inference: softmax within each object's block, and a pixel's part is read from the block of its PREDICTED
-object (argmax of the object head).
-
-The kit's Broden-like data labels parts as (owner, part) classes of one list (``synthetic.BRODEN_PARTS``: "none",
-"creature head", "table leg", "chair leg", ...; "none" on every labelled pixel that is not a part), so the part head
-is one classifier over these classes and ``part_owners`` (one tuple of object classes per part class, see
-:func:`broden_part_owners`) says which object may carry which class. :func:`part_allowed` turns it into ``allowed
-[O, P]``: object o may show its own part classes and the classes without an owner ("none"); an object that owns no
-part shows only "none". With ``part_owners``:
-
-- **training** (``model.train()``): ``parts`` are the head's raw logits. UPerNet's loss is :func:`owner_part_loss`
-  (the Trainer uses it through :class:`mtlkit.course_broden.OwnerPartsTask`): per pixel a softmax over
-  ``allowed[gt object]``, on pixels whose ground-truth object owns parts, averaged per object and summed over the
-  objects. A plain cross-entropy over all classes (a generic ``Task``) also trains these logits, it only asks more
-  of them (tell a table leg from a chair leg by appearance alone, and "none" everywhere else).
-- **inference** (``model.eval()``): with ô = argmax of the object logits at each pixel (both heads upsampled to the
-  input size first, as the public code does), ``parts`` are the log-probabilities
-  ``log((1 - eps) softmax_{c in allowed[ô]}(z)_c + eps / P)`` (:func:`gate_parts`, eps =
-  :data:`PART_GATE_FLOOR`): the argmax is a part of ô or "none", never a part of another object, and the values stay
-  finite so a validation loss can still be computed.
-
-No gate in training: an earlier version added ``log p(owner)`` of the (detached) object head to the part logits in
-training too. With a barely trained object head p(owner) ~ 1/47 pushed every owned class ~4 nats below "none", the
-part head learned to predict "none" everywhere and every smoke model had the same part metrics.
-
-**Context-aware head** (``context_head=True``): the object head's pre-classifier features (F channels at 1/4) are
-concatenated with the material head's input, so the material head's first conv reads 2F channels.
-
-**ULSAM variants** (``ulsam=``, attention :class:`~mtlkit.models.ulsam.ULSAM` with ``ulsam_groups`` groups; our
-reading of the course's C(1)-C(3)):
-
-- ``"fused"`` (C(1)): UPerNet's fused map goes through ULSAM; the attended map feeds every pixel head: object,
-  part, texture and also material (instead of P2). Scene keeps reading P5 (its head is defined on the PPM output).
-- ``"pairs"`` (C(2)): two maps, P2 + up(P5) (at 1/4) and P4 + up(P5) (at 1/16), each through its own ULSAM; the
-  second is upsampled to 1/4, both are concatenated and a 3x3 conv-BN-ReLU (2F -> F) gives the fused map
-  (replacing UPerNet's 4-level fusion). "+" is the FPN-style merge: upsample the coarser map and add.
-- ``"adjacent"`` (C(3)): adjacent levels P2 + up(P3), P3 + up(P4), P4 + up(P5), each through its own ULSAM,
-  upsampled to 1/4, concatenated, 3x3 conv-BN-ReLU (3F -> F) gives the fused map.
-
-For "pairs" and "adjacent", material reads P2 as in UPerNet. After a forward, :meth:`UPerNet.attention_maps` returns
-each ULSAM's maps [B, g, h, w].
-
-Loss weights of the public code (object 1, part 0.5, scene 0.25, material 1) are :data:`UPERNET_LOSS_WEIGHTS`, for
-``Trainer(weighting="static", weighting_options={"weights": UPERNET_LOSS_WEIGHTS})`` (texture, not in the public
-dict, gets 1).
+Parts per owning object (``part_owners``): training returns raw part logits for :func:`owner_part_loss` (a softmax
+over the parts of the ground-truth object), inference the log-probabilities of the predicted object's parts
+(:func:`gate_parts`). ``context_head=True`` feeds the object head's features into the material head.
+``ulsam=`` "fused" (C(1)), "pairs" (C(2)) or "adjacent" (C(3)) puts :class:`~mtlkit.models.ulsam.ULSAM` on the
+fused map or on merged level pairs. Loss weights of the public code: :data:`UPERNET_LOSS_WEIGHTS`.
+The layout, the part gating and the ULSAM variants in full: docs/models.md; differences: docs/fidelity.md.
 """
 from __future__ import annotations
 
@@ -82,9 +20,9 @@ import timm
 import torch
 import torch.nn as nn
 
-from . import register_model
+from . import OutputLayer, register_model
 from .blocks import conv_bn_relu, upsample_to
-from .encoders import (ENCODERS, IMAGENET_MEAN, IMAGENET_STD, PretrainedWeightsUnavailable, _is_download_error)
+from .encoders import IMAGENET_MEAN, IMAGENET_STD, PretrainedWeightsUnavailable, _is_download_error, check_encoder
 from .ulsam import ULSAM
 
 __all__ = ["ULSAM_VARIANTS", "UPERNET_LOSS_WEIGHTS", "PART_OWNER_GROUPS", "PART_GATE_FLOOR", "ResNetPyramid",
@@ -122,8 +60,7 @@ class ResNetPyramid(nn.Module):
     def __init__(self, name: str = "resnet50", out_indices: Sequence[int] = (1, 2, 3, 4), pretrained: bool = False,
                  normalize_input: bool = True) -> None:
         super().__init__()
-        if name not in ENCODERS:
-            raise ValueError(f"unknown encoder {name!r}; valid encoders: {', '.join(ENCODERS)}")
+        name = check_encoder(name)
         try:
             self.body = timm.create_model(name, pretrained=pretrained, features_only=True,
                                           out_indices=tuple(out_indices))
@@ -196,7 +133,8 @@ class UPerFusion(nn.Module):
     Shapes: [P2, P3, P4, P5] ([B, F, h_i, w_i]) -> [B, F, h2, w2].
     """
 
-    def __init__(self, channels: int, num_levels: int = 4, ulsam: str | None = None, groups: int = 4) -> None:
+    def __init__(self, channels: int, num_levels: int = 4, ulsam: str | None = None, groups: int = 4,
+                 bn_momentum: float = 0.1) -> None:
         super().__init__()
         if ulsam is not None and ulsam not in ULSAM_VARIANTS:
             raise ValueError(f"unknown ulsam variant {ulsam!r}; valid choices: None, "
@@ -211,9 +149,9 @@ class UPerFusion(nn.Module):
         n_maps = len(self.pairs) if self.pairs else num_levels
         self.conv = conv_bn_relu(n_maps * channels, channels, 3)
         if ulsam == "fused":
-            self.attention = nn.ModuleList([ULSAM(channels, groups)])
+            self.attention = nn.ModuleList([ULSAM(channels, groups, bn_momentum)])
         elif ulsam is not None:
-            self.attention = nn.ModuleList(ULSAM(channels, groups) for _ in self.pairs)
+            self.attention = nn.ModuleList(ULSAM(channels, groups, bn_momentum) for _ in self.pairs)
         else:
             self.attention = nn.ModuleList()
 
@@ -394,6 +332,7 @@ class UPerNet(nn.Module):
         pool_scales: PPM pooling grid sizes.
         context_head: feed the object head's pre-classifier features into the material head.
         ulsam: None, "fused", "pairs" or "adjacent"; ulsam_groups: g of every ULSAM.
+        ulsam_bn_momentum: BatchNorm momentum of every ULSAM (PyTorch's 0.1; docs/fidelity.md).
         part_owners: per part class, the object classes owning it. In eval mode the parts are then read from each
             pixel's predicted object (:func:`gate_parts`); training mode returns the raw part logits, to be
             trained with :func:`owner_part_loss`.
@@ -404,7 +343,7 @@ class UPerNet(nn.Module):
     def __init__(self, tasks: Mapping[str, int], encoder: str = "resnet50", pretrained: bool = False,
                  fpn_channels: int = 512, ppm_channels: int = 512, pool_scales: Sequence[int] = (1, 2, 3, 6),
                  context_head: bool = False, ulsam: str | None = None, ulsam_groups: int = 4,
-                 part_owners: Sequence[Sequence[int]] | None = None) -> None:
+                 ulsam_bn_momentum: float = 0.1, part_owners: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__()
         self.kinds = _check_tasks(tasks)
         self.tasks = tuple(tasks)
@@ -424,7 +363,7 @@ class UPerNet(nn.Module):
         c2, c3, c4, c5 = self.encoder.channels
         self.ppm = PyramidPooling(c5, F_, ppm_channels, pool_scales)
         self.fpn = FPN((c2, c3, c4), F_)
-        self.fusion = UPerFusion(F_, 4, ulsam, ulsam_groups)
+        self.fusion = UPerFusion(F_, 4, ulsam, ulsam_groups, ulsam_bn_momentum)
 
         heads: dict[str, nn.Module] = {}
         for task, channels in tasks.items():
@@ -480,12 +419,21 @@ class UPerNet(nn.Module):
             out["parts"] = gate_parts(out["parts"], out["semseg"], self.part_allowed)
         return out
 
+    def output_layer(self, task: str) -> OutputLayer:
+        """The 1x1 classifier of ``task``'s head (in eval mode with ``part_owners`` the parts are gated after it)."""
+        return OutputLayer(self.heads[task].classifier, slice(None))
+
     def attention_maps(self) -> list[torch.Tensor]:
         """The last forward's ULSAM maps, one [B, g, h, w] tensor per ULSAM (empty without ``ulsam``)."""
         return [m.last_attention for m in self.fusion.attention if m.last_attention is not None]
 
 
-@register_model("upernet")
+#: Small widths of the smoke configuration (the benchmarks' smoke rows).
+SMOKE_OPTIONS: dict[str, object] = dict(encoder="resnet18", fpn_channels=64, ppm_channels=64)
+
+
+@register_model("upernet", smoke=SMOKE_OPTIONS,
+                smoke_tasks={"scene": 3, "semseg": 4, "parts": 5, "material": 3, "texture": 3})
 def upernet(tasks: dict[str, int], **options) -> UPerNet:
     """UPerNet (options: encoder, fpn_channels, ppm_channels, context_head, ulsam, ulsam_groups, part_owners)."""
     return UPerNet(tasks, **options)
