@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 ENV_VAR = "MTLKIT_DATA_DIR"
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # a checkout when installed editable or on PYTHONPATH
 
 
 class DataDirError(RuntimeError):
@@ -24,9 +25,8 @@ def _is_checkout(folder: Path) -> bool:
 
 def checkout_root(cwd: Path | None = None) -> Path | None:
     """The mtlkit checkout in use: the package's own (editable install), else the working folder or one above it."""
-    own = Path(__file__).resolve().parent.parent
-    if _is_checkout(own):
-        return own
+    if _is_checkout(_PACKAGE_PARENT):
+        return _PACKAGE_PARENT
     here = Path(cwd or Path.cwd()).resolve()
     return next((folder for folder in (here, *here.parents) if _is_checkout(folder)), None)
 
