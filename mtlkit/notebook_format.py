@@ -61,8 +61,15 @@ def saved_as_jupyterlab_would(notebook: Path) -> dict[str, bytes]:
         content = cm.get(copy.name, content=True)["content"]
         content["metadata"]["kernelspec"] = kernelspec()
         content["metadata"].setdefault("jupytext", {})["formats"] = FORMATS
+        if not _shows_widgets(content):
+            content["metadata"].pop("widgets", None)  # saved state of progress widgets no output shows any more
         cm.save({"type": "notebook", "format": "json", "content": content}, copy.name)
         return {notebook.name: copy.read_bytes(), pair.name: copy.with_suffix(".py").read_bytes()}
+
+
+def _shows_widgets(notebook) -> bool:
+    return any("application/vnd.jupyter.widget-view+json" in output.get("data", {})
+               for cell in notebook["cells"] for output in cell.get("outputs", []))
 
 
 def notebooks_in(paths: list[str | Path]) -> list[Path]:
