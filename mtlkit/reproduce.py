@@ -223,6 +223,11 @@ def execute(run: Run, out_root: Path, preset: str, device: str) -> dict:
         if partial.exists():
             os.replace(partial, run_dir / (run.notebook.stem + ".failed.ipynb"))
     status["seconds"] = round(time.perf_counter() - start, 2)
+    if status["status"] == "failed" and status["error"].startswith("KeyboardInterrupt"):
+        # Ctrl-C reaches the kernels too: an interrupted run is not a failure, and with no run.json the next
+        # invocation redoes it
+        status["status"] = "interrupted"
+        return status
     from mtlkit.atomic import atomic_write_json
 
     atomic_write_json(run_dir / "run.json", status)
@@ -578,6 +583,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"FAILED {run.name}: {st.get('error')} (see {_rel(out_root / run.name / 'error.txt')})")
     if failed and not args.retry_failed:
         print("rerun only the failures with --retry-failed")
+    stopped = [r.name for r in runs if results.get(r.name, {}).get("status") == "interrupted"]
+    if stopped:
+        print(f"INTERRUPTED {', '.join(stopped)}: not recorded; the same command redoes them")
+        return 130
     return 1 if failed else 0
 
 

@@ -284,3 +284,14 @@ def test_reproduce_presets_are_the_course_presets():
     from mtlkit.reproduce import PRESETS
 
     assert PRESETS == DATA_PRESETS
+
+
+def test_an_interrupted_kernel_is_not_recorded_as_failed_and_is_redone(course, capsys):
+    nbdir, out = course
+    _notebook(nbdir / "02_stopped.ipynb", "raise KeyboardInterrupt  # what Ctrl-C does to the running kernel")
+    assert reproduce(course, "--notebooks", "02") == 130
+    assert "INTERRUPTED 02_stopped" in capsys.readouterr().out
+    assert not (out / "02_stopped" / "run.json").exists()  # nothing recorded: the next invocation redoes it
+    _notebook(nbdir / "02_stopped.ipynb", WRITE_METRICS)
+    assert reproduce(course, "--notebooks", "02") == 0
+    assert json.loads((out / "02_stopped" / "run.json").read_text())["status"] == "ok"
