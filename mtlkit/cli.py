@@ -181,7 +181,7 @@ def _usage(parser: argparse.ArgumentParser):
     return show
 
 
-def _add_grading(sub) -> None:
+def _add_grading(sub, command: str | None) -> None:
     assignments = sub.add_parser("assignments", help="problem sets: list them, release the student version")
     asub = assignments.add_subparsers(dest="assignments_command", metavar="ASSIGNMENTS_COMMAND")
     p = asub.add_parser("release", help="write the student notebook: stubs, no hidden tests, locked cells")
@@ -194,14 +194,18 @@ def _add_grading(sub) -> None:
     p.set_defaults(func=_cmd_assignments_list)
     assignments.set_defaults(func=_usage(assignments))
     p = sub.add_parser("grade", help="grade submissions in a sandbox; write a gradebook CSV and feedback")
-    from mtlkit.grading.options import add_arguments as add_grade_arguments
+    if command == "grade":
+        from mtlkit.grading.options import add_arguments as add_grade_arguments
 
-    add_grade_arguments(p)
-    p.set_defaults(func=_cmd_grade)
+        add_grade_arguments(p)
+        p.set_defaults(func=_cmd_grade)
 
 
 def _add_train(sub, full: bool) -> None:
-    """The train options come from the training module, which imports torch: only added when ``train`` is run."""
+    """The train options come from the training module, which imports torch: only added when ``train`` is run.
+
+    (Likewise ``reproduce`` and ``grade`` load their options only when run, so ``mtlkit --help`` stays instant.)
+    """
     p = sub.add_parser("train", help="train a model on a dataset through the Trainer")
     if not full:
         return
@@ -211,8 +215,8 @@ def _add_train(sub, full: bool) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-def build_parser(prog: str = "mtlkit", command: str | None = "train") -> argparse.ArgumentParser:
-    """The parser; ``command`` is the subcommand about to run (only ``train`` needs its heavy options loaded)."""
+def build_parser(prog: str = "mtlkit", command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``command`` is the subcommand about to run: only its options are loaded if they are heavy."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="mtlkit: a notebook-first course and reproduction kit for multi-task dense prediction.",
@@ -280,11 +284,12 @@ def build_parser(prog: str = "mtlkit", command: str | None = "train") -> argpars
     _add_train(sub, full=command == "train")
 
     p = sub.add_parser("reproduce", help="run the notebooks headlessly through papermill and collect results")
-    from mtlkit.reproduce import add_arguments as add_reproduce_arguments
+    if command == "reproduce":
+        from mtlkit.reproduce import add_arguments as add_reproduce_arguments
 
-    add_reproduce_arguments(p)
-    p.set_defaults(func=_cmd_reproduce)
-    _add_grading(sub)
+        add_reproduce_arguments(p)
+        p.set_defaults(func=_cmd_reproduce)
+    _add_grading(sub, command)
     return parser
 
 
