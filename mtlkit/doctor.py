@@ -56,7 +56,7 @@ def run_doctor() -> int:
 
 
 def _check_files() -> list[str]:
-    """Data folder, dataset registry, notebooks and assignment sources: where each is, or what to do. Creates nothing."""
+    """Data folder, dataset registry, notebooks, assignment sources: where each is, or what to do. Creates nothing."""
     from mtlkit.paths import assignments_source_dir, data_dir, data_dir_source, notebooks_dir, writable_problem
 
     problems = []

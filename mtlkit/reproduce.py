@@ -1,18 +1,17 @@
 """``mtlkit reproduce``: run the course notebooks headlessly through papermill and collect their results.
 
-Each run lands in its own folder ``OUT/<notebook>[__KEY=value...]/`` holding the executed notebook, the notebook's
-``metrics.json``, a log and a ``run.json`` status record. A run counts as finished only once ``run.json`` says so,
-and the executed notebook is written under a temporary name and renamed at the end, so a run killed mid-way (even by
-SIGKILL of the whole command) is redone cleanly on the next invocation. Failed runs are kept as failed until
-``--retry-failed``. While a notebook runs, its kernel's output streams into ``log.txt`` (the Trainer prints one line
-per epoch there: ``MTLKIT_PROGRESS=lines``) and the console shows the latest line of every running notebook. Runs execute in local processes (``--jobs N`` kernels at once) or as a SLURM job array through
-submitit (``--executor slurm``; without SLURM submitit runs the same jobs locally).
+Each run lands in its own folder ``OUT/<notebook>[__KEY=value...]/``: the executed notebook, its ``metrics.json``,
+``log.txt`` and a ``run.json`` status record. A run counts as finished only once ``run.json`` says so, and the
+executed notebook is written under a temporary name and renamed at the end, so a run killed mid-way (even by SIGKILL
+of the whole command) is redone on the next invocation. Failed runs stay failed until ``--retry-failed``. A running
+kernel's output streams into ``log.txt`` (the Trainer prints one line per epoch there: ``MTLKIT_PROGRESS=lines``),
+and the console shows each running notebook's latest line. Runs execute in local processes (``--jobs N`` kernels at
+once) or as a SLURM job array through submitit (``--executor slurm``; without SLURM it runs the jobs locally).
 
-At the end ``OUT/results.csv`` and ``OUT/results.md`` hold one row per notebook run and model: every task metric
-(``task/metric``), Δm (survey form) against the run's own single-task rows (``single-<task>``), parameters and wall
-time; with several seeds in the grid, ``OUT/results_by_seed.md`` gives mean ± std over seeds. ``--dry-run`` runs
-every notebook that has a ``MAX_STEPS`` parameter with ``MAX_STEPS=2`` and reports, per notebook, the data and
-weights it used and the projected cost of the full run (from its ``metrics.json``, where it reports it).
+``OUT/results.csv`` and ``OUT/results.md`` hold one row per notebook run and model: every ``task/metric``, Δm (survey
+form) against the run's own ``single-<task>`` rows, parameters and wall time; ``OUT/results_by_seed.md`` gives
+mean ± std over a SEED grid. ``--dry-run`` runs every notebook that has ``MAX_STEPS`` with ``MAX_STEPS=2`` and
+reports the data, weights and projected full cost each notebook's ``metrics.json`` states.
 """
 from __future__ import annotations
 
@@ -71,7 +70,7 @@ def default_notebooks_dir() -> Path:
 
 
 def find_notebooks(selection: list[str] | None, directory: Path) -> list[Path]:
-    """Course notebooks ``NN_topic.ipynb`` in order; ``selection`` filters by prefix/stem (e.g. ``00`` or ``00_data``)."""
+    """Course notebooks ``NN_topic.ipynb`` in order; ``selection`` filters by prefix or stem (``00``, ``00_data``)."""
     found = sorted(p for p in Path(directory).glob("[0-9][0-9]_*.ipynb"))
     if not selection:
         return found
@@ -572,7 +571,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         state = st.get("status", "?") if run.name in executed else f"{st.get('status', '?')} (earlier)"
         print(f"{run.name:<48} {state:<8} {st.get('seconds', 0):>8}")
     if args.dry_run:
-        print(f"\ndry run ({MAX_STEPS}={DRY_RUN_STEPS}) of the {args.preset} preset:\n" + dry_run_report(out_root, runs))
+        print(f"\ndry run ({MAX_STEPS}={DRY_RUN_STEPS}) of the {args.preset} preset:")
+        print(dry_run_report(out_root, runs))
     table = collect(out_root, runs)
     paths = write_results(out_root, table)
     print("\n" + _summary(table))
