@@ -464,7 +464,10 @@ def dry_run_report(out_root: Path, runs: Sequence[Run]) -> str:
 
     A notebook reports them as top-level keys of its ``metrics.json``: ``data`` and ``weights`` (text),
     ``seconds_per_step`` (measured in the dry run) and ``full_steps`` (training + evaluation steps at full length).
+    Where it does not, its ``DATA`` / ``PRETRAINED`` parameters are shown instead.
     """
+    import papermill
+
     lines = []
     for run in runs:
         try:
@@ -472,13 +475,21 @@ def dry_run_report(out_root: Path, runs: Sequence[Run]) -> str:
         except (FileNotFoundError, json.JSONDecodeError):
             info = {}
         info = info if isinstance(info, dict) else {}
+        defaults = {k: v.get("default") for k, v in papermill.inspect_notebook(str(run.notebook)).items()}
+
+        def stated(key: str, param: str) -> str:
+            if info.get(key):
+                return str(info[key])
+            value = run.params.get(param, defaults.get(param))
+            return "not reported" + (f" (parameter {param}={value})" if value is not None else "")
+
         per_step, steps = info.get("seconds_per_step"), info.get("full_steps")
         if _is_number(per_step) and _is_number(steps):
             cost = f"{_duration(per_step * steps)} ({steps:g} steps × {per_step:.3g} s, on this machine)"
         else:
             cost = "unknown (its metrics.json reports no seconds_per_step and full_steps)"
-        lines.append(f"{run.name}\n    data: {info.get('data', 'not reported')}\n"
-                     f"    weights: {info.get('weights', 'not reported')}\n    full run: {cost}")
+        lines.append(f"{run.name}\n    data: {stated('data', 'DATA')}\n"
+                     f"    weights: {stated('weights', 'PRETRAINED')}\n    full run: {cost}")
     return "\n".join(lines)
 
 

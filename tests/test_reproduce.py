@@ -255,6 +255,7 @@ def test_last_log_line_is_the_latest_progress_state(tmp_path):
 
 def test_dry_run_caps_the_steps_where_it_can_and_reports_data_weights_and_cost(course, capsys):
     nbdir, out = course
+    _with_parameter(nbdir, "01_broken.ipynb", 'PRETRAINED = False\nDATA = "auto"', "x = 1")
     _with_parameter(nbdir, "02_capped.ipynb", "MAX_STEPS = None", """
 import json, pathlib
 pathlib.Path(OUT_DIR, "metrics.json").write_text(json.dumps({"notebook": "02_capped", "preset": PRESET, "runs": {},
@@ -262,14 +263,16 @@ pathlib.Path(OUT_DIR, "metrics.json").write_text(json.dumps({"notebook": "02_cap
 """)
     dry = out.parent / "dry"
     assert main(["reproduce", "--preset", "unit", "--notebooks-dir", str(nbdir), "--out", str(dry),
-                 "--notebooks", "00", "02", "--dry-run"]) == 0
+                 "--notebooks", "00", "01", "02", "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "00_ok: has no parameter MAX_STEPS; runs without it" in text
     assert (dry / "02_capped__MAX_STEPS=2" / "run.json").exists()
     report = text[text.index("dry run (MAX_STEPS=2)"):]
     assert "data: miniscapes (twin)" in report and "weights: random init" in report
     assert "full run: 36 s (72 steps × 0.5 s" in report  # 36 * MAX_STEPS steps at 0.5 s
-    assert "00_ok\n    data: not reported" in report and "unknown" in report
+    assert "00_ok\n    data: not reported\n" in report and "unknown" in report
+    assert 'data: not reported (parameter DATA="auto")' in report  # what 01 would load, from its parameters
+    assert "weights: not reported (parameter PRETRAINED=False)" in report
 
 
 def test_outside_a_checkout_it_says_where_it_looked_and_how_to_point_at_the_notebooks(monkeypatch, capsys):
