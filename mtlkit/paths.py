@@ -51,7 +51,7 @@ def data_dir_source() -> str:
     if os.environ.get(ENV_VAR):
         return f"from ${ENV_VAR}"
     root = checkout_root()
-    return f"the checkout's data/ ({root})" if root else f"per-user folder; set ${ENV_VAR} to choose another"
+    return f"data/ of the mtlkit checkout {root}" if root else f"the per-user folder; set ${ENV_VAR} for another"
 
 
 def cache_dir() -> Path:
