@@ -4,8 +4,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from mtlkit.paths import DataDirError
+
+SOURCE_HELP = "instructor sources (default: assignments/source of the mtlkit checkout in use)"
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -21,7 +24,9 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
     print("synthetic (generated, nothing to download):")
     for name in SYNTHETIC_NAMES:
         print(f"  {name}")
-    print("\nreal (data/registry.yaml; present = prepared | raw | missing under the data dir):")
+    from mtlkit.paths import data_dir
+
+    print(f"\nreal (present = prepared | raw | missing under the data dir {data_dir()}):")
     print(format_table(table_rows(), ("id", "tasks", "size", "licence", "registration", "present")))
     return 0
 
@@ -128,10 +133,32 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _assignment_source(args: argparse.Namespace) -> str:
+    """``--source``, else ``assignments/source`` of the checkout in use; outside a checkout, one line on what to do."""
+    if args.source:
+        return args.source
+    from mtlkit.paths import assignments_source_dir
+
+    found = assignments_source_dir()
+    if found is None:
+        raise FileNotFoundError(f"no assignments/source folder: {Path.cwd()} is not inside an mtlkit checkout; "
+                                "run from a checkout or pass --source DIR")
+    return str(found)
+
+
+def _cmd_assignments_list(args: argparse.Namespace) -> int:
+    from mtlkit.grading.assignment import list_assignments
+
+    source = _assignment_source(args)
+    names = list_assignments(Path(source))
+    print(f"assignments in {source}: {', '.join(names) or '(none)'}")
+    return 0 if names else 1
+
+
 def _cmd_assignments_release(args: argparse.Namespace) -> int:
     from mtlkit.grading.release import release
 
-    path = release(args.assignment, args.out, source=args.source)
+    path = release(args.assignment, args.out, source=_assignment_source(args))
     print(f"released {args.assignment} to {path} (solutions stubbed, hidden tests removed, grading.py not copied)")
     return 0
 
@@ -139,43 +166,66 @@ def _cmd_assignments_release(args: argparse.Namespace) -> int:
 def _cmd_grade(args: argparse.Namespace) -> int:
     from mtlkit.grading.grade import run_from_args
 
+    args.source = _assignment_source(args)
     return run_from_args(args)
 
 
-def _add_grading(sub) -> None:
-    assignments = sub.add_parser("assignments", help="problem sets: release the student version")
+def _usage(parser: argparse.ArgumentParser):
+    """A command given without its subcommand: the usage on stderr and exit status 2, like any other usage error."""
+
+    def show(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        print(f"\n{parser.prog}: error: a command is required (see the list above)", file=sys.stderr)
+        return 2
+
+    return show
+
+
+def _add_grading(sub, command: str | None) -> None:
+    assignments = sub.add_parser("assignments", help="problem sets: list them, release the student version")
     asub = assignments.add_subparsers(dest="assignments_command", metavar="ASSIGNMENTS_COMMAND")
     p = asub.add_parser("release", help="write the student notebook: stubs, no hidden tests, locked cells")
     p.add_argument("assignment", help="assignment name, e.g. PS1_joint")
     p.add_argument("--out", required=True, help="release folder (the notebook goes to OUT/PS/PS.ipynb)")
-    p.add_argument("--source", default=None, help="instructor sources (default: assignments/source)")
+    p.add_argument("--source", default=None, help=SOURCE_HELP)
     p.set_defaults(func=_cmd_assignments_release)
-    assignments.set_defaults(func=lambda a: (assignments.print_help(), 0)[1])
+    p = asub.add_parser("list", help="list the assignments found in the instructor sources")
+    p.add_argument("--source", default=None, help=SOURCE_HELP)
+    p.set_defaults(func=_cmd_assignments_list)
+    assignments.set_defaults(func=_usage(assignments))
     p = sub.add_parser("grade", help="grade submissions in a sandbox; write a gradebook CSV and feedback")
-    from mtlkit.grading.options import add_arguments as add_grade_arguments
+    if command == "grade":
+        from mtlkit.grading.options import add_arguments as add_grade_arguments
 
-    add_grade_arguments(p)
-    p.set_defaults(func=_cmd_grade)
+        add_grade_arguments(p)
+        p.set_defaults(func=_cmd_grade)
 
 
-def _add_train(sub) -> None:
+def _add_train(sub, full: bool) -> None:
+    """The train options come from the training module, which imports torch: only added when ``train`` is run.
+
+    (Likewise ``reproduce`` and ``grade`` load their options only when run, so ``mtlkit --help`` stays instant.)
+    """
     p = sub.add_parser("train", help="train a model on a dataset through the Trainer")
-    try:
-        from mtlkit.train import add_arguments
-    except ImportError:  # the training core is optional at --help time
+    if not full:
         return
+    from mtlkit.train import add_arguments
+
     add_arguments(p)
     p.set_defaults(func=_cmd_train)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "mtlkit", command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``command`` is the subcommand about to run: only its options are loaded if they are heavy."""
     parser = argparse.ArgumentParser(
-        prog="mtlkit",
+        prog=prog,
         description="mtlkit: a notebook-first course and reproduction kit for multi-task dense prediction.",
+        epilog="data folder: $MTLKIT_DATA_DIR, else data/ of the mtlkit checkout in use, else ~/.cache/mtlkit "
+               "(`mtlkit doctor` shows which)",
     )
     from mtlkit import __version__
 
-    parser.add_argument("--version", action="version", version=f"mtlkit {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"mtlkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("doctor", help="check the installation: versions, devices, data dir, two training steps")
@@ -229,29 +279,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", default=None, help="nyud-mt: mtl-pytorch | astmt; broden: broden+ | netdissect; "
                    "nyuv2, cityscapes: official (the raw release that `data prepare` converts)")
     p.set_defaults(func=_cmd_data_twin)
-    data.set_defaults(func=lambda a: (data.print_help(), 0)[1])
+    data.set_defaults(func=_usage(data))
 
-    _add_train(sub)
+    _add_train(sub, full=command == "train")
 
     p = sub.add_parser("reproduce", help="run the notebooks headlessly through papermill and collect results")
-    from mtlkit.reproduce import add_arguments as add_reproduce_arguments
+    if command == "reproduce":
+        from mtlkit.reproduce import add_arguments as add_reproduce_arguments
 
-    add_reproduce_arguments(p)
-    p.set_defaults(func=_cmd_reproduce)
-    _add_grading(sub)
+        add_reproduce_arguments(p)
+        p.set_defaults(func=_cmd_reproduce)
+    _add_grading(sub, command)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "mtlkit") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(prog, command)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+        return _usage(parser)(args)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("mtlkit: interrupted", file=sys.stderr)
+        # on its own line, not glued to the end of a progress bar
+        print(("\n" if sys.stderr.isatty() else "") + "mtlkit: interrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, PermissionError, DataDirError) as exc:
         # User-facing errors carry their own fix; a traceback would only bury it (MTLKIT_DEBUG=1 shows it).

@@ -37,13 +37,7 @@ def run_doctor() -> int:
             _line(module, f"MISSING ({exc})")
             problems.append(f"{module} does not import ({exc}); run `make install`")
 
-    from mtlkit.paths import DataDirError, data_dir, ensure_writable
-
-    _line("data dir", data_dir())
-    try:
-        ensure_writable(data_dir())
-    except DataDirError as exc:
-        problems.append(str(exc))
+    problems += _check_files()
 
     if not problems:
         try:
@@ -61,6 +55,32 @@ def run_doctor() -> int:
     return 0
 
 
+def _check_files() -> list[str]:
+    """Data folder, dataset registry, notebooks, assignment sources: where each is, or what to do. Creates nothing."""
+    from mtlkit.paths import assignments_source_dir, data_dir, data_dir_source, notebooks_dir, writable_problem
+
+    problems = []
+    folder = data_dir()
+    _line("data dir", f"{folder} ({data_dir_source()}{'' if folder.is_dir() else '; created on first use'})")
+    problem = writable_problem(folder)
+    if problem:
+        problems.append(f"{problem}. Point MTLKIT_DATA_DIR at a folder you can write, "
+                        "e.g. `export MTLKIT_DATA_DIR=$HOME/mtlkit-data`.")
+    try:
+        from mtlkit.data.real.registry import REGISTRY_PATH, load_registry
+
+        _line("registry", f"{len(load_registry())} real datasets ({REGISTRY_PATH})")
+    except Exception as exc:  # noqa: BLE001 - a missing or broken registry is reported, not raised
+        problems.append(f"dataset registry: {exc}")
+    # the notebooks and assignments live in a checkout: outside one they are optional, and the line says how to
+    # point at them
+    notebooks = notebooks_dir()
+    _line("notebooks", notebooks or "none (not in an mtlkit checkout): `mtlkit reproduce --notebooks-dir DIR`")
+    source = assignments_source_dir()
+    _line("assignments", source or "none (not in an mtlkit checkout): `mtlkit assignments ... --source DIR`")
+    return problems
+
+
 def _two_training_steps() -> float:
     import torch
 
@@ -69,7 +89,7 @@ def _two_training_steps() -> float:
     from mtlkit.tasks import tasks_for
 
     torch.manual_seed(0)
-    data = get_dataset("synthetic-nyu", "train", preset="unit")
+    data = get_dataset("synthetic-nyu", "train", preset="unit", cache=False)  # writes nothing to the data dir
     tasks = tasks_for(data.task_info)
     model = build("tiny", {name: task.out_channels for name, task in tasks.items()}, width=4)
     optim = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -1,15 +1,17 @@
 """``mtlkit reproduce``: run the course notebooks headlessly through papermill and collect their results.
 
-Each run lands in its own folder ``OUT/<notebook>[__KEY=value...]/`` holding the executed notebook, the notebook's
-``metrics.json``, a log and a ``run.json`` status record. A run counts as finished only once ``run.json`` says so,
-and the executed notebook is written under a temporary name and renamed at the end, so a run killed mid-way (even by
-SIGKILL of the whole command) is redone cleanly on the next invocation. Failed runs are kept as failed until
-``--retry-failed``. Runs execute in local processes (``--jobs N`` kernels at once) or as a SLURM job array through
-submitit (``--executor slurm``; without SLURM submitit runs the same jobs locally).
+Each run lands in its own folder ``OUT/<notebook>[__KEY=value...]/``: the executed notebook, its ``metrics.json``,
+``log.txt`` and a ``run.json`` status record. A run counts as finished only once ``run.json`` says so, and the
+executed notebook is written under a temporary name and renamed at the end, so a run killed mid-way (even by SIGKILL
+of the whole command) is redone on the next invocation. Failed runs stay failed until ``--retry-failed``. A running
+kernel's output streams into ``log.txt`` (the Trainer prints one line per epoch there: ``MTLKIT_PROGRESS=lines``),
+and the console shows each running notebook's latest line. Runs execute in local processes (``--jobs N`` kernels at
+once) or as a SLURM job array through submitit (``--executor slurm``; without SLURM it runs the jobs locally).
 
-At the end ``OUT/results.csv`` and ``OUT/results.md`` hold one row per notebook run and model: every task metric
-(``task/metric``), Δm (survey form) against the run's own single-task rows (``single-<task>``), parameters and wall
-time; with several seeds in the grid, ``OUT/results_by_seed.md`` gives mean ± std over seeds.
+``OUT/results.csv`` and ``OUT/results.md`` hold one row per notebook run and model: every ``task/metric``, Δm (survey
+form) against the run's own ``single-<task>`` rows, parameters and wall time; ``OUT/results_by_seed.md`` gives
+mean ± std over a SEED grid. ``--dry-run`` runs every notebook that has ``MAX_STEPS`` with ``MAX_STEPS=2`` and
+reports the data, weights and projected full cost each notebook's ``metrics.json`` states.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -27,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+# The same tuple as mtlkit.course's PRESETS (tests/test_reproduce.py pins it): repeated here because importing the
+# course imports torch, and building the parser for `mtlkit --help` must not.
 PRESETS = ("unit", "smoke", "lesson", "paper")
 STAMP = "reproduce.json"
 # Filled in by reproduce itself; a grid may not set them.
@@ -35,6 +39,10 @@ RESERVED = ("PRESET", "OUT_DIR")
 # A notebook with this parameter (10_comparison) reads the other runs' results: it runs once, without the grid,
 # after every other run has finished.
 READS_RESULTS = "RESULTS_DIR"
+# The notebook parameter that caps every training and evaluation (the paper path's dry run), and its dry-run value.
+MAX_STEPS, DRY_RUN_STEPS = "MAX_STEPS", 2
+# The kernels' progress output: one line per epoch (the Trainer reads it), so log.txt shows where a run is.
+PROGRESS_ENV = ("MTLKIT_PROGRESS", "lines")
 
 
 @dataclass
@@ -49,8 +57,20 @@ class Run:
 
 
 # ------------------------------------------------------------------------------------------------ planning
-def find_notebooks(selection: list[str] | None = None, directory: Path = NOTEBOOK_DIR) -> list[Path]:
-    """Course notebooks ``NN_topic.ipynb`` in order; ``selection`` filters by prefix/stem (e.g. ``00`` or ``00_data``)."""
+def default_notebooks_dir() -> Path:
+    """``notebooks/`` of the mtlkit checkout in use; outside a checkout, an error that says where it looked."""
+    from mtlkit.paths import notebooks_dir
+
+    found = notebooks_dir()
+    if found is None:
+        raise FileNotFoundError(f"no course notebooks found: neither the installed mtlkit nor {Path.cwd()} (or a "
+                                "folder above it) is an mtlkit checkout; run from a checkout or pass --notebooks-dir "
+                                "DIR (the folder holding NN_topic.ipynb)")
+    return found
+
+
+def find_notebooks(selection: list[str] | None, directory: Path) -> list[Path]:
+    """Course notebooks ``NN_topic.ipynb`` in order; ``selection`` filters by prefix or stem (``00``, ``00_data``)."""
     found = sorted(p for p in Path(directory).glob("[0-9][0-9]_*.ipynb"))
     if not selection:
         return found
@@ -61,7 +81,7 @@ def find_notebooks(selection: list[str] | None = None, directory: Path = NOTEBOO
     missing = [s for s in selection if not any(matches(p, s) for p in found)]
     if missing:
         names = ", ".join(p.stem for p in found) or "(none)"
-        raise ValueError(f"no notebook matches {', '.join(missing)}; available: {names}")
+        raise ValueError(f"no notebook matches {', '.join(missing)}; available in {directory}: {names}")
     return [p for p in found if any(matches(p, s) for s in selection)]
 
 
@@ -94,28 +114,52 @@ def notebook_parameters(path: Path) -> list[str]:
     return list(papermill.inspect_notebook(str(path)))
 
 
-def plan(notebooks: Sequence[Path], grid: list[dict], max_runs: int, yes: bool) -> list[Run]:
-    """Validate the grid against every notebook's parameters and return the runs, before anything executes.
+@dataclass
+class Plan:
+    runs: list[Run]
+    skipped_keys: dict[str, list[str]]  # notebook stem -> grid keys (or MAX_STEPS) it has no parameter for
 
-    Notebooks that read the results (a ``RESULTS_DIR`` parameter) get one run without grid parameters, last.
+
+def plan(notebooks: Sequence[Path], grid: list[dict], max_runs: int, yes: bool, dry_run: bool = False) -> Plan:
+    """Validate the grid against the notebooks' parameters and return the runs, before anything executes.
+
+    A grid key applies to the notebooks that have it and is left out (and listed) for the others; a key that no
+    notebook has is an error. Notebooks that read the results (a ``RESULTS_DIR`` parameter) get one run without
+    grid parameters, last. ``dry_run`` adds ``MAX_STEPS`` to every notebook that has it.
     """
-    readers = []
+    keys = list(dict.fromkeys(k for params in grid for k in params))
+    for key in keys:
+        if key in RESERVED:
+            raise ValueError(f"{key} is set by `mtlkit reproduce` itself (use --preset / --out)")
+        if key == MAX_STEPS and dry_run:
+            raise ValueError(f"--dry-run sets {MAX_STEPS}={DRY_RUN_STEPS} itself; leave {MAX_STEPS} out of --grid")
+    parameters = {nb: notebook_parameters(nb) for nb in notebooks}
+    readers = [nb for nb in notebooks if READS_RESULTS in parameters[nb]]
+    trainers = [nb for nb in notebooks if nb not in readers]
+    unused = [k for k in keys if not any(k in parameters[nb] for nb in trainers)]
+    if unused:
+        listing = "; ".join(f"{nb.stem}: {', '.join(parameters[nb])}" for nb in trainers)
+        raise ValueError(f"no notebook has a parameter {', '.join(map(repr, unused))}; their parameters: {listing}")
+    runs: list[Run] = []
+    skipped: dict[str, list[str]] = {}
     for nb in notebooks:
-        valid = notebook_parameters(nb)
-        if READS_RESULTS in valid:
-            readers.append(nb)
-            continue
-        for key in {k for params in grid for k in params}:
-            if key in RESERVED:
-                raise ValueError(f"{key} is set by `mtlkit reproduce` itself (use --preset / --out)")
-            if key not in valid:
-                raise ValueError(f"{nb.stem} has no parameter {key!r}; its parameters: {', '.join(valid)}")
-    runs = [Run(nb, params) for nb in notebooks if nb not in readers for params in grid]
-    runs += [Run(nb) for nb in readers]
+        extra = {MAX_STEPS: DRY_RUN_STEPS} if dry_run and MAX_STEPS in parameters[nb] else {}
+        missing = [k for k in (keys if nb in trainers else []) + ([MAX_STEPS] if dry_run else [])
+                   if k not in parameters[nb]]
+        if missing:
+            skipped[nb.stem] = missing
+        if nb in readers:
+            continue  # added last, below
+        for params in grid:
+            run = Run(nb, {**{k: v for k, v in params.items() if k in parameters[nb]}, **extra})
+            if run.name not in {r.name for r in runs}:  # a key the notebook lacks does not multiply its runs
+                runs.append(run)
+    runs += [Run(nb, {MAX_STEPS: DRY_RUN_STEPS} if dry_run and MAX_STEPS in parameters[nb] else {})
+             for nb in readers]
     if len(runs) > max_runs and not yes:
         raise ValueError(f"this grid launches {len(runs)} runs (more than --max-runs {max_runs}); "
                          "add --yes to launch them all")
-    return runs
+    return Plan(runs, skipped)
 
 
 def check_results_folder(out_root: Path, preset: str) -> None:
@@ -157,10 +201,11 @@ def execute(run: Run, out_root: Path, preset: str, device: str) -> dict:
     run_dir.mkdir(parents=True)
     params = {"PRESET": preset, "DEVICE": device, "OUT_DIR": str(run_dir.resolve()), **run.params}
     partial = run_dir / (run.notebook.stem + ".partial.ipynb")
+    os.environ.setdefault(*PROGRESS_ENV)  # inherited by the kernel (also in a SLURM job, which runs this function)
     start = time.perf_counter()
     status: dict[str, Any] = {"notebook": run.notebook.name, "run": run.name, "params": run.params, "preset": preset}
     try:
-        with open(run_dir / "log.txt", "w") as log:
+        with open(run_dir / "log.txt", "w", buffering=1) as log:  # line-buffered: the log is read while it grows
             papermill.execute_notebook(
                 str(run.notebook), str(partial), parameters=params, kernel_name="python3",
                 cwd=str(run.notebook.parent), progress_bar=False, log_output=True, stdout_file=log, stderr_file=log,
@@ -177,6 +222,11 @@ def execute(run: Run, out_root: Path, preset: str, device: str) -> dict:
         if partial.exists():
             os.replace(partial, run_dir / (run.notebook.stem + ".failed.ipynb"))
     status["seconds"] = round(time.perf_counter() - start, 2)
+    if status["status"] == "failed" and status["error"].startswith("KeyboardInterrupt"):
+        # Ctrl-C reaches the kernels too: an interrupted run is not a failure, and with no run.json the next
+        # invocation redoes it
+        status["status"] = "interrupted"
+        return status
     from mtlkit.atomic import atomic_write_json
 
     atomic_write_json(run_dir / "run.json", status)
@@ -191,8 +241,76 @@ def _summarise_error(exc: Exception) -> str:
     return f"{ename}{where}: {evalue.splitlines()[-1] if evalue else ''}"
 
 
+class LiveLogs:
+    """Shows on the console where each running notebook is: the latest line of its ``log.txt``.
+
+    On a terminal the line replaces itself (``show`` is a tqdm bar's postfix); redirected to a file (a SLURM job's
+    output) a line ``[run] latest log line`` is printed when it changed, at most every ``every`` seconds per run.
+    """
+
+    def __init__(self, show: Callable[[str], None] | None, every: float = 60.0, poll: float = 1.0):
+        self.show, self.every, self.poll = show, every, poll
+        self.running: dict[str, Path] = {}
+        self.printed: dict[str, tuple[float, str]] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "LiveLogs":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def started(self, run: Run, log: Path) -> None:
+        with self.lock:
+            self.running[run.name] = log
+        _console(f"started {run.name}; live log: {_rel(log)}")
+
+    def finished(self, run: Run) -> None:
+        with self.lock:
+            self.running.pop(run.name, None)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.poll):
+            with self.lock:
+                running = dict(self.running)
+            latest = {name: last_log_line(log) for name, log in running.items()}
+            if self.show is not None:
+                self.show(" | ".join(f"{name}: {line or 'starting'}" for name, line in latest.items()))
+                continue
+            now = time.monotonic()
+            for name, line in latest.items():
+                when, before = self.printed.get(name, (-math.inf, ""))
+                if line and line != before and now - when >= self.every:
+                    self.printed[name] = (now, line)
+                    _console(f"[{name}] {line}")
+
+
+def last_log_line(log: Path, tail: int = 4096) -> str:
+    """The last non-empty line of a growing log (after the last carriage return: a progress bar's latest state)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [line.rsplit("\r", 1)[-1].strip() for line in text.replace("\r\n", "\n").split("\n")]
+    lines = [line for line in lines if line]
+    return lines[-1][:160] if lines else ""
+
+
+def _console(text: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(text, file=sys.stdout)  # above a live progress bar, never inside it
+    sys.stdout.flush()
+
+
 def run_local(todo: list[Run], out_root: Path, preset: str, device: str, jobs: int,
-              on_done: Callable[[Run, dict], None]) -> None:
+              on_done: Callable[[Run, dict], None], live: LiveLogs | None = None) -> None:
     """Each run is its own papermill kernel; threads only wait on them, so ``jobs`` kernels run at once.
 
     With ``jobs > 1`` each kernel gets ``cores // jobs`` intra-op threads (unless OMP_NUM_THREADS is set): torch
@@ -200,8 +318,18 @@ def run_local(todo: list[Run], out_root: Path, preset: str, device: str, jobs: i
     """
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))  # inherited by the kernels
+
+    def one(run: Run) -> dict:
+        if live is not None:
+            live.started(run, Path(out_root) / run.name / "log.txt")
+        try:
+            return execute(run, out_root, preset, device)
+        finally:
+            if live is not None:
+                live.finished(run)
+
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(execute, run, out_root, preset, device): run for run in todo}
+        futures = {pool.submit(one, run): run for run in todo}
         for future in as_completed(futures):
             on_done(futures[future], future.result())
 
@@ -218,7 +346,8 @@ def run_slurm(todo: list[Run], out_root: Path, preset: str, device: str, args: a
     if executor.cluster == "slurm":
         options.update(slurm_partition=args.partition, gpus_per_node=args.gpus, cpus_per_task=args.cpus)
     executor.update_parameters(**{k: v for k, v in options.items() if v is not None})
-    print(f"submitting {len(todo)} runs through submitit ({executor.cluster} executor)")
+    print(f"submitting {len(todo)} runs through submitit ({executor.cluster} executor); live logs: "
+          f"{_rel(out_root)}/<run>/log.txt")
     n = len(todo)
     jobs = executor.map_array(execute, todo, [out_root] * n, [preset] * n, [device] * n)
     for run, job in zip(todo, jobs):
@@ -330,15 +459,65 @@ def _markdown(table) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dry_run_report(out_root: Path, runs: Sequence[Run]) -> str:
+    """Per dry run: the data and weights it used and the full run's projected cost, from its ``metrics.json``.
+
+    A notebook reports them as top-level keys of its ``metrics.json``: ``data`` and ``weights`` (text),
+    ``seconds_per_step`` (measured in the dry run) and ``full_steps`` (training + evaluation steps at full length).
+    Where it does not, its ``DATA`` / ``PRETRAINED`` parameters are shown instead.
+    """
+    import papermill
+
+    lines = []
+    for run in runs:
+        try:
+            info = json.loads((out_root / run.name / "metrics.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            info = {}
+        info = info if isinstance(info, dict) else {}
+        defaults = {k: v.get("default") for k, v in papermill.inspect_notebook(str(run.notebook)).items()}
+
+        def stated(key: str, param: str) -> str:
+            if info.get(key):
+                return str(info[key])
+            value = run.params.get(param, defaults.get(param))
+            return "not reported" + (f" (parameter {param}={value})" if value is not None else "")
+
+        per_step, steps = info.get("seconds_per_step"), info.get("full_steps")
+        if _is_number(per_step) and _is_number(steps):
+            cost = f"{_duration(per_step * steps)} ({steps:g} steps × {per_step:.3g} s, on this machine)"
+        else:
+            cost = "unknown (its metrics.json reports no seconds_per_step and full_steps)"
+        lines.append(f"{run.name}\n    data: {stated('data', 'DATA')}\n"
+                     f"    weights: {stated('weights', 'PRETRAINED')}\n    full run: {cost}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Run the course notebooks headlessly (papermill) into OUT/<run>/ and collect their results. "
+                     "Notebooks come from --notebooks-dir, else notebooks/ of the mtlkit checkout in use (the "
+                     "installed one if it is a checkout, else the one the working folder is in).")
     p.add_argument("--preset", default="smoke", choices=PRESETS)
     p.add_argument("--notebooks", nargs="*", default=None, help="notebook stems or prefixes (default: all, in order)")
-    p.add_argument("--grid", nargs="*", default=None, help="KEY=v1,v2 parameter grid (Cartesian product)")
+    p.add_argument("--notebooks-dir", "--notebook-dir", dest="notebooks_dir", default=None, metavar="DIR",
+                   help="folder of the course notebooks NN_topic.ipynb (default: notebooks/ of the mtlkit checkout "
+                        "in use)")
+    p.add_argument("--grid", nargs="*", default=None, help="KEY=v1,v2 parameter grid (Cartesian product); a key "
+                   "applies to the notebooks that have that parameter, the others run without it")
+    p.add_argument("--dry-run", action="store_true", help=f"run every notebook that has {MAX_STEPS} with "
+                   f"{MAX_STEPS}={DRY_RUN_STEPS} (the preset's data, model and recipe, a few steps) and report the "
+                   "data, weights and projected full cost of each")
     p.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (local executor)")
     p.add_argument("--executor", default="local", choices=("local", "slurm"))
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="results folder (default: runs/PRESET)")
+    p.add_argument("--out", default=None, help="results folder (default: runs/PRESET, or runs/PRESET-dry-run)")
     p.add_argument("--retry-failed", action="store_true", help="rerun only the runs that failed before")
     p.add_argument("--max-runs", type=int, default=64, help="runs allowed without --yes (default 64)")
     p.add_argument("--yes", action="store_true", help="launch a grid larger than --max-runs")
@@ -349,18 +528,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     slurm.add_argument("--cpus", type=int, default=None, help="CPUs per run")
     slurm.add_argument("--array-parallelism", type=int, default=64)
     slurm.add_argument("--cluster", default=None, help=argparse.SUPPRESS)  # tests force "local"
-    p.add_argument("--notebook-dir", default=str(NOTEBOOK_DIR), help=argparse.SUPPRESS)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    notebooks = find_notebooks(args.notebooks, Path(args.notebook_dir))
+    directory = Path(args.notebooks_dir) if args.notebooks_dir else default_notebooks_dir()
+    notebooks = find_notebooks(args.notebooks, directory)
     if not notebooks:
-        print(f"no notebooks found in {args.notebook_dir}")
-        return 1
-    runs = plan(notebooks, parse_grid(args.grid), args.max_runs, args.yes)
-    out_root = Path(args.out or f"runs/{args.preset}").resolve()
+        raise FileNotFoundError(f"no course notebooks (NN_topic.ipynb) in {directory}; pass --notebooks-dir DIR")
+    planned = plan(notebooks, parse_grid(args.grid), args.max_runs, args.yes, dry_run=args.dry_run)
+    runs = planned.runs
+    for stem, keys in planned.skipped_keys.items():
+        print(f"{stem}: has no parameter {', '.join(keys)}; runs without it")
+    out_root = Path(args.out or f"runs/{args.preset}{'-dry-run' if args.dry_run else ''}").resolve()
     check_results_folder(out_root, args.preset)
 
     before = {run.name: read_status(out_root / run.name) for run in runs}
@@ -370,23 +551,28 @@ def run_from_args(args: argparse.Namespace) -> int:
         todo = [r for r in runs if before[r.name] is None]
     skipped = len(runs) - len(todo)
     print(f"{len(runs)} runs: {len(todo)} to execute, {skipped} already recorded (in {_rel(out_root)}/)")
+    for run in runs:
+        if run not in todo and (before[run.name] or {}).get("status") == "ok":
+            print(f"{run.name}: already finished, not rerun (delete {_rel(out_root / run.name)}/ to rerun it)")
 
     results: dict[str, dict] = {name: st for name, st in before.items() if st is not None}
-    bar = tqdm(total=len(todo), desc="notebooks", unit="run", disable=not sys.stderr.isatty())
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=len(todo), desc="notebooks", unit="run", disable=not tty)
 
     def done(run: Run, status: dict) -> None:
         results[run.name] = status
-        bar.set_postfix_str(f"{run.name}: {status['status']}")
+        _console(f"{status['status']:<6} {run.name} ({status.get('seconds', 0):.0f} s)")
         bar.update(1)
 
     readers = {nb for nb in {r.notebook for r in runs} if READS_RESULTS in notebook_parameters(nb)}
-    for batch in ([r for r in todo if r.notebook not in readers], [r for r in todo if r.notebook in readers]):
-        if not batch:
-            continue  # the readers run after every other run has finished (and never in the same batch)
-        if args.executor == "slurm":
-            run_slurm(batch, out_root, args.preset, args.device, args, done)
-        else:
-            run_local(batch, out_root, args.preset, args.device, args.jobs, done)
+    with LiveLogs(show=bar.set_postfix_str if tty else None) as live:
+        for batch in ([r for r in todo if r.notebook not in readers], [r for r in todo if r.notebook in readers]):
+            if not batch:
+                continue  # the readers run after every other run has finished (and never in the same batch)
+            if args.executor == "slurm":
+                run_slurm(batch, out_root, args.preset, args.device, args, done)
+            else:
+                run_local(batch, out_root, args.preset, args.device, args.jobs, done, live)
     bar.close()
 
     executed = {r.name for r in todo}
@@ -395,6 +581,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         st = results.get(run.name, {})
         state = st.get("status", "?") if run.name in executed else f"{st.get('status', '?')} (earlier)"
         print(f"{run.name:<48} {state:<8} {st.get('seconds', 0):>8}")
+    if args.dry_run:
+        print(f"\ndry run ({MAX_STEPS}={DRY_RUN_STEPS}) of the {args.preset} preset:")
+        print(dry_run_report(out_root, runs))
     table = collect(out_root, runs)
     paths = write_results(out_root, table)
     print("\n" + _summary(table))
@@ -405,6 +594,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"FAILED {run.name}: {st.get('error')} (see {_rel(out_root / run.name / 'error.txt')})")
     if failed and not args.retry_failed:
         print("rerun only the failures with --retry-failed")
+    stopped = [r.name for r in runs if results.get(r.name, {}).get("status") == "interrupted"]
+    if stopped:
+        print(f"INTERRUPTED {', '.join(stopped)}: not recorded; the same command redoes them")
+        return 130
     return 1 if failed else 0
 
 

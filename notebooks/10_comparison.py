@@ -6,9 +6,9 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -56,6 +56,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from IPython.display import display
 
 from mtlkit.course import (find_results, reference_table, relative_to_single, results_table, task_metric_columns,
                            write_notebook_results)
@@ -135,12 +136,30 @@ print("same per-task table as relative_to_single:",
       np.allclose(by_hand, relative_to_single(demo).loc[by_hand.index, by_hand.columns], equal_nan=True))
 
 # %% [markdown]
-# ## 2 · The course's results
+# ## 2 · The course's results, dataset by dataset
 #
 # One row per (notebook run, model). `folder` names the notebook run: under `mtlkit reproduce` it carries the grid
-# parameters (`04_branched__SEED=1`), so several seeds or weightings of one notebook stay apart.
+# parameters (`04_branched__SEED=1`), so several seeds or weightings of one notebook stay apart. The notebooks train
+# on different datasets (at the smoke preset synthetic-city for 01–05, -pet for 06, -nyu for 07, -broden for 08,
+# -pascal for 09), and a metric is only comparable on the same data: every table and figure below is therefore split
+# **by dataset**, and nothing is ranked across two. The dataset is the `data` a notebook records in its
+# `metrics.json`; a notebook that records none is kept apart as its own group.
 
 # %%
+def notebook_dataset(folder: str, notebook: str) -> str:
+    """The dataset a notebook run trained on (its metrics.json `data`), or a group of its own when unrecorded."""
+    try:
+        recorded = json.loads((Path(source) / folder / "metrics.json").read_text()).get("data")
+    except (OSError, ValueError, AttributeError, TypeError):
+        recorded = None
+    return str(recorded) if recorded else f"{notebook} (dataset not recorded)"
+
+
+def shown_columns(rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The rows' given columns, without those that are empty for every row."""
+    return rows[[c for c in columns if c in rows]].dropna(axis=1, how="all")
+
+
 source, table = find_results(*candidates, preset=PRESET)
 if source is None:
     print(f"No {PRESET}-preset results found. Produce them with either\n"
@@ -148,13 +167,20 @@ if source is None:
           f"  mtlkit reproduce --preset {PRESET} --notebooks 01 04   (a few), or\n"
           "  run notebooks 01-09 in JupyterLab (they write runs/notebooks/NN_topic/metrics.json),\n"
           "then re-run this notebook. The figures below stay empty until then.")
+    table["dataset"] = []
 else:
-    print(f"read {len(table)} model rows from {table['folder'].nunique()} notebook runs in {source}")
+    table["dataset"] = [notebook_dataset(f, nb) for f, nb in zip(table["folder"], table["notebook"])]
+    print(f"read {len(table)} model rows from {table['folder'].nunique()} notebook runs on "
+          f"{table['dataset'].nunique()} datasets in {source}")
 metric_cols = task_metric_columns(table)
 table["delta_m (recomputed)"] = relative_to_single(table).mean(axis=1) if len(table) else []
-shown = (["folder", "model"] + list(metric_cols.values())
-         + [c for c in ("parameters_M", "delta_m", "delta_m (recomputed)", "train_seconds") if c in table])
-print(table[shown].round(3).to_string(index=False, na_rep="") if len(table) else "(no runs)")
+datasets = sorted(table["dataset"].unique()) if len(table) else []
+all_metrics = sorted({c for c in table if "/" in c and c.split("/")[0] in TASK_SPECS})
+for dataset in datasets:
+    rows = table[table["dataset"] == dataset].set_index(["folder", "model"])
+    print(f"\n{dataset}: {len(rows)} models from {rows.index.get_level_values('folder').nunique()} notebook run(s)")
+    display(shown_columns(rows, all_metrics + ["parameters_M", "delta_m", "delta_m (recomputed)", "train_seconds"])
+            .round(3))
 
 # %% [markdown]
 # The notebooks' own `delta_m` and the one recomputed here agree where both exist (a notebook may use another
@@ -163,85 +189,112 @@ print(table[shown].round(3).to_string(index=False, na_rep="") if len(table) else
 #
 # ## 3 · Quality versus parameters
 #
-# One panel per task: every model that predicts it, at its parameter count (the smoke preset's narrow models, so the
-# counts are those actually trained, not the full-size ones the notebooks check). Up and to the left is better for
-# "higher is better" metrics; the arrow in the title gives the direction. The notebooks use different datasets
-# (synthetic-city for 01–05, -pet for 06, -broden for 08, -pascal for 09), so compare points of one colour with each
-# other, not across colours.
+# One row of panels per dataset, one panel per task of that dataset: every model that predicts the task, at its
+# parameter count (the smoke preset's narrow models, so the counts are those actually trained, not the full-size
+# ones the notebooks check). The arrow in a panel's title gives the metric's direction: up and to the left is better
+# for ↑, down and to the left for ↓. Each model has its own colour, named in the legend of its row (a cross marks a
+# single-task baseline), so no label covers a point.
 
 # %%
 def short(notebook: str) -> str:
     return notebook.split("_")[0]
 
 
-if len(table) and metric_cols and "parameters_M" in table:
-    n = len(metric_cols)
-    cols = min(n, 3)
-    colours = dict(zip(sorted(table["notebook"].unique()), sns.color_palette(n_colors=table["notebook"].nunique())))
-    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(3.6 * cols, 2.9 * -(-n // cols)), dpi=DPI, squeeze=False)
-    for ax, (task, col) in zip(axes.flat, metric_cols.items()):
-        rows = table.dropna(subset=[col, "parameters_M"])
-        single = rows["model"].str.startswith("single-")
-        for marker, part in (("o", rows[~single]), ("x", rows[single])):  # x: a single-task baseline
-            ax.scatter(part["parameters_M"], part[col], c=[colours[nb] for nb in part["notebook"]], marker=marker, s=40)
-        for _, r in rows.iterrows():
-            ax.annotate(f"{short(r.notebook)}:{r.model}"[:22], (r.parameters_M, r[col]), fontsize=6, alpha=0.8)
-        ax.set_title(f"{col} {'↑' if TASK_SPECS[task].higher_is_better else '↓'}", fontsize=9)
-        ax.set_xlabel("parameters (M)")
-        ax.set_ylabel("")
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=nb) for nb, c in colours.items()]
-    handles.append(plt.Line2D([], [], marker="x", ls="", color="grey", label="single-task baseline"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+plotted = [(d, [(t, c) for t, c in metric_cols.items() if table.loc[table["dataset"] == d, c].notna().any()])
+           for d in datasets] if "parameters_M" in table else []
+plotted = [(d, tasks) for d, tasks in plotted if tasks]
+if plotted:
+    cols = max(len(tasks) for _, tasks in plotted)
+    fig, axes = plt.subplots(len(plotted), cols, figsize=(3.3 * cols + 3.4, 2.7 * len(plotted)), dpi=DPI,
+                             squeeze=False)
+    for row_axes, (dataset, tasks) in zip(axes, plotted):
+        rows = table[table["dataset"] == dataset].dropna(subset=["parameters_M"])
+        labels = [f"{short(nb)} · {m}" for nb, m in zip(rows["notebook"], rows["model"])]
+        palette = dict(zip(labels, sns.color_palette("tab20", n_colors=len(labels))))
+        # a cross for a single-task baseline; otherwise one marker shape per notebook of the dataset
+        shapes = dict(zip(sorted(rows["notebook"].unique()), "osD^vP*"))
+        markers = {label: "x" if m.startswith("single-") else shapes.get(nb, "o")
+                   for label, nb, m in zip(labels, rows["notebook"], rows["model"])}
+        for ax, (task, col) in zip(row_axes, tasks):
+            for label, (_, r) in zip(labels, rows.iterrows()):
+                if r[col] == r[col]:  # not NaN
+                    ax.scatter(r["parameters_M"], r[col], color=palette[label], s=45, marker=markers[label])
+            ax.set_title(f"{col} {'↑' if TASK_SPECS[task].higher_is_better else '↓'}", fontsize=9)
+            ax.set_xlabel("parameters (M)", fontsize=8)
+            ax.tick_params(labelsize=7)
+        for ax in row_axes[len(tasks):]:
+            ax.axis("off")
+        row_axes[0].set_ylabel(dataset, fontsize=9)
+        handles = [plt.Line2D([], [], ls="", color=palette[label], marker=markers[label], label=label)
+                   for label in labels]
+        row_axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7,
+                            frameon=False, title=dataset, title_fontsize=8)
+    fig.tight_layout()
     plt.show()
 else:
     print("no task metric with a parameter count to plot")
 
 # %% [markdown]
-# ## 4 · Δm per model (and per weighting)
+# ## 4 · Δm per model (and per weighting), within each dataset
 #
-# Each bar is one multi-task model against the single-task baselines of its own notebook run. A grid over
-# `WEIGHTING` (e.g. `mtlkit reproduce --grid WEIGHTING=equal,dwa,uncertainty`) gives one bar per weighting; a grid
-# over `SEED` gives mean ± std (the error bar).
+# Each bar is one multi-task model against the single-task baselines of its own notebook run, in one panel per
+# dataset. A grid over `WEIGHTING` (e.g. `mtlkit reproduce --grid WEIGHTING=equal,dwa,uncertainty`) gives one bar per
+# weighting; a grid over `SEED` gives mean ± std (the error bar, shown where there are two seeds or more).
 
 # %%
-if len(table) and table["delta_m (recomputed)"].notna().any():
-    rows = table.dropna(subset=["delta_m (recomputed)"]).copy()
+ranked = table.dropna(subset=["delta_m (recomputed)"]).copy() if len(table) else table
+if len(ranked):
     # the run's setting without its seed, so seeds of one setting pool into one bar
-    rows["setting"] = [re.sub(r"__SEED=[^_]+", "", f) + " · " + m for f, m in zip(rows.folder, rows.model)]
-    bars = rows.groupby("setting")["delta_m (recomputed)"].agg(["mean", "std", "size"]).sort_values("mean")
-    fig, ax = plt.subplots(figsize=(6.5, 0.28 * len(bars) + 1.0), dpi=DPI)
-    ax.barh(bars.index, bars["mean"], xerr=bars["std"].fillna(0), color=np.where(bars["mean"] >= 0, "#4c72b0",
-                                                                                 "#c44e52"))
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("Δm (%) vs the notebook's single-task baselines")
-    ax.tick_params(axis="y", labelsize=7)
+    ranked["setting"] = [re.sub(r"__SEED=[^_]+", "", f) + " · " + m for f, m in zip(ranked.folder, ranked.model)]
+    groups = [(d, ranked[ranked["dataset"] == d].groupby("setting")["delta_m (recomputed)"]
+               .agg(["mean", "std", "size"]).sort_values("mean")) for d in sorted(ranked["dataset"].unique())]
+    fig, axes = plt.subplots(len(groups), 1, dpi=DPI, squeeze=False,
+                             figsize=(6.5, sum(0.28 * len(b) + 0.9 for _, b in groups)),
+                             gridspec_kw={"height_ratios": [len(b) + 1.5 for _, b in groups]})
+    for ax, (dataset, bars) in zip(axes[:, 0], groups):
+        ax.barh(bars.index, bars["mean"], xerr=bars["std"].fillna(0),
+                color=np.where(bars["mean"] >= 0, "#4c72b0", "#c44e52"))
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(dataset, fontsize=9, loc="left")
+        ax.tick_params(axis="y", labelsize=7)
+    axes[-1, 0].set_xlabel("Δm (%) vs the notebook's single-task baselines")
     fig.tight_layout()
     plt.show()
-    print(bars.round(2).to_string())
+    for dataset, bars in groups:
+        print(dataset)
+        display(bars.rename(columns={"mean": "Δm mean (%)", "std": "Δm std", "size": "seeds"}).round(2)
+                .dropna(axis=1, how="all"))
 else:
     print("no multi-task row with single-task baselines: nothing to rank")
 
 # %% [markdown]
 # ## 5 · Per-task heatmap
 #
-# The per-task terms of $\Delta_m$: which task gains and which pays. A row that is red in one column and blue in
-# another is negative transfer between those tasks; a row red everywhere is more likely a capacity or schedule
-# problem.
+# The per-task terms of $\Delta_m$, one heatmap per dataset (its own tasks only): which task gains and which pays. A
+# row that is red in one column and blue in another is negative transfer between those tasks; a row red everywhere is
+# more likely a capacity or schedule problem.
 
 # %%
 changes = relative_to_single(table) if len(table) else pd.DataFrame()
-changes = changes.dropna(how="all").dropna(axis=1, how="all")
-if len(changes):
-    changes.index = [f"{table.loc[i, 'folder']} · {table.loc[i, 'model']}" for i in changes.index]
+changes = changes.dropna(how="all")
+heatmaps = [(d, changes[table.loc[changes.index, "dataset"] == d].dropna(axis=1, how="all")) for d in datasets]
+heatmaps = [(d, c) for d, c in heatmaps if c.size]
+if heatmaps:
     limit = float(np.nanpercentile(np.abs(changes.to_numpy(dtype=float)), 95)) or 1.0
-    fig, ax = plt.subplots(figsize=(1.0 * changes.shape[1] + 4.0, 0.3 * len(changes) + 1.2), dpi=DPI)
-    sns.heatmap(changes.astype(float), annot=True, fmt=".0f", cmap="RdBu", center=0, vmin=-limit, vmax=limit,
-                annot_kws={"fontsize": 7}, cbar_kws={"label": "% vs single-task (+ = better)"}, ax=ax)
-    ax.tick_params(labelsize=7)
+    width = max(c.shape[1] for _, c in heatmaps)
+    fig, axes = plt.subplots(len(heatmaps), 1, dpi=DPI, squeeze=False,
+                             figsize=(1.0 * width + 5.0, sum(0.3 * len(c) + 0.8 for _, c in heatmaps)),
+                             gridspec_kw={"height_ratios": [len(c) + 1.5 for _, c in heatmaps]})
+    for ax, (dataset, part) in zip(axes[:, 0], heatmaps):
+        part = part.copy()
+        part.index = [f"{table.loc[i, 'folder']} · {table.loc[i, 'model']}" for i in part.index]
+        sns.heatmap(part.astype(float), annot=True, fmt=".0f", cmap="RdBu", center=0, vmin=-limit, vmax=limit,
+                    annot_kws={"fontsize": 7}, cbar=False, ax=ax)
+        ax.set_title(dataset, fontsize=9, loc="left")
+        ax.tick_params(labelsize=7)
     fig.tight_layout()
+    fig.colorbar(axes[0, 0].collections[0], ax=axes[:, 0].tolist(), label="% vs single-task (+ = better)",
+                 shrink=0.6, pad=0.02)  # one scale for every dataset
     plt.show()
 else:
     print("no per-task changes to show")
@@ -249,10 +302,10 @@ else:
 # %% [markdown]
 # ## 6 · The papers' numbers
 #
-# The numbers REFERENCE.md quotes (kept in `mtlkit.course.REFERENCE_RESULTS` and the `*_REFERENCE` tables of the
-# `mtlkit.course_*` modules) come from real datasets at full resolution and schedule. Only the **paper** preset
-# trains on those datasets, so only there are they put beside the kit's numbers; they are always labelled
-# `reference`, and never enter the kit's tables or Δm.
+# The papers' and the course's published numbers (kept in `mtlkit.course.REFERENCE_RESULTS` and the `*_REFERENCE`
+# tables of the course modules; sources in `docs/reference.md`) come from real datasets at full resolution and
+# schedule. Only the **paper** preset trains on those datasets, so only there are they put beside the kit's numbers;
+# they are always labelled `reference`, and never enter the kit's tables or Δm.
 
 # %%
 references = reference_table()
@@ -270,19 +323,20 @@ if PRESET == "paper" and len(table):
 else:
     print(f"{PRESET} preset: the references below are NOT comparable with this preset's runs (other data, "
           "resolution and schedule); run the paper preset to see them side by side.")
-print(references.to_string(index=False))
+display(references.replace("", np.nan).dropna(axis=1, how="all").fillna(""))
 
 # %% [markdown]
 # ## 7 · Write the summary
 #
-# This notebook's own `metrics.json` records where it read from and how many runs it saw (it trains no model, so its
-# `runs` mapping is empty and `mtlkit reproduce` lists it without metrics).
+# This notebook's own `metrics.json` records where it read from, how many runs it saw and on which datasets (it trains
+# no model, so its `runs` mapping is empty and `mtlkit reproduce` lists it without metrics).
 
 # %%
 summary = {
     "results_dir": str(source) if source is not None else None,
     "notebook_runs": int(table["folder"].nunique()) if len(table) else 0,
     "model_rows": int(len(table)),
+    "datasets": {d: sorted(table.loc[table["dataset"] == d, "folder"].unique()) for d in datasets},
     "delta_m": {f"{f} · {m}": round(float(d), 3) for f, m, d in
                 zip(table.get("folder", []), table.get("model", []), table.get("delta_m (recomputed)", []))
                 if d == d},

@@ -110,7 +110,7 @@ def test_slurm_executor_falls_back_to_local_processes_through_submitit(course, c
 def test_bad_grids_are_refused_before_anything_runs(course, capsys):
     nbdir, out = course
     assert reproduce(course, "--grid", "LR=0.1,0.01") == 2
-    assert "no parameter 'LR'" in capsys.readouterr().err
+    assert "no notebook has a parameter 'LR'" in capsys.readouterr().err
     assert reproduce(course, "--notebooks", "00", "--grid", "SEED=0,1,2", "--max-runs", "2") == 2
     assert "--yes" in capsys.readouterr().err
     assert reproduce(course, "--grid", "OUT_DIR=x") == 2
@@ -204,3 +204,97 @@ if pathlib.Path({str(block)!r}).exists():  # the first invocation hangs here unt
     assert json.loads((run_dir / "run.json").read_text())["status"] == "ok"
     assert json.loads((run_dir / "metrics.json").read_text())["runs"]["joint"]["depth/abs_err"] == 1.0
     assert not list(run_dir.glob("*.partial.ipynb"))
+
+
+def _with_parameter(nbdir, name, extra, body=WRITE_METRICS):
+    _notebook(nbdir / name, body)
+    nb = nbformat.read(nbdir / name, as_version=4)
+    nb.cells[0].source += "\n" + extra
+    nbformat.write(nb, nbdir / name)
+
+
+def test_a_grid_key_of_only_some_notebooks_applies_where_present_and_is_listed_where_not(course, capsys):
+    nbdir, out = course
+    _with_parameter(nbdir, "02_pretrained.ipynb", "PRETRAINED = True", WRITE_METRICS + """
+pathlib.Path(OUT_DIR, "pretrained.txt").write_text(repr(PRETRAINED))""")
+    assert reproduce(course, "--notebooks", "00", "02", "--grid", "PRETRAINED=False,True") == 0
+    text = capsys.readouterr().out
+    assert "00_ok: has no parameter PRETRAINED; runs without it" in text
+    assert (out / "00_ok" / "run.json").exists() and not list(out.glob("00_ok__*"))  # one run, not one per value
+    assert (out / "02_pretrained__PRETRAINED=False" / "pretrained.txt").read_text() == "'False'"
+
+
+def test_notebook_output_streams_into_the_log_whose_path_is_printed_at_the_start(course, capsys):
+    nbdir, out = course
+    _notebook(nbdir / "02_talks.ipynb", """
+import os, pathlib, time
+print("run joint: epoch 1/2", flush=True)
+log = pathlib.Path(OUT_DIR, "log.txt")
+time.sleep(0.5)
+pathlib.Path(OUT_DIR, "seen.txt").write_text(log.read_text())  # what the log held while the kernel still ran
+print("progress mode:", os.environ.get("MTLKIT_PROGRESS"))
+""")
+    assert reproduce(course, "--notebooks", "02") == 0
+    text = capsys.readouterr().out
+    assert f"started 02_talks; live log: {out / '02_talks' / 'log.txt'}" in text
+    assert text.index("live log") < text.index("ok     02_talks")  # printed when the run starts, not at the end
+    assert "run joint: epoch 1/2" in (out / "02_talks" / "seen.txt").read_text()
+    assert "progress mode: lines" in (out / "02_talks" / "log.txt").read_text()
+    assert reproduce(course, "--notebooks", "02") == 0
+    assert "02_talks: already finished, not rerun" in capsys.readouterr().out
+
+
+def test_last_log_line_is_the_latest_progress_state(tmp_path):
+    from mtlkit.reproduce import last_log_line
+
+    log = tmp_path / "log.txt"
+    assert last_log_line(log) == ""  # not there yet
+    log.write_text("setting up\nrun joint: 10%|#  | 1/10\rrun joint: 20%|## | 2/10\n\n")
+    assert last_log_line(log) == "run joint: 20%|## | 2/10"
+
+
+def test_dry_run_caps_the_steps_where_it_can_and_reports_data_weights_and_cost(course, capsys):
+    nbdir, out = course
+    _with_parameter(nbdir, "01_broken.ipynb", 'PRETRAINED = False\nDATA = "auto"', "x = 1")
+    _with_parameter(nbdir, "02_capped.ipynb", "MAX_STEPS = None", """
+import json, pathlib
+pathlib.Path(OUT_DIR, "metrics.json").write_text(json.dumps({"notebook": "02_capped", "preset": PRESET, "runs": {},
+    "data": "miniscapes (twin)", "weights": "random init", "seconds_per_step": 0.5, "full_steps": 36 * MAX_STEPS}))
+""")
+    dry = out.parent / "dry"
+    assert main(["reproduce", "--preset", "unit", "--notebooks-dir", str(nbdir), "--out", str(dry),
+                 "--notebooks", "00", "01", "02", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "00_ok: has no parameter MAX_STEPS; runs without it" in text
+    assert (dry / "02_capped__MAX_STEPS=2" / "run.json").exists()
+    report = text[text.index("dry run (MAX_STEPS=2)"):]
+    assert "data: miniscapes (twin)" in report and "weights: random init" in report
+    assert "full run: 36 s (72 steps × 0.5 s" in report  # 36 * MAX_STEPS steps at 0.5 s
+    assert "00_ok\n    data: not reported\n" in report and "unknown" in report
+    assert 'data: not reported (parameter DATA="auto")' in report  # what 01 would load, from its parameters
+    assert "weights: not reported (parameter PRETRAINED=False)" in report
+
+
+def test_outside_a_checkout_it_says_where_it_looked_and_how_to_point_at_the_notebooks(monkeypatch, capsys):
+    monkeypatch.setattr("mtlkit.paths.notebooks_dir", lambda: None)
+    assert main(["reproduce", "--preset", "unit"]) == 2
+    err = capsys.readouterr().err
+    assert "no course notebooks found" in err and "--notebooks-dir" in err and len(err.strip().splitlines()) == 1
+
+
+def test_reproduce_presets_are_the_course_presets():
+    from mtlkit.data import PRESETS as DATA_PRESETS
+    from mtlkit.reproduce import PRESETS
+
+    assert PRESETS == DATA_PRESETS
+
+
+def test_an_interrupted_kernel_is_not_recorded_as_failed_and_is_redone(course, capsys):
+    nbdir, out = course
+    _notebook(nbdir / "02_stopped.ipynb", "raise KeyboardInterrupt  # what Ctrl-C does to the running kernel")
+    assert reproduce(course, "--notebooks", "02") == 130
+    assert "INTERRUPTED 02_stopped" in capsys.readouterr().out
+    assert not (out / "02_stopped" / "run.json").exists()  # nothing recorded: the next invocation redoes it
+    _notebook(nbdir / "02_stopped.ipynb", WRITE_METRICS)
+    assert reproduce(course, "--notebooks", "02") == 0
+    assert json.loads((out / "02_stopped" / "run.json").read_text())["status"] == "ok"

@@ -1,4 +1,5 @@
-"""The real-dataset registry (``data/registry.yaml``): sources, sizes, licences, checksums; and the loaders by id."""
+"""The real-dataset registry (``registry.yaml`` beside this module, shipped in the wheel): sources, sizes,
+licences, checksums; and the loaders by id."""
 from __future__ import annotations
 
 import functools
@@ -7,7 +8,7 @@ from typing import Any
 
 from mtlkit.data.real.base import prepared_root, raw_root
 
-REGISTRY_PATH = Path(__file__).resolve().parents[3] / "data" / "registry.yaml"
+REGISTRY_PATH = Path(__file__).resolve().with_name("registry.yaml")  # package data (pyproject.toml)
 
 
 def _loaders() -> dict[str, type]:
@@ -30,7 +31,8 @@ def _load(path: str) -> dict:
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"dataset registry {p} not found; it ships with the checkout (data/registry.yaml)")
+        raise FileNotFoundError(f"dataset registry {p} not found; it ships inside the mtlkit package "
+                                "(reinstall mtlkit, or pass the path of a registry.yaml)")
     with open(p) as f:
         data = yaml.safe_load(f)
     if not isinstance(data, dict):
