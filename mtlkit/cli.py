@@ -104,7 +104,7 @@ def _cmd_data_twin(args: argparse.Namespace) -> int:
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from mtlkit.data import list_datasets
-    from mtlkit.data.cache import synth_command
+    from mtlkit.data import synth_command
 
     synthetic = [n for n in list_datasets() if n.startswith("synthetic-")]
     names = synthetic if args.name == ["all"] else args.name

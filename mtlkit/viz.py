@@ -12,8 +12,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-DENSE_LABELS = ("semseg", "parts", "material", "depth", "normals", "edge", "saliency")
-IMAGE_LABELS = ("scene", "texture", "binary", "category")
+from mtlkit.tasks import TASKS
+
+DENSE_LABELS = tuple(name for name, spec in TASKS.items() if spec.kind == "dense")
+IMAGE_LABELS = tuple(name for name, spec in TASKS.items() if spec.kind == "image")
 
 
 def label_palette(n: int, seed: int = 3) -> np.ndarray:

@@ -505,16 +505,3 @@ def build_caches(caches: Sequence[ShardedCache], jobs: int = 1, progress: bool =
                 cache._manifest = cache._write_manifest(entries)  # type: ignore[arg-type]
             else:
                 cache._manifest = current
-
-
-def __getattr__(name: str) -> Any:
-    """Old home of the synthetic-cache commands, kept until ``mtlkit/cli.py`` imports them from ``mtlkit.data``.
-
-    A lookup in ``sys.modules`` (importing ``mtlkit.data.cache`` has always imported the package, hence
-    ``mtlkit.data.datasets``), not an import: this module stays below ``datasets``.
-    """
-    if name in ("build_cache", "verify_cache", "synth_command") and "mtlkit.data.datasets" in sys.modules:
-        return getattr(sys.modules["mtlkit.data.datasets"], name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}"
-                         + ("; import it from mtlkit.data" if name in ("build_cache", "verify_cache",
-                                                                      "synth_command") else ""))

@@ -24,6 +24,7 @@ from . import OutputLayer, register_model
 from .blocks import conv_bn_relu, upsample_to
 from .encoders import IMAGENET_MEAN, IMAGENET_STD, PretrainedWeightsUnavailable, _is_download_error, check_encoder
 from .ulsam import ULSAM
+from ..losses import owner_part_loss, part_allowed  # the per-object part loss lives with the losses
 
 __all__ = ["ULSAM_VARIANTS", "UPERNET_LOSS_WEIGHTS", "PART_OWNER_GROUPS", "PART_GATE_FLOOR", "ResNetPyramid",
            "PyramidPooling", "FPN", "UPerFusion", "DenseHead", "ImageHead", "UPerNet", "broden_part_owners",
@@ -227,63 +228,6 @@ def broden_part_owners(object_names: Sequence[str], part_names: Sequence[str],
                              f"object classes: {', '.join(object_names)}")
         owners.append(resolve[max(candidates, key=len)])
     return owners
-
-
-def part_allowed(part_owners: Sequence[Sequence[int]], num_objects: int) -> torch.Tensor:
-    """``allowed`` [O, P] bool: part class c may occur on object o (o owns c, or c has no owner, like "none").
-
-    ``part_owners[c]`` lists the object classes owning part class c (``()``: no owner). An object that owns no part
-    class may only show the unowned classes; if there is none of those either, it may show every class (nothing to
-    gate by).
-    """
-    owned = torch.zeros(num_objects, len(part_owners), dtype=torch.bool)
-    unowned = torch.zeros(len(part_owners), dtype=torch.bool)
-    for c, owners in enumerate(part_owners):
-        if len(owners) == 0:
-            unowned[c] = True
-        for o in owners:
-            if not 0 <= int(o) < num_objects:
-                raise ValueError(f"part_owners[{c}] names object class {o}; valid: 0..{num_objects - 1}")
-            owned[int(o), c] = True
-    allowed = owned | unowned
-    allowed[~allowed.any(1)] = True
-    return allowed
-
-
-def owner_part_loss(logits: torch.Tensor, parts: torch.Tensor, objects: torch.Tensor,
-                    allowed: torch.Tensor) -> torch.Tensor:
-    """UPerNet's part loss: per pixel a softmax over the part classes of its ground-truth object.
-
-    Only pixels whose ground-truth object owns part classes count (and whose part label is one its object may have);
-    the NLL is averaged over each object's pixels and these per-object means are summed over the objects present, as
-    in unifiedparsing's ``SegmentationModule``. Computed in at least float32, with no host synchronisation.
-
-    Args:
-        logits: [B, P, H, W] raw part logits (a :class:`UPerNet` in training mode).
-        parts: [B, H, W] int64 part labels, -1 = ignore (images that do not label parts).
-        objects: [B, H, W] int64 object labels, -1 = ignore.
-        allowed: [O, P] bool from :func:`part_allowed`.
-    Returns:
-        Scalar loss; a graph-connected 0 when no pixel counts.
-    """
-    if logits.dim() != 4 or parts.shape != logits.shape[:1] + logits.shape[2:] or objects.shape != parts.shape:
-        raise ValueError(f"owner_part_loss: logits [B, P, H, W] with parts and objects [B, H, W]; got "
-                         f"{tuple(logits.shape)}, {tuple(parts.shape)}, {tuple(objects.shape)}")
-    if allowed.dim() != 2 or allowed.shape[1] != logits.shape[1]:
-        raise ValueError(f"owner_part_loss: allowed must be [O, {logits.shape[1]}]; got {tuple(allowed.shape)}")
-    z = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    allowed = allowed.to(z.device)
-    universal = allowed.all(0)                                   # [P] classes every object may show ("none")
-    owns_parts = (allowed & ~universal).any(1)                   # [O]
-    y, o = parts.long().clamp_min(0), objects.long().clamp_min(0)
-    mask = allowed[o].permute(0, 3, 1, 2)                        # [B, P, H, W]: the true object's classes
-    valid = (parts >= 0) & (objects >= 0) & owns_parts[o] & mask.gather(1, y[:, None])[:, 0]   # [B, H, W]
-    log_p = z.masked_fill(~mask, float("-inf")).log_softmax(1)
-    nll = torch.where(valid, -log_p.gather(1, y[:, None])[:, 0], torch.zeros((), dtype=z.dtype, device=z.device))
-    zeros = torch.zeros(allowed.shape[0], dtype=z.dtype, device=z.device)
-    sums = zeros.index_add(0, o.flatten(), nll.flatten())       # per object: summed NLL and pixel count
-    counts = zeros.index_add(0, o.flatten(), valid.flatten().to(z.dtype))
-    return (sums / counts.clamp_min(1)).sum() + z.sum() * 0.0
 
 
 def gate_parts(part_logits: torch.Tensor, object_logits: torch.Tensor, allowed: torch.Tensor,

@@ -60,7 +60,7 @@ def resolve_root(dataset_id: str, root: str | Path | None) -> Path:
     if not path.is_dir():
         raise DatasetNotFoundError(
             f"dataset {dataset_id!r} not found at {path}. Get it with `mtlkit data download {dataset_id}` "
-            f"(or follow the manual steps it prints), then `mtlkit data prepare {dataset_id}`; or pass root= "
+            f"(or follow the manual steps it prints), then `mtlkit data prepare {dataset_id}`; or pass root= (`--root DIR` on the command line) "
             f"pointing at an existing copy. `mtlkit data twin {dataset_id} --out DIR` writes a small fake copy in the "
             f"same format.")
     return path
