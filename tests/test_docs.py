@@ -21,6 +21,8 @@ CITED_PATH = re.compile(rf"(?<![\w./-])((?:{'|'.join(TOP_DIRS)})/[\w./-]*\w)(#[\
 # A bare upper-case document name, e.g. "GRADING.md" (resolved next to the citing file, then anywhere).
 BARE_DOC = re.compile(r"(?<![\w./-])([A-Z][A-Z0-9_]*\.md)\b")
 MD_LINK = re.compile(r"\]\(([^)\s]+)\)")
+# A section named in words right after the path: docs/reference.md, "Losses" (must be part of a heading there).
+QUOTED_SECTION = re.compile(r'^,?\s*"([^"]+)"')
 # The team's private notes, spelled so that this file does not match itself.
 PRIVATE = re.compile(r"\b(?:DESIGN|REFERENCE)" + r"\.md\b")
 
@@ -41,21 +43,30 @@ def _slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def _anchors(path: Path) -> set[str]:
-    anchors, fenced = set(), False
+def _headings(path: Path) -> list[str]:
+    headings, fenced = [], False
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.lstrip().startswith("```"):
             fenced = not fenced
         elif not fenced and re.match(r"#{1,6} ", line):
-            anchors.add(_slug(line.lstrip("#")))
-    return anchors
+            headings.append(line.lstrip("#").strip())
+    return headings
 
 
-def _problem(target: Path, anchor: str | None) -> str | None:
+def _anchors(path: Path) -> set[str]:
+    return {_slug(heading) for heading in _headings(path)}
+
+
+def _problem(target: Path, anchor: str | None, section: str | None = None) -> str | None:
     if not target.exists():
         return "does not exist"
-    if anchor and target.suffix == ".md" and anchor.lstrip("#") not in _anchors(target):
+    if target.suffix != ".md":
+        return None
+    if anchor and anchor.lstrip("#") not in _anchors(target):
         return f"has no section {anchor} (sections: {', '.join(sorted(_anchors(target)))})"
+    if section and not any(section.lower() in heading.lower() for heading in _headings(target)):
+        return f'has no section "{section}" (cite it as {target.name}#<anchor>; sections: ' \
+               f"{', '.join(sorted(_anchors(target)))})"
     return None
 
 
@@ -71,14 +82,15 @@ def _cited_paths():
                 cited = match.group(1).rstrip(".")
                 if not (cited.startswith("docs/") or cited.endswith(".md")):
                     continue  # code paths ("mtlkit/train.py") are not document citations
-                yield where, match.group(0), ROOT / cited, match.group(2)
+                quoted = QUOTED_SECTION.match(line[match.end():]) if not match.group(2) else None
+                yield where, match.group(0), ROOT / cited, match.group(2), quoted and quoted.group(1)
             for match in BARE_DOC.finditer(line):
                 name = match.group(1)
                 if PRIVATE.fullmatch(name):
                     continue  # reported by test_no_file_cites_the_team_notes
                 here = path.parent / name
                 found = here if here.exists() else next(iter(sorted(ROOT.glob(f"*/{name}"))), ROOT / name)
-                yield where, name, found, None
+                yield where, name, found, None, None
 
 
 def _markdown_links():
@@ -101,8 +113,8 @@ def test_the_docs_exist():
 
 
 def test_every_cited_document_exists():
-    problems = [f"{where}: {text} {why}" for where, text, target, anchor in _cited_paths()
-                if (why := _problem(target, anchor))]
+    problems = [f"{where}: {text} {why}" for where, text, target, anchor, section in _cited_paths()
+                if (why := _problem(target, anchor, section))]
     assert not problems, "citations of missing documents or sections:\n" + "\n".join(problems)
 
 
@@ -145,3 +157,7 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     assert _problem(doc, "#losses-and-weighting") is None
     assert "no section" in _problem(doc, "#metrics")
     assert _problem(tmp_path / "missing.md", None) == "does not exist"
+    assert _problem(doc, None, "losses") is None and "no section" in _problem(doc, None, "Δm")
+    cited = 'from the table (docs/reference.md, "Metrics") and'
+    match = CITED_PATH.search(cited)
+    assert QUOTED_SECTION.match(cited[match.end():]).group(1) == "Metrics"
