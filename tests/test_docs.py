@@ -161,3 +161,29 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     cited = 'from the table (docs/reference.md, "Metrics") and'
     match = CITED_PATH.search(cited)
     assert QUOTED_SECTION.match(cited[match.end():]).group(1) == "Metrics"
+
+
+# ----------------------------------------------------------------------- the test habits docs/README.md describes
+def test_every_slow_entry_names_an_existing_test():
+    """A renamed test must not silently drop out of the slow list (and so slow down `make test-fast`)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_tests_conftest", ROOT / "tests" / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)  # by path: tests/grading/ has a conftest.py too
+    stale = []
+    for prefix in conftest.SLOW:
+        path, _, name = prefix.partition("::")
+        source = (ROOT / path).read_text(encoding="utf-8") if (ROOT / path).is_file() else None
+        if source is None or (name and not re.search(rf"^def {re.escape(name)}\(", source, re.M)):
+            stale.append(prefix)
+    assert not stale, f"tests/conftest.py SLOW names tests that do not exist: {stale}"
+
+
+def test_markers_are_registered_and_make_test_fast_deselects_them():
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    for marker in ("notebooks", "slow"):
+        assert re.search(rf'^\s*"{marker}: ', pyproject, re.M), f"marker {marker!r} is not registered in pyproject"
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r'^test-fast:.*\n(\t.*\n)*\t.*pytest -m "not notebooks and not slow"', makefile, re.M)
+    assert re.search(r"^test: lint$", makefile, re.M), "make test must run ruff before pytest"
