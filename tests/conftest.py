@@ -24,6 +24,9 @@ SLOW: tuple[str, ...] = (
     # the doctor trains two steps in a subprocess; data synth + show renders scenes and a PNG
     "tests/test_cli.py::test_doctor_trains_two_steps_and_says_ok",
     "tests/test_cli.py::test_data_synth_and_show_write_a_cache_and_a_png",
+    # the benchmarks' quick pass (a module fixture runs every benchmark once) and a build of every model
+    "tests/test_benchmarks.py::test_quick_",
+    "tests/test_benchmarks.py::test_every_registered_model_has_a_benchmark_configuration",
     # sandboxed grading of the real assignments and the attack corpus (one child process per submission)
     "tests/test_grading.py::test_real_assignments_instructor_solutions_get_full_marks",
     "tests/test_grading.py::test_real_assignments_are_consistent",
