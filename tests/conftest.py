@@ -27,6 +27,9 @@ SLOW: tuple[str, ...] = (
     # the benchmarks' quick pass (a module fixture runs every benchmark once) and a build of every model
     "tests/test_benchmarks.py::test_quick_",
     "tests/test_benchmarks.py::test_every_registered_model_has_a_benchmark_configuration",
+    # the first set-up synthesises the smoke scenes of a whole dataset; train-or-load trains, then loads
+    "tests/test_course.py::test_deeplab_setup_applies_the_study_schedule_and_the_overrides",
+    "tests/test_course.py::test_second_call_loads_identical_weights_without_training",
     # sandboxed grading of the real assignments and the attack corpus (one child process per submission)
     "tests/test_grading.py::test_real_assignments_instructor_solutions_get_full_marks",
     "tests/test_grading.py::test_real_assignments_are_consistent",
