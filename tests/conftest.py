@@ -27,12 +27,18 @@ SLOW: tuple[str, ...] = (
     # the benchmarks' quick pass (a module fixture runs every benchmark once) and a build of every model
     "tests/test_benchmarks.py::test_quick_",
     "tests/test_benchmarks.py::test_every_registered_model_has_a_benchmark_configuration",
+    # two processes race to build the same cache; the cross-stitch recorder trains a network for two epochs
+    "tests/test_data_cache.py::test_two_processes_building_the_same_cache_at_once",
+    "tests/test_cross_stitch.py::test_recorder_writes_alphas_per_epoch",
     # the first set-up synthesises the smoke scenes of a whole dataset; train-or-load trains, then loads
     "tests/test_course.py::test_deeplab_setup_applies_the_study_schedule_and_the_overrides",
     "tests/test_course.py::test_second_call_loads_identical_weights_without_training",
     # sandboxed grading of the real assignments and the attack corpus (one child process per submission)
     "tests/test_grading.py::test_real_assignments_instructor_solutions_get_full_marks",
     "tests/test_grading.py::test_real_assignments_are_consistent",
+    "tests/test_grading.py::test_feedback_reveals_no_hidden_tests",  # these three share the graded corpus fixture
+    "tests/test_grading.py::test_gradebook_has_nbgrader_columns",
+    "tests/test_grading.py::test_sandbox_mode_is_recorded",
     "tests/test_grading.py::test_forged_weights_earn_nothing_on_the_shipped_assignments",
     "tests/test_grading.py::test_attack_is_graded_as_it_should",
     "tests/test_grading.py::test_leaderboard_grades_submitted_weights_without_training",
