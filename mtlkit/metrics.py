@@ -1,7 +1,7 @@
 """Metrics by task name: ``meter(task)``, the DLAD grader score and multi-task Δm with named metric sets.
 
 The meter classes live in :mod:`mtlkit.meters` (re-exported here); which meter a task uses, and its metric for Δm,
-is the task's row in :mod:`mtlkit.tasks`. Δm (docs/reference.md, "Δm") compares multi-task results with
+is the task's row in :mod:`mtlkit.tasks`. Δm (docs/reference.md#multi-task-performance) compares multi-task results with
 single-task baselines over a named metric set:
 
 * ``"kit"`` (default): one metric per task, its row's ``delta_metric`` (mIoU, depth abs error, normals mean angle,
