@@ -21,6 +21,9 @@ from mtlkit.weighting import (
 )
 
 
+ORTH, OPP, EQUAL, MULT = [[1, 0], [0, 1]], [[1, 0], [-1, 0]], [[1, 1], [1, 1]], [[1, 0], [3, 0]]  # g_1, g_2
+
+
 def t(x: float) -> torch.Tensor:
     return torch.tensor(float(x), requires_grad=True)
 
@@ -159,6 +162,14 @@ def test_gradnorm_moves_weight_to_the_slower_task_and_keeps_sum():
     assert w["b"] > 1.2 > 1.0 > w["a"] > 0
 
 
+@pytest.mark.parametrize("grads, update", [
+    (ORTH, [1.0, 1.0]), ([[1, 0], [0, 2]], [1.0, 2.0]), (OPP, [0.0, 0.0]), (EQUAL, [2.0, 2.0]), (MULT, [4.0, 0.0]),
+])
+def test_pcgrad_two_task_cases_by_hand(grads, update):
+    # no conflict (dot >= 0): the plain sum; exactly opposite: each projection removes everything
+    assert PCGrad.project(torch.tensor(grads, dtype=torch.float64)).sum(0).tolist() == pytest.approx(update)
+
+
 def test_pcgrad_cancels_opposite_gradients():
     # g1 = (1, 0), g2 = (-2, 0): g1' = g1 - (g1.g2 / |g2|^2) g2 = (1,0) - (-2/4)(-2,0) = 0; g2' = g2 + 2 g1 = 0
     proj = PCGrad.project(torch.tensor([[1.0, 0.0], [-2.0, 0.0]]))
@@ -174,9 +185,6 @@ def combine(cls, grads, **kw):
     g = torch.tensor(grads, dtype=torch.float64)
     update, a = cls([f"t{i}" for i in range(len(grads))], **kw).combine(g)
     return update.tolist(), a.tolist()
-
-
-ORTH, OPP, EQUAL, MULT = [[1, 0], [0, 1]], [[1, 0], [-1, 0]], [[1, 1], [1, 1]], [[1, 0], [3, 0]]
 
 
 @pytest.mark.parametrize("grads, update, coeffs", [
