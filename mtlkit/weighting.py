@@ -379,12 +379,33 @@ def min_norm_coefficients(gram, max_iter: int = 1000, tol: float = 1e-12):
     return a
 
 
+def _cagrad_pair(m, p, phi: float) -> float:
+    """w_1 minimising F(w_1) = w_1 p_1 + (1 - w_1) p_2 + phi ||g_2 + w_1 (g_1 - g_2)|| on [0, 1] (exactly).
+
+    With D = ||g_1 - g_2||^2, e = (g_1 - g_2) . g_2, u = w_1 + e / D and h = ||g_2||^2 - e^2 / D (the squared
+    distance from 0 to the line through g_1, g_2): F'(w_1) = (p_1 - p_2) + phi D u / sqrt(D u^2 + h), zero at
+    u = r sqrt(h / (D (D - r^2))) with r = (p_2 - p_1) / phi when r^2 < D; else F is monotone. F is convex, so
+    clipping to [0, 1] gives the constrained minimiser.
+    """
+    d = m[0, 0] - 2.0 * m[0, 1] + m[1, 1]
+    if d <= 1e-12 * max(m[0, 0], m[1, 1], 1e-300):  # g_1 = g_2: F is constant
+        return 0.5
+    e = m[0, 1] - m[1, 1]
+    h = max(m[1, 1] - e * e / d, 0.0)
+    r = (p[1] - p[0]) / phi
+    if r * r >= d:
+        return 1.0 if r > 0 else 0.0
+    u = r * math.sqrt(h / (d * (d - r * r)))
+    return float(min(max(u - e / d, 0.0), 1.0))
+
+
 def cagrad_coefficients(gram, c: float = 0.5, rescale: int = 1):
     """CAGrad's update as coefficients on the task gradients (Liu et al. 2021).
 
     With g0 = mean gradient, the dual min_{w in simplex} w^T M b + c ||g0|| sqrt(w^T M w) (b = 1/K) is solved
     with SLSQP; the update d = g0 + (c ||g0|| / ||g_w||) g_w is sum_k (b_k + lambda w_k) g_k, divided by
     1 + c^2 (``rescale=1``, the authors' choice), 1 + c (``rescale=2``) or not at all (``rescale=0``).
+    Two tasks: the dual's exact minimiser (:func:`_cagrad_pair`), no solver.
     """
     import numpy as np
     from scipy.optimize import minimize
@@ -406,10 +427,16 @@ def cagrad_coefficients(gram, c: float = 0.5, rescale: int = 1):
         nw = math.sqrt(max(float(w @ mw), 1e-16))
         return float(w @ ms @ b) + phi * nw, ms @ b + phi * mw / nw
 
-    res = minimize(objective, b, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * k,
-                   constraints=({"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)},),
-                   options={"ftol": 1e-12, "maxiter": 200})
-    w = np.clip(res.x, 0.0, None)
+    if k == 2:
+        w = np.array([_cagrad_pair(ms, ms @ b, phi)])
+        w = np.array([w[0], 1.0 - w[0]])
+    else:
+        res = minimize(objective, b, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * k,
+                       constraints=({"type": "eq", "fun": lambda w: w.sum() - 1.0,
+                                     "jac": lambda w: np.ones_like(w)},),
+                       options={"ftol": 1e-12, "maxiter": 200})
+        w = res.x
+    w = np.clip(w, 0.0, None)
     w = w / w.sum()
     gw = math.sqrt(max(float(w @ ms @ w), 0.0))
     lam = phi / gw if gw > 1e-12 else 0.0
