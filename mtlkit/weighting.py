@@ -469,7 +469,8 @@ def nash_coefficients(gram, ridge: float = 1e-8, max_iter: int = 100):
     its minimiser, found by damped Newton steps. It is solved on the cosine matrix C = D^-1/2 M D^-1/2
     (D = diag M; then a_k = c_k / sqrt(M_kk)), so that gradients of very different sizes stay well conditioned,
     plus ``ridge`` so that f stays bounded when no direction improves every task (opposite gradients): there a is
-    large but symmetric and the update cancels. A task with a zero gradient gets a_k = 0.
+    large but symmetric and the update cancels. A task with a zero gradient gets a_k = 0. Two tasks have a closed
+    form: d = (u_1 + u_2) / sqrt(1 + cos(g_1, g_2)), the bisector of the unit gradients, of length sqrt(2).
     """
     import numpy as np
 
@@ -483,20 +484,25 @@ def nash_coefficients(gram, ridge: float = 1e-8, max_iter: int = 100):
     n = norms[live]
     cos = m[np.ix_(live, live)] / np.outer(n, n) + ridge * np.eye(int(live.sum()))
 
+    if len(n) == 2:  # C = [[1 + r, c], [c, 1 + r]]: by symmetry a_1 = a_2 = 1 / sqrt(1 + r + c), d on the bisector
+        out[live] = 1.0 / math.sqrt(max(cos[0, 0] + cos[0, 1], 1e-300)) / n
+        return out
+
     def f(a):
         return 0.5 * float(a @ cos @ a) - float(np.log(a).sum())
 
     a = np.full(len(n), 1.0 / math.sqrt(len(n)))  # exact when the gradients are orthogonal
     for _ in range(max_iter):
         grad = cos @ a - 1.0 / a
-        if np.max(np.abs(grad * a)) < 1e-12:  # relative residual of (C a)_k a_k = 1
+        if np.max(np.abs(grad * a)) < 1e-10:  # relative residual of (C a)_k a_k = 1
             break
         step = np.linalg.solve(cos + np.diag(1.0 / a ** 2), grad)
         t = 1.0
-        while np.any(a - t * step <= 0):
+        while np.any(a - t * step <= 0):  # stay in a > 0
             t *= 0.5
         f0 = f(a)
-        while f(a - t * step) > f0 - 1e-4 * t * float(grad @ step) and t > 1e-12:
+        slack = 1e-13 * abs(f0)  # near the optimum f changes below rounding: full Newton steps are then right
+        while t > 1e-10 and f(a - t * step) > f0 - 1e-4 * t * float(grad @ step) + slack:
             t *= 0.5
         a = a - t * step
     out[live] = a / n

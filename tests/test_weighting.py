@@ -317,6 +317,19 @@ def test_nash_mtl_opposite_gradients_give_no_update():
     assert a[0] == pytest.approx(a[1], rel=1e-9)
 
 
+def test_nash_mtl_three_tasks_by_hand():
+    # orthogonal g_k: M diagonal, a_k = 1 / |g_k| and d = sum_k u_k (Newton's method, not the two-task formula)
+    g = torch.tensor([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 0.5]], dtype=torch.float64)
+    update, a = NashMTL(list("abc")).combine(g)
+    assert a.tolist() == pytest.approx([1.0, 0.5, 2.0], abs=1e-8)
+    assert update.tolist() == pytest.approx([1.0, 1.0, 1.0], abs=1e-8)
+    # tasks a and c opposite, b orthogonal to both: a and c cancel, task b alone moves (g_b . d = 1 / a_b = 2)
+    g = torch.tensor([[1.0, 0, 0], [0, 2.0, 0], [-1.0, 0, 0]], dtype=torch.float64)
+    update, a = NashMTL(list("abc")).combine(g)
+    assert update.tolist() == pytest.approx([0.0, 1.0, 0.0], abs=1e-6)
+    assert a[1].item() == pytest.approx(0.5, abs=1e-6)
+
+
 def test_nash_mtl_matches_a_least_squares_root_and_clips():
     from scipy.optimize import least_squares
 
