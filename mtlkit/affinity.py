@@ -80,7 +80,8 @@ def lookahead_affinity(model: nn.Module, batch: Mapping[str, Any], tasks: Mappin
     if loss_fn is None:
         if not isinstance(tasks, Mapping):
             raise ValueError("lookahead_affinity: pass tasks as {name: Task} or give loss_fn=(preds, batch) -> losses")
-        loss_fn = lambda preds, b: {t: tasks[t].loss(preds[t], b) for t in names}  # noqa: E731
+        def loss_fn(preds, b):
+            return {t: tasks[t].loss(preds[t], b) for t in names}
     shared = list(shared) if shared is not None else shared_parameter_names(model, names)
     params = dict(model.named_parameters())
     missing = [n for n in shared if n not in params]
@@ -110,7 +111,8 @@ def lookahead_affinity(model: nn.Module, batch: Mapping[str, Any], tasks: Mappin
                              f"{dict(zip(names, base.tolist()))}")
         with torch.no_grad():
             for i, g_i in enumerate(grads):
-                stepped = {n: (p.detach() if g is None else p.detach() - lr * g) for n, p, g in zip(shared, tensors, g_i)}
+                stepped = {n: (p.detach() if g is None else p.detach() - lr * g)
+                           for n, p, g in zip(shared, tensors, g_i)}
                 after = losses_at(stepped)
                 z[i] = 1.0 - torch.stack([after[t].double() for t in names]).cpu() / base
     return z

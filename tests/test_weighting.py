@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from mtlkit.weighting import (
-    CAGrad,
     DWA,
     IMTLG,
     MGDA,
+    CAGrad,
     Equal,
     GradNorm,
     NashMTL,
@@ -20,7 +20,6 @@ from mtlkit.weighting import (
     make_weighting,
 )
 
-
 ORTH, OPP, EQUAL, MULT = [[1, 0], [0, 1]], [[1, 0], [-1, 0]], [[1, 1], [1, 1]], [[1, 0], [3, 0]]  # g_1, g_2
 
 
@@ -29,8 +28,8 @@ def t(x: float) -> torch.Tensor:
 
 
 def test_make_weighting_unknown_name_lists_choices():
-    with pytest.raises(ValueError, match="valid weightings: equal, static, uncertainty, dwa, gradnorm, pcgrad, mgda, cagrad, imtlg, "
-                                         "nashmtl"):
+    names = "equal, static, uncertainty, dwa, gradnorm, pcgrad, mgda, cagrad, imtlg, nashmtl"
+    with pytest.raises(ValueError, match=f"valid weightings: {names}"):
         make_weighting("nope", ["semseg"])
     assert isinstance(make_weighting("DWA", ["a", "b"]), DWA)
 
