@@ -340,7 +340,35 @@ for name, row in summary.iterrows():
 #   $d = (u_1 + u_2)/\sqrt{1 + \cos(g_1, g_2)}$), and PCGrad's is the sum minus only the conflicting parts.
 #
 # None of this says which method wins on a real network: the toy shows their *geometry*; the next part measures them.
+
+# %% [markdown]
+# ## Your turn
 #
+# 1. **Nash-MTL for two tasks, by hand.** Its coefficients solve $(M a)_k = 1/a_k$. Write them in unit-gradient
+#    coordinates, $a_k = c_k / \lVert g_k \rVert$, show that $c_1 = c_2$, and complete `nash_two(g1, g2)` below; the
+#    check compares it with `mtlkit`'s `NashMTL` on the random pairs of section 3.
+# 2. **Equal scales.** Set `SCALE2 = 1.0` in section 2 and run sections 2–5 again. Which methods' end points move,
+#    and which do not? Explain from the table of section 1 which rules depend on the gradients' sizes.
+# 3. **CAGrad's radius.** Run section 4 again with `CAGRAD_C = 0` and with `CAGRAD_C = 2` (a parameter). Where do
+#    its end points go, and which other method does it resemble at each extreme?
+
+
+# %%
+def nash_two(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
+    """Nash-MTL's update for two task gradients."""
+    ### BEGIN SOLUTION
+    u1, u2 = g1 / g1.norm(), g2 / g2.norm()
+    return (u1 + u2) / torch.sqrt(1 + u1 @ u2)  # c_1 = c_2 = 1 / sqrt(1 + cos): the bisector, length sqrt(2)
+    ### END SOLUTION
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+nash_error = max(relative_error(nash_two(*g), NashMTL(TWO).combine(g)[0]) for g in pairs)
+print(f"nash_two matches NashMTL on 200 random pairs (relative error < 1e-4; the library adds a 1e-8 ridge): "
+      f"{nash_error < 1e-4}")
+
+# %% [markdown]
 # ## 6 · Next: a real network (to come)
 #
 # The second part of this notebook trains the tiny shared encoder on `synthetic-nyu`'s three tasks (segmentation,
@@ -351,6 +379,6 @@ for name, row in summary.iterrows():
 # %%
 toy = {"steps": TOY_STEPS, "lr": TOY_LR, "cagrad_c": CAGRAD_C, "starts": starts.tolist(),
        "summary": {n: {k: round(v, 4) for k, v in row.items()} for n, row in summary.iterrows()},
-       "written_out_relative_errors": errors}
+       "written_out_relative_errors": {**errors, "Nash-MTL (exercise)": nash_error}}
 write_notebook_results(out_dir, "11_conflicting_gradients", PRESET, {}, extra={"toy": toy})
 print(f"wrote {OUT_DIR}/metrics.json")
