@@ -438,3 +438,23 @@ def test_gradient_methods_train_a_tiny_model_through_the_trainer(tmp_path, name)
     assert math.isfinite(metrics["epochs"][0]["train_loss"]["total"])
     moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert any(n.startswith("encoder") for n in moved) and any(n.startswith("heads") for n in moved)
+
+
+def test_mgda_ub_trains_through_the_trainer_on_the_decoder_output(tmp_path):
+    from mtlkit.data import get_dataset
+    from mtlkit.models import build
+    from mtlkit.train import Trainer, seed_everything
+
+    seed_everything(0)
+    model = build("tiny", {"semseg": 13, "depth": 1, "normals": 3}, width=4)
+    train = get_dataset("synthetic-nyu", "train", preset="unit")
+    by_name = Trainer(model, train, out_dir=tmp_path / "name", epochs=1, batch_size=4, progress=False,
+                      weighting="mgda", weighting_options={"representation": "decoder"})
+    with pytest.raises(RuntimeError, match="bind"):  # by name it cannot see the model: the error says what to do
+        by_name.fit()
+    mgda = MGDA(["semseg", "depth", "normals"], representation="decoder").bind(model)
+    metrics = Trainer(model, train, out_dir=tmp_path / "ub", epochs=1, batch_size=4, progress=False,
+                      weighting=mgda, train_metrics=False).fit()
+    last = metrics["step_weights"]["values"][-1]
+    assert sum(last) == pytest.approx(1.0, abs=1e-5) and min(last) >= 0  # a point of the simplex
+    assert mgda._captured is None  # the representation is released after each step
