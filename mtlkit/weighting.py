@@ -6,7 +6,7 @@ losses (``epoch_end``). Learnable weights (Uncertainty's log-variances) are ``nn
 them in the optimiser. All state that changes during training lives in parameters or buffers, so
 ``state_dict()`` is everything a checkpoint needs to resume exactly.
 
-Gradient methods (GradNorm, PCGrad) set ``owns_backward = True`` and implement
+Gradient methods (GradNorm, PCGrad, MGDA, CAGrad, IMTL-G, Nash-MTL) set ``owns_backward = True`` and implement
 ``backward(losses, shared_params)``, which fills ``.grad`` of every parameter itself; ``forward`` still returns
 the weighted loss for logging.
 
@@ -24,6 +24,10 @@ dwa         lambda_k = K exp(w_k / T) / sum_i exp(w_i / T), w_k = Lbar_k(t-1) / 
 gradnorm    learnable w_k (sum w = K); w moves so that ||grad_W w_k L_k|| -> mean_G * r_k^alpha
 pcgrad      per-task gradients on shared parameters; a gradient conflicting with another task's
             (negative dot product) is projected onto that gradient's normal plane, then summed
+mgda        shared update sum_k a_k g_k, a = argmin_{a in simplex} ||sum_k a_k g_k||  (min-norm point)
+cagrad      g0 + (c ||g0|| / ||g_w||) g_w, w = argmin_{w in simplex} g_w.g0 + c ||g0|| ||g_w||, / (1 + c^2)
+imtlg       sum_k a_k g_k, sum a = 1, with equal projections on every unit task gradient (closed form)
+nashmtl     sum_k a_k g_k with (G G^T a)_k = 1 / a_k (Nash bargaining solution, a > 0)
 =========== ===========================================================================================
 """
 from __future__ import annotations
@@ -36,7 +40,7 @@ import torch.nn as nn
 
 __all__ = [
     "Weighting", "Equal", "Static", "Uncertainty", "DWA", "GradNorm", "PCGrad",
-    "WEIGHTINGS", "make_weighting",
+    "GradientCombination", "MGDA", "CAGrad", "IMTLG", "NashMTL", "WEIGHTINGS", "make_weighting",
 ]
 
 
@@ -323,6 +327,385 @@ class PCGrad(Weighting):
         return f"tasks={self.tasks}, shuffle={self.shuffle}"
 
 
+# ----------------------------------------------------------------------------------- combination methods
+# MGDA, CAGrad, IMTL-G and Nash-MTL all update the shared parameters with a combination sum_k a_k g_k of the task
+# gradients g_k, and each finds its coefficients a from the K x K Gram matrix M = G G^T alone (M_ij = g_i . g_j).
+# The solvers below work on M in float64 numpy: K is small, so they cost nothing next to the K backward passes.
+
+def _min_norm_pair(xx: float, xy: float, yy: float) -> float:
+    """Weight g on x minimising ||g x + (1 - g) y||^2 over g in [0, 1] (the exact two-point solution)."""
+    denom = xx - 2.0 * xy + yy  # ||x - y||^2
+    if denom <= 1e-12 * max(xx, yy, 1e-300):  # x == y: every point of the segment is the same vector
+        return 0.5
+    return float(min(max((yy - xy) / denom, 0.0), 1.0))
+
+
+def min_norm_coefficients(gram, max_iter: int = 1000, tol: float = 1e-12):
+    """Min-norm point of the convex hull of the task gradients: argmin_{a in simplex} a^T M a.
+
+    Two tasks: the exact solution. More: Frank-Wolfe with exact line search (Sener & Koltun 2018, Algorithm 2)
+    plus away steps, which converge linearly where plain Frank-Wolfe zig-zags (an optimum on a face of the
+    simplex); stopped when the duality gap a^T M a - min_t (M a)_t is below ``tol`` times the largest diagonal.
+    """
+    import numpy as np
+
+    m = np.asarray(gram, dtype=np.float64)
+    k = m.shape[0]
+    if k == 1:
+        return np.ones(1)
+    if k == 2:
+        g = _min_norm_pair(m[0, 0], m[0, 1], m[1, 1])
+        return np.array([g, 1.0 - g])
+    scale = max(float(np.max(np.diag(m))), 1e-300)
+    a = np.full(k, 1.0 / k)
+    for _ in range(max_iter):
+        ma = m @ a
+        aa = float(a @ ma)
+        s = int(np.argmin(ma))  # toward vertex s
+        active = np.flatnonzero(a > 0)
+        v = int(active[np.argmax(ma[active])])  # away from vertex v
+        if aa - ma[s] <= tol * scale:
+            break
+        if aa - ma[s] >= ma[v] - aa:
+            d, gamma_max = -a.copy(), 1.0
+            d[s] += 1.0
+        else:
+            d, gamma_max = a.copy(), (a[v] / (1.0 - a[v]) if a[v] < 1.0 else 0.0)
+            d[v] -= 1.0
+        curv = float(d @ m @ d)
+        gamma = gamma_max if curv <= 0 else min(max(-float(d @ ma) / curv, 0.0), gamma_max)
+        a = np.clip(a + gamma * d, 0.0, None)
+        a /= a.sum()
+    return a
+
+
+def _cagrad_pair(m, p, phi: float) -> float:
+    """w_1 minimising F(w_1) = w_1 p_1 + (1 - w_1) p_2 + phi ||g_2 + w_1 (g_1 - g_2)|| on [0, 1] (exactly).
+
+    With D = ||g_1 - g_2||^2, e = (g_1 - g_2) . g_2, u = w_1 + e / D and h = ||g_2||^2 - e^2 / D (the squared
+    distance from 0 to the line through g_1, g_2): F'(w_1) = (p_1 - p_2) + phi D u / sqrt(D u^2 + h), zero at
+    u = r sqrt(h / (D (D - r^2))) with r = (p_2 - p_1) / phi when r^2 < D; else F is monotone. F is convex, so
+    clipping to [0, 1] gives the constrained minimiser.
+    """
+    d = m[0, 0] - 2.0 * m[0, 1] + m[1, 1]
+    if d <= 1e-12 * max(m[0, 0], m[1, 1], 1e-300):  # g_1 = g_2: F is constant
+        return 0.5
+    e = m[0, 1] - m[1, 1]
+    h = max(m[1, 1] - e * e / d, 0.0)
+    r = (p[1] - p[0]) / phi
+    if r * r >= d:
+        return 1.0 if r > 0 else 0.0
+    u = r * math.sqrt(h / (d * (d - r * r)))
+    return float(min(max(u - e / d, 0.0), 1.0))
+
+
+def cagrad_coefficients(gram, c: float = 0.5, rescale: int = 1):
+    """CAGrad's update as coefficients on the task gradients (Liu et al. 2021).
+
+    With g0 = mean gradient, the dual min_{w in simplex} w^T M b + c ||g0|| sqrt(w^T M w) (b = 1/K) is solved
+    with SLSQP; the update d = g0 + (c ||g0|| / ||g_w||) g_w is sum_k (b_k + lambda w_k) g_k, divided by
+    1 + c^2 (``rescale=1``, the authors' choice), 1 + c (``rescale=2``) or not at all (``rescale=0``).
+    Two tasks: the dual's exact minimiser (:func:`_cagrad_pair`), no solver.
+    """
+    import numpy as np
+    from scipy.optimize import minimize
+
+    m = np.asarray(gram, dtype=np.float64)
+    k = m.shape[0]
+    b = np.full(k, 1.0 / k)
+    scale = float(np.trace(m)) / k
+    div = {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[rescale]
+    if scale <= 0 or c == 0:
+        return b / div
+    ms = m / scale  # the minimiser is invariant to scaling M; SLSQP's tolerances are absolute
+    phi = c * math.sqrt(max(float(b @ ms @ b), 0.0))  # c ||g0||
+    if phi == 0.0:  # g0 = 0: the ball around g0 is a point
+        return b / div
+
+    def objective(w):
+        mw = ms @ w
+        nw = math.sqrt(max(float(w @ mw), 1e-16))
+        return float(w @ ms @ b) + phi * nw, ms @ b + phi * mw / nw
+
+    if k == 2:
+        w = np.array([_cagrad_pair(ms, ms @ b, phi)])
+        w = np.array([w[0], 1.0 - w[0]])
+    else:
+        res = minimize(objective, b, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * k,
+                       constraints=({"type": "eq", "fun": lambda w: w.sum() - 1.0,
+                                     "jac": lambda w: np.ones_like(w)},),
+                       options={"ftol": 1e-12, "maxiter": 200})
+        w = res.x
+    w = np.clip(w, 0.0, None)
+    w = w / w.sum()
+    gw = math.sqrt(max(float(w @ ms @ w), 0.0))
+    lam = phi / gw if gw > 1e-12 else 0.0
+    return (b + lam * w) / div
+
+
+def imtlg_coefficients(gram):
+    """IMTL-G (Liu et al. 2021): a with sum a = 1 such that sum_k a_k g_k has the same projection on every unit
+    task gradient u_t = g_t / ||g_t||, i.e. (sum_s a_s g_s) . (u_1 - u_t) = 0 for t = 2..K. Solved by least
+    squares for the a closest to uniform, which is the paper's closed form a_{2:K} = g_1 U^T (D U^T)^-1 whenever
+    that inverse exists, and stays defined (a = 1/K) when it does not (equal or parallel gradients).
+    """
+    import numpy as np
+
+    m = np.asarray(gram, dtype=np.float64)
+    k = m.shape[0]
+    norms = np.sqrt(np.clip(np.diag(m), 1e-300, None))
+    q = m / norms[:, None]  # q[t, s] = u_t . g_s
+    b = np.full(k, 1.0 / k)
+    system = np.vstack([q[:1] - q[1:], np.ones((1, k))])  # [K, K]: equal projections, then sum a = 1
+    rhs = -system @ b
+    rhs[-1] = 0.0  # unknown: a - b, so the minimum-norm solution is the a nearest to uniform
+    return b + np.linalg.lstsq(system, rhs, rcond=None)[0]
+
+
+def nash_coefficients(gram, ridge: float = 1e-8, max_iter: int = 100):
+    """Nash-MTL's bargaining coefficients (Navon et al. 2022): a > 0 with (M a)_k = 1 / a_k.
+
+    That equation is the stationarity condition of the strictly convex f(a) = a^T M a / 2 - sum_k log a_k, so a is
+    its minimiser, found by damped Newton steps. It is solved on the cosine matrix C = D^-1/2 M D^-1/2
+    (D = diag M; then a_k = c_k / sqrt(M_kk)), so that gradients of very different sizes stay well conditioned,
+    plus ``ridge`` so that f stays bounded when no direction improves every task (opposite gradients): there a is
+    large but symmetric and the update cancels. A task with a zero gradient gets a_k = 0. Two tasks have a closed
+    form: d = (u_1 + u_2) / sqrt(1 + cos(g_1, g_2)), the bisector of the unit gradients, of length sqrt(2).
+    """
+    import numpy as np
+
+    m = np.asarray(gram, dtype=np.float64)
+    k = m.shape[0]
+    norms = np.sqrt(np.clip(np.diag(m), 0.0, None))
+    live = norms > 1e-12 * max(float(norms.max()), 1e-300)
+    out = np.zeros(k)
+    if not live.any():
+        return out
+    n = norms[live]
+    cos = m[np.ix_(live, live)] / np.outer(n, n) + ridge * np.eye(int(live.sum()))
+
+    if len(n) == 2:  # C = [[1 + r, c], [c, 1 + r]]: by symmetry a_1 = a_2 = 1 / sqrt(1 + r + c), d on the bisector
+        out[live] = 1.0 / math.sqrt(max(cos[0, 0] + cos[0, 1], 1e-300)) / n
+        return out
+
+    def f(a):
+        return 0.5 * float(a @ cos @ a) - float(np.log(a).sum())
+
+    a = np.full(len(n), 1.0 / math.sqrt(len(n)))  # exact when the gradients are orthogonal
+    for _ in range(max_iter):
+        grad = cos @ a - 1.0 / a
+        if np.max(np.abs(grad * a)) < 1e-10:  # relative residual of (C a)_k a_k = 1
+            break
+        step = np.linalg.solve(cos + np.diag(1.0 / a ** 2), grad)
+        t = 1.0
+        while np.any(a - t * step <= 0):  # stay in a > 0
+            t *= 0.5
+        f0 = f(a)
+        slack = 1e-13 * abs(f0)  # near the optimum f changes below rounding: full Newton steps are then right
+        while t > 1e-10 and f(a - t * step) > f0 - 1e-4 * t * float(grad @ step) + slack:
+            t *= 0.5
+        a = a - t * step
+    out[live] = a / n
+    return out
+
+
+class GradientCombination(Weighting):
+    """Base of the methods whose shared update is a combination sum_k a_k g_k of the task gradients.
+
+    Subclasses implement :meth:`coefficients` (K x K Gram matrix -> a). The gradients g_k are taken on the
+    shared parameters, or, with ``representation`` (the dotted name of a submodule whose output every task reads,
+    e.g. ``"decoder"``) and :meth:`bind`, on that output (MGDA-UB's cheaper upper bound: one backward per task
+    through the heads only); the shared parameters then get the gradient of sum_k a_k L_k. Task-specific
+    parameters get their own task's plain gradient (as PCGrad here, and MGDA's Algorithm 2).
+    :meth:`weights` reports the last step's a (0 for a task absent from that step).
+    """
+
+    owns_backward = True
+
+    def __init__(self, tasks: Sequence[str], representation: str | None = None) -> None:
+        super().__init__(tasks)
+        self.representation = representation
+        self.register_buffer("coeffs", torch.full((len(self.tasks),), 1.0 / len(self.tasks)))
+        self._captured: torch.Tensor | None = None
+        self._hook = None
+
+    def coefficients(self, gram, losses):
+        """a [K] (numpy float64) from the Gram matrix [K, K] of the task gradients and the loss values [K]."""
+        raise NotImplementedError
+
+    def combine(self, grads: torch.Tensor, losses: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Task gradients [K, P] -> (shared update [P], coefficients a [K]); used by backward and the notebooks."""
+        import numpy as np
+
+        g64 = grads.detach().double()
+        gram = (g64 @ g64.T).cpu().numpy()
+        values = np.ones(grads.shape[0]) if losses is None else np.asarray(losses, dtype=np.float64)
+        a = torch.as_tensor(np.asarray(self.coefficients(gram, values), dtype=np.float64), device=grads.device)
+        return self.postprocess((a @ g64).to(grads.dtype)), a
+
+    def postprocess(self, update: torch.Tensor) -> torch.Tensor:
+        """Last touch on the shared update [P] (Nash-MTL's optional norm clip)."""
+        return update
+
+    def task_weights(self) -> dict[str, torch.Tensor]:
+        return {t: self.coeffs[i] for i, t in enumerate(self.tasks)}
+
+    def bind(self, model: nn.Module) -> "GradientCombination":
+        """Capture the output of ``model.<representation>`` at every training forward (needed before training)."""
+        if self.representation is None:
+            raise ValueError(f"{type(self).__name__} has no representation= to bind; it uses the shared parameters")
+        try:
+            module = model.get_submodule(self.representation)
+        except AttributeError:
+            names = [n for n, _ in model.named_children()]
+            raise ValueError(f"{type(model).__name__} has no submodule {self.representation!r}; its children are "
+                             f"{names} (dotted paths reach deeper ones)") from None
+        if self._hook is not None:
+            self._hook.remove()
+
+        def keep(_module, _inputs, output):
+            if torch.is_grad_enabled() and isinstance(output, torch.Tensor) and output.requires_grad:
+                self._captured = output
+
+        self._hook = module.register_forward_hook(keep)
+        return self
+
+    def _task_grads(self, losses: Mapping[str, torch.Tensor], names: list[str],
+                    params: list[torch.Tensor]) -> torch.Tensor:
+        if self.representation is None:
+            return torch.stack([_flat_grads(losses[t], params) for t in names])  # [k, P]
+        z = self._captured
+        if z is None:
+            raise RuntimeError(f"{type(self).__name__}(representation={self.representation!r}) has seen no forward "
+                               "output: call weighting.bind(model) before training, then pass the weighting "
+                               "object to the Trainer")
+        rows = []
+        for t in names:
+            (g,) = torch.autograd.grad(losses[t], z, retain_graph=True, allow_unused=True)
+            if g is None:
+                raise ValueError(f"task {t!r}'s loss does not depend on the output of {self.representation!r}; "
+                                 "pick a module whose output every task reads")
+            rows.append(g.reshape(-1))
+        return torch.stack(rows)  # [k, numel(z)]
+
+    def backward(self, losses: Mapping[str, torch.Tensor], shared_params: Iterable[torch.Tensor]) -> None:
+        self._check(losses)
+        params = _split_params(shared_params)
+        names = list(losses)
+        before = [None if p.grad is None else p.grad.detach().clone() for p in params]
+        grads = self._task_grads(losses, names, params)
+        values = [float(losses[t].detach()) for t in names]
+        update, a = self.combine(grads, values)
+        if self.representation is not None:  # the update on the parameters is the gradient of sum_k a_k L_k
+            weighted = sum(float(a[j]) * losses[t] for j, t in enumerate(names))
+            update = self.postprocess(_flat_grads(weighted, params))
+        self._captured = None
+        sum(losses[t] for t in names).backward()  # task-specific parameters: their plain gradient
+        _assign_flat(update, params, before)
+        coeffs = torch.zeros_like(self.coeffs)
+        for j, t in enumerate(names):
+            coeffs[self.tasks.index(t)] = float(a[j])
+        self.coeffs.copy_(coeffs)
+
+    def extra_repr(self) -> str:
+        return f"tasks={self.tasks}, representation={self.representation!r}"
+
+
+class MGDA(GradientCombination):
+    """MGDA (Sener & Koltun, NeurIPS 2018): the min-norm point of the convex hull of the task gradients.
+
+    a = argmin_{a in simplex} ||sum_k a_k g_k||^2 (exact for two tasks, Frank-Wolfe beyond). The result is a
+    common descent direction whenever one exists, and 0 at a Pareto-stationary point. With ``representation``
+    (see :class:`GradientCombination`) this is MGDA-UB. ``normalize`` rescales each g_k before solving
+    (``"l2"``: by ||g_k||, ``"loss"``: by L_k, ``"loss+"``: by L_k ||g_k||, ``"none"``), as the authors' code
+    offers; the update still combines the raw gradients with the a found.
+    """
+
+    NORMALIZE = ("none", "l2", "loss", "loss+")
+
+    def __init__(self, tasks: Sequence[str], representation: str | None = None, normalize: str = "none") -> None:
+        super().__init__(tasks, representation)
+        if normalize not in self.NORMALIZE:
+            raise ValueError(f"unknown MGDA normalize {normalize!r}; valid: {', '.join(self.NORMALIZE)}")
+        self.normalize = normalize
+
+    def coefficients(self, gram, losses):
+        import numpy as np
+
+        norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
+        n = {"none": np.ones_like(norms), "l2": norms, "loss": np.asarray(losses),
+             "loss+": np.asarray(losses) * norms}[self.normalize]
+        n = np.clip(n, 1e-12, None)
+        return min_norm_coefficients(gram / np.outer(n, n))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, normalize={self.normalize!r}"
+
+
+class CAGrad(GradientCombination):
+    """Conflict-Averse Gradient descent (Liu et al., NeurIPS 2021).
+
+    The update d maximises the worst task's improvement min_k g_k . d within the ball ||d - g0|| <= c ||g0||
+    around the mean gradient g0; c = 0 is plain gradient descent on the mean loss, large c approaches MGDA.
+    See :func:`cagrad_coefficients` for the dual solved (scipy SLSQP over the simplex) and ``rescale``.
+    """
+
+    def __init__(self, tasks: Sequence[str], c: float = 0.5, rescale: int = 1,
+                 representation: str | None = None) -> None:
+        super().__init__(tasks, representation)
+        if not (math.isfinite(c) and c >= 0):
+            raise ValueError(f"CAGrad c must be finite and >= 0, got {c}")
+        if rescale not in (0, 1, 2):
+            raise ValueError(f"CAGrad rescale must be 0 (none), 1 (/(1+c^2)) or 2 (/(1+c)), got {rescale}")
+        self.c, self.rescale = float(c), int(rescale)
+
+    def coefficients(self, gram, losses):
+        return cagrad_coefficients(gram, self.c, self.rescale)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, c={self.c}, rescale={self.rescale}"
+
+
+class IMTLG(GradientCombination):
+    """IMTL-G, the gradient half of Impartial Multi-Task Learning (Liu et al., ICLR 2021).
+
+    The combined gradient g = sum_k a_k g_k (sum a = 1) has equal projections g . u_k on every unit task
+    gradient, so no task is favoured by its gradient's size; closed form, see :func:`imtlg_coefficients`.
+    The paper computes it on the shared representation (``representation``); the default uses the parameters.
+    """
+
+    def coefficients(self, gram, losses):
+        return imtlg_coefficients(gram)
+
+
+class NashMTL(GradientCombination):
+    """Nash-MTL (Navon et al., ICML 2022): the Nash bargaining solution between the tasks.
+
+    d = sum_k a_k g_k with a > 0 solving (G G^T a)_k = 1 / a_k, so g_k . d = 1 / a_k for every task and
+    ||d||^2 = K. Solved by Newton's method on a convex function (:func:`nash_coefficients`), no convex-programming
+    package needed (the authors use cvxpy). ``max_norm`` clips the update's norm (None: no clipping).
+    """
+
+    def __init__(self, tasks: Sequence[str], max_norm: float | None = None,
+                 representation: str | None = None) -> None:
+        super().__init__(tasks, representation)
+        if max_norm is not None and not max_norm > 0:
+            raise ValueError(f"NashMTL max_norm must be > 0 or None, got {max_norm}")
+        self.max_norm = None if max_norm is None else float(max_norm)
+
+    def coefficients(self, gram, losses):
+        return nash_coefficients(gram)
+
+    def postprocess(self, update: torch.Tensor) -> torch.Tensor:
+        if self.max_norm is None:
+            return update
+        norm = float(update.norm())
+        return update * (self.max_norm / norm) if norm > self.max_norm else update
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, max_norm={self.max_norm}"
+
+
 WEIGHTINGS: dict[str, type[Weighting]] = {
     "equal": Equal,
     "static": Static,
@@ -330,6 +713,10 @@ WEIGHTINGS: dict[str, type[Weighting]] = {
     "dwa": DWA,
     "gradnorm": GradNorm,
     "pcgrad": PCGrad,
+    "mgda": MGDA,
+    "cagrad": CAGrad,
+    "imtlg": IMTLG,
+    "nashmtl": NashMTL,
 }
 
 
