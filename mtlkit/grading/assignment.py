@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtlkit.grading.cells import check_instructor_notebook, is_test, grade_id, load_notebook, solution_ids, test_points
+from mtlkit.grading.cells import check_instructor_notebook, grade_id, is_test, load_notebook, solution_ids, test_points
 from mtlkit.grading.spec import Probe
 
 __all__ = ["Assignment", "default_source_root", "list_assignments", "load_assignment", "check_consistency"]

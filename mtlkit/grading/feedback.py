@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mtlkit.atomic import atomic_write_bytes, atomic_write_json
 
-__all__ = ["GRADEBOOK_COLUMNS", "write_feedback", "write_gradebook"]
+__all__ = ["GRADEBOOK_COLUMNS", "safe_cell", "write_feedback", "write_gradebook"]
 
 # nbgrader's `nbgrader export` columns, in its order; per-test columns follow
 GRADEBOOK_COLUMNS = ["assignment", "duedate", "timestamp", "student_id", "last_name", "first_name", "email",
@@ -46,18 +46,31 @@ pre{{background:#f6f6f6;padding:1em;overflow:auto;max-height:30em}}</style></hea
 """
 
 
+# a spreadsheet reads a cell starting with one of these as a formula (=HYPERLINK(...), +cmd|..., -2+3, @SUM(...))
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value):
+    """A CSV cell no spreadsheet runs: text that could start a formula gets a leading ``'``; numbers stay numbers
+    (a negative score or leaderboard value is a number, not text)."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def write_gradebook(path: Path, results: Sequence[dict], test_ids: Sequence[str]) -> None:
-    """One row per student, sorted by id: nbgrader's export columns, then status, sandbox mode, per-test points."""
+    """One row per student, sorted by id: nbgrader's export columns, then status, sandbox mode, per-test points.
+    Every text cell passes :func:`safe_cell` (names, e-mails and ids come from files the grader does not write)."""
     extra = ["status", "sandbox", *test_ids]
     leaderboard = sorted({k for r in results for k in r.get("leaderboard", {})})
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(GRADEBOOK_COLUMNS + extra + [f"leaderboard_{k}" for k in leaderboard])
+    writer.writerow([safe_cell(c) for c in GRADEBOOK_COLUMNS + extra + [f"leaderboard_{k}" for k in leaderboard]])
     for r in sorted(results, key=lambda r: r["student_id"]):
         per_test = {t["grade_id"]: sum(p["points"] for p in t["probes"]) for t in r.get("tests", [])}
-        writer.writerow([r["assignment"], r.get("duedate", ""), r.get("timestamp", ""), r["student_id"],
-                         r.get("last_name", ""), r.get("first_name", ""), r.get("email", ""), r["score"], 0.0,
-                         r["score"], r["max_score"], r["status"], r.get("sandbox", {}).get("mode", ""),
-                         *[per_test.get(t, 0.0) for t in test_ids],
-                         *[r.get("leaderboard", {}).get(k, "") for k in leaderboard]])
+        row = [r["assignment"], r.get("duedate", ""), r.get("timestamp", ""), r["student_id"], r.get("last_name", ""),
+               r.get("first_name", ""), r.get("email", ""), r["score"], 0.0, r["score"], r["max_score"], r["status"],
+               r.get("sandbox", {}).get("mode", ""), *[per_test.get(t, 0.0) for t in test_ids],
+               *[r.get("leaderboard", {}).get(k, "") for k in leaderboard]]
+        writer.writerow([safe_cell(c) for c in row])
     atomic_write_bytes(path, buf.getvalue().encode())
