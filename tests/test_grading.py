@@ -280,9 +280,22 @@ def test_gradebook_has_nbgrader_columns(corpus):
     graded, rows, _, _ = corpus
     header = list(next(iter(rows.values())))
     assert header[: len(GRADEBOOK_COLUMNS)] == GRADEBOOK_COLUMNS
-    assert header[len(GRADEBOOK_COLUMNS):] == ["status", "sandbox", "softmax_check", "affine_check"]
+    assert header[len(GRADEBOOK_COLUMNS):] == ["status", "sandbox", "softmax_check", "affine_check", "why"]
     assert sorted(rows) == sorted(a.student for a in graded)
     assert rows["wrong"]["softmax_check"] == "0.0" and rows["wrong"]["affine_check"] == "2.0"
+
+
+def test_written_answers_are_reported_for_manual_grading(corpus):
+    """The fixture's written answer ("why", 1 point, nbgrader's manually graded answer) is never scored: the
+    gradebook says "needs manual grading" where there is an answer ("no answer" for the released stub or an
+    unreadable notebook), max_score counts the autograded tests only, and the feedback shows the answer."""
+    _, rows, feedback, _ = corpus
+    assert rows["correct"]["why"] == "needs manual grading" and float(rows["correct"]["max_score"]) == 4.0
+    assert rows["job_spec_shadow"]["why"] == "no answer" and rows["invalid_json"]["why"] == "no answer"
+    manual = json.loads((feedback / "correct.json").read_text())["manual"]
+    assert [(m["grade_id"], m["max_points"], m["status"]) for m in manual] == [("why", 1.0, "needs manual grading")]
+    assert "shift-invariant" in manual[0]["answer"]
+    assert "Written answers (graded by hand)" in (feedback / "correct.html").read_text()
 
 
 def test_sandbox_mode_is_recorded(corpus):

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mtlkit.grading.assignment import Assignment, load_assignment, test_cell_of
-from mtlkit.grading.cells import MAX_NOTEBOOK_BYTES, NotebookError, code_cells, load_notebook, splice
+from mtlkit.grading.cells import MAX_NOTEBOOK_BYTES, NotebookError, code_cells, is_answered, load_notebook, splice
 from mtlkit.grading.feedback import write_feedback, write_gradebook
 from mtlkit.grading.options import SECRET_ENV
 from mtlkit.grading.sandbox import MODES, ChildResult, Limits, can_hide, detect_mode, run_child
@@ -338,7 +338,18 @@ def _file_digest(path: Path, limit: int) -> bytes:
 def _base_result(assignment: Assignment, sub: Submission, people: dict, digest: str, duedate: str) -> dict:
     return {"assignment": assignment.name, "student_id": sub.student_id, "duedate": duedate, **_person(sub, people),
             "status": "graded", "error": "", "score": 0.0, "max_score": assignment.max_score, "tests": [],
-            "notes": [], "log": "", "sandbox": {}, "digest": digest}
+            "manual": [], "notes": [], "log": "", "sandbox": {}, "digest": digest}
+
+
+def _manual(assignment: Assignment, info: dict) -> list[dict]:
+    """The written answers, for the instructor to grade by hand (never scored here): each with its points and the
+    student's text ("" where there is none)."""
+    answers = info.get("answers", {})
+    return [{"grade_id": gid, "max_points": pts, "status": MANUAL if is_answered(answers.get(gid, "")) else "no answer",
+             "answer": answers.get(gid, "")[:20000]} for gid, pts in assignment.manual.items()]
+
+
+MANUAL = "needs manual grading"
 
 
 def cells_budget(limits: Limits, groups: list[Group]) -> float:
@@ -372,6 +383,7 @@ def prepare_job(assignment: Assignment, sub: Submission, groups: list[Group], wo
         info["notes"].append(f"cell {gid!r} differs from (or is missing in) the released notebook; the grader used "
                              "the original")
     info["missing"] = report.missing
+    info["answers"] = {gid: report.sources.get(gid, "") for gid in assignment.manual}
     for probe in assignment.probes:
         reason = _forbidden(probe, report.sources)
         if reason:
@@ -580,7 +592,7 @@ def _grade(name: str, submissions: str | Path, out: str | Path, *, source, feedb
                 # a new secret (a new hidden split) regrades everyone; the digest never reveals it
                 "secret": hashlib.sha256(secret.encode()).hexdigest() if secret else ""}
     people = _students(submissions)
-    test_ids = list(assignment.points)
+    test_ids, manual_ids = list(assignment.points), list(assignment.manual)
     results: dict[str, dict] = {}
     todo = []
     for sub in subs:
@@ -607,6 +619,7 @@ def _grade(name: str, submissions: str | Path, out: str | Path, *, source, feedb
     def finish(sub: Submission, digest: str, job: Path | None, info: dict, child: ChildResult | None) -> None:
         result = _base_result(assignment, sub, people, digest, duedate)
         result["notes"] = list(sub.notes) + list(info["notes"])
+        result["manual"] = _manual(assignment, info)
         if child is not None and not child.started:
             info = {**info, "error": f"the grading sandbox could not start ({child.tries} tries; a grader problem, "
                                      "not the submission's: it is graded again on the next run): "
@@ -652,7 +665,7 @@ def _grade(name: str, submissions: str | Path, out: str | Path, *, source, feedb
                 pool.shutdown(wait=True, cancel_futures=True)
     finally:
         if results:  # every child has ended: nothing running can observe or disturb the gradebook's rewrite
-            write_gradebook(out, list(results.values()), test_ids)
+            write_gradebook(out, list(results.values()), test_ids, manual_ids)
         shutil.rmtree(work, ignore_errors=True)
     faults = sorted(r["student_id"] for r in results.values() if r["status"] == GRADER_ERROR)
     if faults:

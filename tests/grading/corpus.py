@@ -289,7 +289,8 @@ sys.modules["__main__"].emit_weights = lambda name, module: _evil_emit(name, Non
         # --- issue 19: the grader's own files, its faults, its inputs and its gradebook
         # (1) the untouched stubs plus a job spec of the submission's own beside them: the grader's job reaches the
         # child on its standard input (never as a file), and the name is refused with a note
-        Attack("job_spec_shadow", 0, {"softmax": STUB, "affine": STUB}, extra_files={"job.json": FORGED_JOB},
+        Attack("job_spec_shadow", 0, {"softmax": STUB, "affine": STUB, "why": "YOUR ANSWER HERE"},
+               extra_files={"job.json": FORGED_JOB},
                note="'job.json' was not used"),
         # (3) the live gradebook and the other students' feedback, polled while the others are graded
         Attack("gradebook_snoop", 4, {"softmax": SOFTMAX + f'''import glob, os, time
