@@ -580,9 +580,9 @@ def _grade(name: str, submissions: str | Path, out: str | Path, *, source, feedb
         raise ValueError(f"{name} grades on a hidden split generated from the instructor's secret: pass "
                          f"--secret-seed or set {SECRET_ENV} (a long random string, the same for every grading run "
                          "of the course, e.g. `openssl rand -hex 16`)")
-    mode = _sandbox_mode(mode)
     submissions, out = Path(submissions).resolve(), Path(out).resolve()
     subs, skipped = find_submissions(submissions, name, timestamps)
+    mode = _sandbox_mode(mode)
     for entry, reason in skipped:
         notice(f"skipped {entry}: {reason}")
     feedback = Path(feedback).resolve() if feedback else out.with_name(out.stem + "_feedback")
