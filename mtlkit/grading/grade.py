@@ -540,6 +540,7 @@ def _environ(values: dict[str, str | None]):
                 os.environ[k] = v
 
 
+FEEDBACK_FORMAT = 2  # feedback written by an older grader (no written answers, student timestamps) is not reused
 GRADER_ERROR = "grader-error"  # a gradebook status: the sandbox failed, not the submission (never reused)
 
 
@@ -588,7 +589,7 @@ def _grade(name: str, submissions: str | Path, out: str | Path, *, source, feedb
     feedback = Path(feedback).resolve() if feedback else out.with_name(out.stem + "_feedback")
     feedback.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {"limits": asdict(limits), "mode": mode, "preset": preset,
+    settings = {"limits": asdict(limits), "mode": mode, "preset": preset, "format": FEEDBACK_FORMAT,
                 # a new secret (a new hidden split) regrades everyone; the digest never reveals it
                 "secret": hashlib.sha256(secret.encode()).hexdigest() if secret else ""}
     people = _students(submissions)
