@@ -57,6 +57,7 @@ CHILD_UID_BASE = 2_000_000  # root grader: children run as unnamed users CHILD_U
 _uid_counter = itertools.count()
 _uid_lock = threading.Lock()
 JOB_PATH = "/tmp/job"  # where the child sees its job folder in namespaces mode
+SCRATCH = ("/var/tmp", "/dev/shm")  # world-writable folders besides /tmp: a fresh tmpfs over each in the sandbox
 SETUP_FAILED = 97  # exit status of a sandbox whose mounts failed (a grader problem, not the student's)
 # the child's first line, printed before it runs anything of the student's: a run without it never started
 READY = "[mtlkit grading child started]"
@@ -132,6 +133,12 @@ def _bwrap_base() -> list[str]:
     spaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"] \
         if _drop_privileges() else ["--unshare-all"]
     return ["--die-with-parent", *spaces, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+
+
+def _scratch(needed: set[Path]) -> list[Path]:
+    """The :data:`SCRATCH` folders here that hold nothing the child needs (those get a fresh tmpfs)."""
+    return [Path(d) for d in SCRATCH if os.path.isdir(d) and not any(Path(d) == n or Path(d) in n.parents
+                                                                      for n in needed)]
 
 
 def _unshare_flags() -> str:
@@ -229,7 +236,7 @@ def _under_tmp(p: Path) -> bool:
 
 def _namespace_command(argv: Sequence[str], job_dir: Path, hide: Sequence[Path], data_plan: list,
                        keep: Sequence[Path] = (), reveal: Sequence[str] = (), uid: int | None = None,
-                       data_src: Path | None = None) -> list[str]:
+                       data_src: Path | None = None, scratch: Sequence[Path] = ()) -> list[str]:
     """Mount a private /tmp, hide each path (tmpfs over folders, /dev/null over files), mirror the data, exec.
 
     The fresh /tmp is built in ``<job>/.tmp`` and moved over /tmp: it holds the job folder (bound) at /tmp/job, so
@@ -251,6 +258,8 @@ def _namespace_command(argv: Sequence[str], job_dir: Path, hide: Sequence[Path],
         steps += [f"mkdir -p {fresh}/.data", f"mount --bind {shlex.quote(str(data_src))} {fresh}/.data",
                   f"mount -o remount,bind,ro {fresh}/.data"]
     steps += [f"mount --move {fresh} /tmp", f"cd {JOB_PATH}", *reveal]
+    # the host's other world-writable folders: empty and private too (nothing read there, nothing left there)
+    steps += [f"mount -t tmpfs -o size=256m,mode=1777 none {shlex.quote(str(d))}" for d in scratch]
     for p in hide:
         if _under_tmp(p) and not any(k == p or k in p.parents for k in keep):
             continue  # already gone with the old /tmp
@@ -275,6 +284,8 @@ def _bwrap_command(argv: Sequence[str], job_dir: Path, hide: Sequence[Path], nee
     (a root grader: ``/root`` when Python lives in ``/root/.pyenv``), the hidden paths, and the job folder itself
     (read-write, at its own path: HOME, MTLKIT_DATA_DIR and the data symlinks name it)."""
     args = [shutil.which("bwrap") or "bwrap", *_bwrap_base()]
+    scratch = _scratch(needed)
+    args += [arg for d in scratch for arg in ("--tmpfs", str(d))]
     for p in sorted(needed):
         if _under_tmp(p):
             args += [*_bwrap_parents(p, Path("/tmp")), "--ro-bind", str(p), str(p)]
@@ -292,8 +303,9 @@ def _bwrap_command(argv: Sequence[str], job_dir: Path, hide: Sequence[Path], nee
         if _under_tmp(p) and not any(n in p.parents for n in needed):
             continue  # gone with the old /tmp
         args += ["--tmpfs", str(p)] if p.is_dir() else ["--ro-bind", "/dev/null", str(p)]
-    if _under_tmp(job_dir):
-        args += _bwrap_parents(job_dir, Path("/tmp"))
+    for top in [Path("/tmp"), *scratch]:
+        if top in job_dir.parents:
+            args += _bwrap_parents(job_dir, top)
     args += ["--bind", str(job_dir), str(job_dir), "--chdir", str(job_dir)]
     return [*args, "--", *argv, *(["--uid", str(uid)] if uid is not None else [])]
 
@@ -415,7 +427,8 @@ def run_child(job_dir: Path, limits: Limits, hide: Sequence[Path] = (), mode: st
                               (target == str(data) or target.startswith(str(data) + "/")) else target)
                              for path, target in data_plan]
         reveal = _reveal_steps({n for n in needed if not _under_tmp(n)}, JOB_PATH) if uid is not None else []
-        cmd = _namespace_command(argv, job_dir, hidden, data_plan, sorted(keep), reveal, uid, data_src)
+        cmd = _namespace_command(argv, job_dir, hidden, data_plan, sorted(keep), reveal, uid, data_src,
+                                 _scratch(needed))
         home = "/tmp/home"
     else:
         if data is not None:

@@ -189,12 +189,14 @@ for _p in glob.glob({json.dumps(str(out.parent))} + "/**", recursive=True):
 def test_a_private_tmp_also_where_python_lives_under_tmp(tmp_path, monkeypatch, mode):
     """With Python (or the checkout) under /tmp the namespaces mode used to keep the host's /tmp: other runs'
     gradebooks were readable and files written there stayed. Now /tmp is private in every isolating mode, with
-    the needed folders under it bound back read-only."""
+    the needed folders under it bound back read-only (and so are /var/tmp and /dev/shm)."""
     if mode not in ISOLATING:
         pytest.skip("neither namespaces nor bwrap works here")
     fake_python = Path(tempfile.mkdtemp(prefix="mtlkit-fake-python-", dir="/tmp"))
     planted = Path(tempfile.mkdtemp(prefix="mtlkit-planted-", dir="/tmp"))
-    left = Path(f"/tmp/mtlkit-left-{os.urandom(6).hex()}")
+    token = os.urandom(6).hex()
+    left = [Path(d) / f"mtlkit-left-{token}" for d in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(d)]
+    planted_var = Path(f"/var/tmp/mtlkit-planted-{token}")
     try:
         for folder in (fake_python, planted):
             folder.chmod(0o755)
@@ -202,10 +204,12 @@ def test_a_private_tmp_also_where_python_lives_under_tmp(tmp_path, monkeypatch, 
         (fake_python / "lib.txt").chmod(0o644)
         (planted / "gradebook.csv").write_text("student_id\nPLANTED-ROW\n")
         (planted / "gradebook.csv").chmod(0o644)
+        planted_var.write_text("PLANTED-ROW\n")
+        planted_var.chmod(0o644)
         real_needed = sandbox._needed
         monkeypatch.setattr(sandbox, "_needed", lambda: real_needed() | {fake_python})
         code = SOFTMAX + f'''import glob
-for _p in glob.glob("/tmp/mtlkit-planted-*/*"):
+for _p in glob.glob("/tmp/mtlkit-planted-*/*") + glob.glob("/var/tmp/mtlkit-planted-*"):
     print("TMP-SEEN", _p, open(_p).read())
 print("KEPT", open({json.dumps(str(fake_python / "lib.txt"))}).read())
 try:
@@ -213,7 +217,8 @@ try:
     print("WROTE-INTO-PYTHON")
 except OSError:
     pass
-open({json.dumps(str(left))}, "w").write("left behind")
+for _p in {json.dumps([str(p) for p in left])}:
+    open(_p, "w").write("left behind")
 '''
         _submit(tmp_path / "subs", "eve", {"softmax": code, "affine": AFFINE})
         result = grade("PSX_tiny", tmp_path / "subs", tmp_path / "gb.csv", source=FIXTURE, limits=LIMITS,
@@ -221,11 +226,12 @@ open({json.dumps(str(left))}, "w").write("left behind")
         log = result["log"]
         assert result["score"] == 4.0 and "KEPT NEEDED" in log, log[-3000:]
         assert "TMP-SEEN" not in log and "PLANTED-ROW" not in log and "WROTE-INTO-PYTHON" not in log, log[-3000:]
-        assert not left.exists() and not (fake_python / "new.txt").exists()
+        assert not [p for p in left if p.exists()] and not (fake_python / "new.txt").exists()
     finally:
         shutil.rmtree(fake_python, ignore_errors=True)
         shutil.rmtree(planted, ignore_errors=True)
-        left.unlink(missing_ok=True)
+        for p in [*left, planted_var]:
+            p.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ (6) sizes
