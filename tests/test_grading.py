@@ -157,8 +157,10 @@ def corpora(tmp_path_factory):
             cmd = [sys.executable, "-c", "import sys; from mtlkit.cli import main; sys.exit(main(sys.argv[1:]))",
                    "grade", "PSX_tiny", str(subs), "--out", str(out), "--source", str(FIXTURE), "--jobs", "4",
                    "--timeout", str(LIMITS.timeout_s), "--memory-mb", str(LIMITS.memory_mb), "--output-kb",
-                   str(LIMITS.output_kb), "--nproc", str(LIMITS.nproc), "--preset", "unit", "--secret-seed",
-                   CORPUS_SECRET] + (["--sandbox", mode] if mode else [])
+                   str(LIMITS.output_kb), "--nproc", str(LIMITS.nproc), "--preset", "unit"]
+            # (rlimits, where nothing stronger works, refuses a secret on the command line: any process reads it)
+            cmd += ["--sandbox", "rlimits"] if mode == "rlimits" else ["--secret-seed", CORPUS_SECRET] + \
+                (["--sandbox", mode] if mode else [])
             proc = subprocess.Popen(cmd, env={**os.environ, "MTLKIT_GRADING_SECRET": CORPUS_SECRET},
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             runs[param] = (proc, written, out, marker, left, mode or detect_mode(), time.perf_counter())

@@ -712,6 +712,9 @@ def _run_slurm(runnable: list, args: tuple, work: Path, finish, cluster: str | N
 
 # ------------------------------------------------------------------------------------------------ CLI
 def run_from_args(args: argparse.Namespace) -> int:
+    if args.secret_seed and args.sandbox == "rlimits":
+        raise ValueError(f"in the rlimits sandbox student code can read the grader's command line: pass the secret in "
+                         f"{SECRET_ENV} instead of --secret-seed")
     limits = Limits(timeout_s=args.timeout, memory_mb=args.memory_mb, output_kb=args.output_kb, nproc=args.nproc)
     slurm = {"slurm_partition": args.partition, "cpus_per_task": args.cpus,
              "slurm_array_parallelism": args.array_parallelism} if args.cluster in (None, "slurm") else {}

@@ -351,7 +351,7 @@ def test_every_top_level_entry_gets_a_row_or_a_listed_reason(tmp_path):
     assert sorted(_rows(tmp_path / "gb.csv")) == ["ann", "dave", "eve"]
 
 
-def test_rlimits_is_never_chosen_silently(tmp_path, monkeypatch):
+def test_rlimits_is_never_chosen_silently(tmp_path, monkeypatch, capsys):
     """Where neither namespaces nor bwrap works, grading needs ``--sandbox rlimits`` by name: that mode hides
     nothing from student code."""
     _submit(tmp_path / "subs", "ann")
@@ -360,4 +360,8 @@ def test_rlimits_is_never_chosen_silently(tmp_path, monkeypatch):
         grade("PSX_tiny", tmp_path / "subs", tmp_path / "gb.csv", source=FIXTURE, limits=LIMITS)
     assert grade("PSX_tiny", tmp_path / "subs", tmp_path / "gb.csv", source=FIXTURE, limits=LIMITS,
                  mode="rlimits")[0]["score"] == 4.0
+    # and there the secret may not sit on the command line, which any process can read
+    assert cli_main(["grade", "PSX_tiny", str(tmp_path / "subs"), "--out", str(tmp_path / "gb.csv"), "--source",
+                     str(FIXTURE), "--sandbox", "rlimits", "--secret-seed", "s3cret"]) == 2
+    assert "pass the secret in MTLKIT_GRADING_SECRET instead of --secret-seed" in capsys.readouterr().err
 
