@@ -4,9 +4,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,8 +29,10 @@ from mtlkit.grading.spec import Probe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "assignments" / "source"
-# small limits: the whole corpus grades in seconds (the fixture imports numpy only)
-LIMITS = Limits(timeout_s=20.0, memory_mb=1024, output_kb=64, nproc=16)
+# small limits, with room for a loaded machine (the monkeypatch attack imports torch within the cells' budget)
+LIMITS = Limits(timeout_s=35.0, memory_mb=1024, output_kb=64, nproc=16)
+# the strongest sandbox here; rlimits (which hides nothing) must be asked for by name where nothing stronger works
+MODE = "rlimits" if detect_mode() == "rlimits" else None
 
 
 def _submission(tmp_path: Path, student: str, cells: dict[str, str]) -> Path:
@@ -104,47 +108,87 @@ def test_real_assignments_are_consistent(name):
 CORPUS_SECRET = "corpus-" + os.urandom(12).hex()  # the instructor's secret while the corpus is graded
 
 
-@pytest.fixture(scope="module", params=["auto", "bwrap"])
-def corpus(request, tmp_path_factory):
-    """Grade every attack in one batch (4 at a time) and return (attacks, gradebook rows, feedback folder, marker).
+MODES_UNDER_TEST = ["auto", "bwrap"]
+
+
+def _corpus_mode(param: str) -> str | None:
+    """The --sandbox a corpus run asks for: the strongest here (``auto``; ``rlimits`` must be named, as nothing
+    stronger works), or bubblewrap forced (None: it does not work here)."""
+    from mtlkit.grading.sandbox import bwrap_works
+
+    if param == "bwrap":
+        return "bwrap" if bwrap_works() else None
+    return "rlimits" if detect_mode() == "rlimits" else ""
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    """Grade every attack in one batch (4 at a time) per sandbox mode, the modes side by side; per mode return
+    (attacks, gradebook rows, feedback folder, pickle marker, path a submission tried to leave in /tmp).
 
     As an instructor would: ``mtlkit grade`` in a process of its own, with the secret both in its environment
-    (``MTLKIT_GRADING_SECRET``) and on its command line (``--secret-seed``), where the secret search looks for it.
+    (``MTLKIT_GRADING_SECRET``) and on its command line (``--secret-seed``), where the secret search looks for it;
+    graded from a copy of the sources (``--source``), so the kit's own ``assignments/source`` must stay hidden too.
     Twice: in the strongest sandbox here (``auto``), and forced into bubblewrap where bwrap works (a test that
     only the ``namespaces`` mode ran would leave the ``bwrap`` mode unchecked).
     """
-    from mtlkit.grading.sandbox import bwrap_works
-
-    if request.param == "bwrap" and not bwrap_works():
-        pytest.skip("bubblewrap is not installed or cannot build its sandbox here (apt install bubblewrap) - the "
-                    "bwrap sandbox mode is checked where it is")
-    tmp = tmp_path_factory.mktemp("corpus")
-    subs, out = tmp / "subs", tmp / "book" / "gradebook.csv"
-    secrets = {"grading": str(FIXTURE / "PSX_tiny" / "grading.py"), "notebook": str(FIXTURE / "PSX_tiny"
-               / "PSX_tiny.ipynb"), "other": str(subs / "correct" / "PSX_tiny.ipynb"), "gradebook": str(out),
-               "git": str(ROOT / ".git" / "HEAD"), "folder": str(FIXTURE / "PSX_tiny")}
-    marker = tmp / "unpickled"
-    listener = socket.socket()
+    runs, listener = {}, socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
+    planted = Path(tempfile.mkdtemp(prefix="mtlkit-planted-", dir="/tmp"))  # another run's file in the host's /tmp
+    planted.chmod(0o755)
+    (planted / "gradebook.csv").write_text("student_id,score\nPLANTED-ROW,12\n")
+    (planted / "gradebook.csv").chmod(0o644)
     try:
-        written = write_corpus(subs, str(marker), secrets, secret=CORPUS_SECRET, port=listener.getsockname()[1],
-                               grader_uid=os.getuid())
-        start = time.perf_counter()
-        cmd = [sys.executable, "-c", "import sys; from mtlkit.cli import main; sys.exit(main(sys.argv[1:]))",
-               "grade", "PSX_tiny", str(subs), "--out", str(out), "--source", str(FIXTURE), "--jobs", "4",
-               "--timeout", str(LIMITS.timeout_s), "--memory-mb", str(LIMITS.memory_mb), "--output-kb",
-               str(LIMITS.output_kb), "--nproc", str(LIMITS.nproc), "--preset", "unit", "--secret-seed", CORPUS_SECRET]
-        cmd += ["--sandbox", "bwrap"] if request.param == "bwrap" else []
-        run = subprocess.run(cmd, env={**os.environ, "MTLKIT_GRADING_SECRET": CORPUS_SECRET}, capture_output=True,
-                             text=True, timeout=600)
+        for param in MODES_UNDER_TEST:
+            mode = _corpus_mode(param)
+            if mode is None:
+                continue
+            tmp = tmp_path_factory.mktemp(f"corpus-{param}")
+            subs, out = tmp / "subs", tmp / "book" / "gradebook.csv"
+            left = f"/tmp/mtlkit-left-{param}-{os.urandom(6).hex()}"
+            secrets = {"grading": str(FIXTURE / "PSX_tiny" / "grading.py"), "notebook": str(FIXTURE / "PSX_tiny"
+                       / "PSX_tiny.ipynb"), "other": str(subs / "correct" / "PSX_tiny.ipynb"), "gradebook": str(out),
+                       "git": str(ROOT / ".git" / "HEAD"), "folder": str(FIXTURE / "PSX_tiny"), "kit": str(REAL),
+                       "planted": str(planted), "left": left}
+            marker = tmp / "unpickled"
+            written = write_corpus(subs, str(marker), secrets, secret=CORPUS_SECRET,
+                                   port=listener.getsockname()[1], grader_uid=os.getuid())
+            cmd = [sys.executable, "-c", "import sys; from mtlkit.cli import main; sys.exit(main(sys.argv[1:]))",
+                   "grade", "PSX_tiny", str(subs), "--out", str(out), "--source", str(FIXTURE), "--jobs", "4",
+                   "--timeout", str(LIMITS.timeout_s), "--memory-mb", str(LIMITS.memory_mb), "--output-kb",
+                   str(LIMITS.output_kb), "--nproc", str(LIMITS.nproc), "--preset", "unit"]
+            # (rlimits, where nothing stronger works, refuses a secret on the command line: any process reads it)
+            cmd += ["--sandbox", "rlimits"] if mode == "rlimits" else ["--secret-seed", CORPUS_SECRET] + \
+                (["--sandbox", mode] if mode else [])
+            proc = subprocess.Popen(cmd, env={**os.environ, "MTLKIT_GRADING_SECRET": CORPUS_SECRET},
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            runs[param] = (proc, written, out, marker, left, mode or detect_mode(), time.perf_counter())
+        results = {}
+        for param, (proc, written, out, marker, left, mode, start) in runs.items():
+            output, _ = proc.communicate(timeout=600)
+            assert proc.returncode == 0, output[-6000:]
+            print(f"corpus of {len(written)} graded in {time.perf_counter() - start:.1f} s ({param})")
+            rows = _rows(out)
+            assert {r["sandbox"] for r in rows.values()} == {mode}
+            results[param] = (written, rows, out.parent / "gradebook_feedback", marker, left, output)
+        yield results
     finally:
         listener.close()
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    print(f"corpus of {len(written)} graded in {time.perf_counter() - start:.1f} s ({request.param})")
-    rows = _rows(out)
-    assert {r["sandbox"] for r in rows.values()} == {detect_mode() if request.param == "auto" else request.param}
-    return written, rows, out.parent / "gradebook_feedback", marker
+        for proc, *_ in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+        shutil.rmtree(planted, ignore_errors=True)
+        for _, _, _, _, left, *_ in runs.values():
+            Path(left).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module", params=MODES_UNDER_TEST)
+def corpus(request, corpora):
+    if request.param not in corpora:
+        pytest.skip("bubblewrap is not installed or cannot build its sandbox here (apt install bubblewrap) - the "
+                    "bwrap sandbox mode is checked where it is (.ci/run installs it)")
+    return corpora[request.param][:4]
 
 
 @pytest.mark.parametrize("student", [a.student for a in attacks("unused", {"grading": ""})])
@@ -178,7 +222,46 @@ def test_corpus_covers_every_attack_of_the_issue():
                 "runaway_threads", "kill_all", "invalid_json", "deep_json", "huge_int", "not_a_notebook",
                 "nbformat3", "missing_cell", "renamed_cell", "linked_notebook", "linked_folder", "pickle_bomb",
                 "forged_weights"}  # (the last: not in the issue's list; a module checked with its own weights)
+    # issue 19's classes: a job spec handed in, the live gradebook, the kit's own sources, the host's /tmp, a huge
+    # file, a forged timestamp with a formula, a stray top-level file (the sandbox that cannot start, the
+    # gradebook rewritten under running children and Python under /tmp are tests/grading/test_hardening.py's)
+    required |= {"job_spec_shadow", "gradebook_snoop", "kit_sources", "tmp_snoop", "huge_file", "forged_timestamp",
+                 "stray"}
     assert required <= names, sorted(required - names)
+
+
+def test_nothing_a_submission_writes_to_tmp_stays(corpora):
+    """The tmp_snoop submission wrote a file into /tmp: with a private /tmp it went away with the sandbox."""
+    for param, (written, rows, feedback, marker, left, output) in corpora.items():
+        if rows["tmp_snoop"]["sandbox"] != "rlimits":
+            assert not Path(left).exists(), f"{param}: {left} stayed on the host"
+
+
+def test_gradebook_cells_never_start_a_formula(corpus):
+    """Text that a spreadsheet would run (a roster's names, a forged timestamp.txt) is neutralised; times come from
+    the collected files; numbers stay numbers."""
+    from corpus import FORMULA
+
+    _, rows, feedback, _ = corpus
+    text = (feedback.parent / "gradebook.csv").read_text()
+    with (feedback.parent / "gradebook.csv").open(newline="") as f:
+        cells = [c for row in csv.reader(f) for c in row]
+    numeric = {c for c in cells if _is_number(c)}
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@")) and c not in numeric], text[:2000]
+    assert rows["correct"]["last_name"] == "'=1+2" and rows["correct"]["first_name"] == "'@SUM(A1)"
+    assert rows["correct"]["email"].startswith("'+cmd") and rows["wrong"]["last_name"] == "'-Smith"
+    stamp = rows["forged_timestamp"]["timestamp"]
+    assert FORMULA not in text and "evil.example" not in text
+    assert time.strptime(stamp, "%Y-%m-%d %H:%M:%S").tm_year >= 2024, stamp
+    assert float(rows["correct"]["score"]) == 4.0 and float(rows["wrong"]["softmax_check"]) == 0.0
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def test_feedback_reveals_no_hidden_tests(corpus):
@@ -201,9 +284,22 @@ def test_gradebook_has_nbgrader_columns(corpus):
     graded, rows, _, _ = corpus
     header = list(next(iter(rows.values())))
     assert header[: len(GRADEBOOK_COLUMNS)] == GRADEBOOK_COLUMNS
-    assert header[len(GRADEBOOK_COLUMNS):] == ["status", "sandbox", "softmax_check", "affine_check"]
+    assert header[len(GRADEBOOK_COLUMNS):] == ["status", "sandbox", "softmax_check", "affine_check", "why"]
     assert sorted(rows) == sorted(a.student for a in graded)
     assert rows["wrong"]["softmax_check"] == "0.0" and rows["wrong"]["affine_check"] == "2.0"
+
+
+def test_written_answers_are_reported_for_manual_grading(corpus):
+    """The fixture's written answer ("why", 1 point, nbgrader's manually graded answer) is never scored: the
+    gradebook says "needs manual grading" where there is an answer ("no answer" for the released stub or an
+    unreadable notebook), max_score counts the autograded tests only, and the feedback shows the answer."""
+    _, rows, feedback, _ = corpus
+    assert rows["correct"]["why"] == "needs manual grading" and float(rows["correct"]["max_score"]) == 4.0
+    assert rows["job_spec_shadow"]["why"] == "no answer" and rows["invalid_json"]["why"] == "no answer"
+    manual = json.loads((feedback / "correct.json").read_text())["manual"]
+    assert [(m["grade_id"], m["max_points"], m["status"]) for m in manual] == [("why", 1.0, "needs manual grading")]
+    assert "shift-invariant" in manual[0]["answer"]
+    assert "Written answers (graded by hand)" in (feedback / "correct.html").read_text()
 
 
 def test_sandbox_mode_is_recorded(corpus):
@@ -246,7 +342,8 @@ def test_rerun_reuses_unchanged_and_regrades_changed(tmp_path):
     _submission(tmp_path, "ann", {"softmax": SOFTMAX, "affine": AFFINE})
     bob = _submission(tmp_path, "bob", {"softmax": WRONG_SOFTMAX, "affine": AFFINE})
     out = tmp_path / "gb.csv"
-    first = {r["student_id"]: r for r in grade("PSX_tiny", tmp_path / "subs", out, source=FIXTURE, limits=LIMITS)}
+    first = {r["student_id"]: r for r in grade("PSX_tiny", tmp_path / "subs", out, source=FIXTURE, limits=LIMITS,
+                                               mode=MODE)}
     assert (first["ann"]["score"], first["bob"]["score"]) == (4.0, 2.0)
     # bob resubmits a fix; ann's feedback must be reused as is (same digest, nothing rerun)
     nb = json.loads((bob / "PSX_tiny.ipynb").read_text())
@@ -255,11 +352,12 @@ def test_rerun_reuses_unchanged_and_regrades_changed(tmp_path):
             cell["source"] = SOFTMAX
     (bob / "PSX_tiny.ipynb").write_text(json.dumps(nb))
     seen = []
-    second = grade("PSX_tiny", tmp_path / "subs", out, source=FIXTURE, limits=LIMITS, progress=seen.append)
+    second = grade("PSX_tiny", tmp_path / "subs", out, source=FIXTURE, limits=LIMITS, mode=MODE, progress=seen.append)
     assert [r["student_id"] for r in seen] == ["bob"]
     # a new secret seed means a new hidden split: everyone is graded again (and the environment is restored)
     seen.clear()
-    grade("PSX_tiny", tmp_path / "subs", out, source=FIXTURE, limits=LIMITS, secret="42", progress=seen.append)
+    grade("PSX_tiny", tmp_path / "subs", out, source=FIXTURE, limits=LIMITS, mode=MODE, secret="42",
+          progress=seen.append)
     assert sorted(r["student_id"] for r in seen) == ["ann", "bob"] and "MTLKIT_GRADING_SECRET" not in os.environ
     assert {r["student_id"]: r["score"] for r in second} == {"ann": 4.0, "bob": 4.0}
     assert _rows(out)["bob"]["score"] == "4.0"
@@ -274,10 +372,10 @@ def test_crash_mid_grading_keeps_what_was_graded(tmp_path):
         raise KeyboardInterrupt  # the grader dies right after the first student's feedback was written
 
     with pytest.raises(KeyboardInterrupt):
-        grade("PSX_tiny", tmp_path / "subs", out, source=FIXTURE, limits=LIMITS, progress=crash)
+        grade("PSX_tiny", tmp_path / "subs", out, source=FIXTURE, limits=LIMITS, mode=MODE, progress=crash)
     assert len(_rows(out)) == 1
     seen = []
-    grade("PSX_tiny", tmp_path / "subs", out, source=FIXTURE, limits=LIMITS, progress=seen.append)
+    grade("PSX_tiny", tmp_path / "subs", out, source=FIXTURE, limits=LIMITS, mode=MODE, progress=seen.append)
     assert len(seen) == 2 and {r["score"] for r in _rows(out).values()} == {"4.0"}
 
 
@@ -347,8 +445,6 @@ def test_random_state_and_structure_problem():
 
 def test_hidden_split_assignments_refuse_to_grade_without_a_secret(tmp_path, monkeypatch):
     """Without the instructor's secret a hidden split's seed follows from public code: PS1 and PS5 refuse."""
-    import shutil
-
     for name in ("PS1_joint", "PS5_leaderboard"):
         assert load_assignment(name, REAL).needs_secret, name
     source = tmp_path / "source"
@@ -358,9 +454,10 @@ def test_hidden_split_assignments_refuse_to_grade_without_a_secret(tmp_path, mon
     _submission(tmp_path, "ann", {"softmax": SOFTMAX, "affine": AFFINE})
     monkeypatch.delenv("MTLKIT_GRADING_SECRET", raising=False)
     with pytest.raises(ValueError, match="pass --secret-seed or set MTLKIT_GRADING_SECRET"):
-        grade("PSX_tiny", tmp_path / "subs", tmp_path / "gb.csv", source=source, limits=LIMITS)
+        grade("PSX_tiny", tmp_path / "subs", tmp_path / "gb.csv", source=source, limits=LIMITS, mode=MODE)
     assert not (tmp_path / "gb.csv").exists()
-    results = grade("PSX_tiny", tmp_path / "subs", tmp_path / "gb.csv", source=source, limits=LIMITS, secret="s3")
+    results = grade("PSX_tiny", tmp_path / "subs", tmp_path / "gb.csv", source=source, limits=LIMITS, mode=MODE,
+                    secret="s3")
     assert results[0]["score"] == 4.0
 
 
@@ -395,7 +492,7 @@ def test_cli_grade_writes_gradebook(tmp_path, capsys):
     _submission(tmp_path, "ann", {"softmax": SOFTMAX, "affine": AFFINE})
     out = tmp_path / "gb.csv"
     assert cli_main(["grade", "PSX_tiny", str(tmp_path / "subs"), "--out", str(out), "--source", str(FIXTURE),
-                     "--timeout", "20", "--memory-mb", "1024"]) == 0
+                     "--timeout", "20", "--memory-mb", "1024", *(["--sandbox", MODE] if MODE else [])]) == 0
     assert "ann: 4 / 4 graded" in capsys.readouterr().out
     assert _rows(out)["ann"]["score"] == "4.0"
 
@@ -405,45 +502,33 @@ def test_slurm_executor_through_submitit_locally(tmp_path):
     pytest.importorskip("submitit")
     _submission(tmp_path, "ann", {"softmax": SOFTMAX, "affine": AFFINE})
     _submission(tmp_path, "bob", {"softmax": WRONG_SOFTMAX, "affine": AFFINE})
-    results = grade("PSX_tiny", tmp_path / "subs", tmp_path / "gb.csv", source=FIXTURE, limits=LIMITS,
+    results = grade("PSX_tiny", tmp_path / "subs", tmp_path / "gb.csv", source=FIXTURE, limits=LIMITS, mode=MODE,
                     executor="slurm", cluster="local")
     assert {r["student_id"]: r["score"] for r in results} == {"ann": 4.0, "bob": 2.0}
 
 
 # ------------------------------------------------------------------------------------------------ the real PS
-def test_real_assignments_instructor_solutions_get_full_marks(tmp_path, monkeypatch):
-    """Grade every shipped problem set's instructor solution in the unit preset: all points (two PS at a time)."""
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """Every shipped problem set graded once in the unit preset, two at a time, each with its students side by
+    side: the instructor's solution; a forger (FORGERIES: modules that report all-zero weights); for PS5 a student
+    who hands in trained weights (``PS5_weights.safetensors``) and a pickled ``model.pt``. Returns
+    {name: {student: result}}."""
     from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    from safetensors.torch import save
+
+    from mtlkit.course import deeplab_schedule
+    from mtlkit.models import build
 
     names = list_assignments(REAL)
     assert names, "no assignments under assignments/source"
-    monkeypatch.setenv("MTLKIT_PRESET", "unit")
-    monkeypatch.setenv("MTLKIT_GRADING_SECRET", "7")
+    tmp = tmp_path_factory.mktemp("shipped")
     for name in names:
-        subs = tmp_path / name / "subs" / "instructor"
-        subs.mkdir(parents=True)
-        (subs / f"{name}.ipynb").write_bytes((REAL / name / f"{name}.ipynb").read_bytes())
-
-    def run(name: str) -> dict:
-        return grade(name, tmp_path / name / "subs", tmp_path / name / "gb.csv", source=REAL,
-                     limits=Limits(timeout_s=300.0))[0]
-
-    with ThreadPoolExecutor(max_workers=2) as pool:  # the parents only wait on their children: 2 cores
-        results = dict(zip(names, pool.map(run, names)))
-    for name, result in results.items():
-        row = _rows(tmp_path / name / "gb.csv")["instructor"]
-        assert row["status"] == "graded" and float(row["score"]) == float(row["max_score"]) > 0, \
-            name + json.dumps(result["tests"], indent=1) + result["log"][-4000:]
-
-
-def test_forged_weights_earn_nothing_on_the_shipped_assignments(tmp_path, monkeypatch):
-    """Modules that implement nothing but report all-zero weights (so the library's reference, given those weights,
-    outputs zeros) and output zeros: the grader checks outputs with weights it chose itself, so each forged module
-    test scores 0 (every one of them scored in full when the probes took the submission's own weights)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    monkeypatch.setenv("MTLKIT_PRESET", "unit")
-    monkeypatch.setenv("MTLKIT_GRADING_SECRET", "7")
+        folder = tmp / name / "subs" / "instructor"
+        folder.mkdir(parents=True)
+        (folder / f"{name}.ipynb").write_bytes((REAL / name / f"{name}.ipynb").read_bytes())
     for name, forged in FORGERIES.items():
         nb = json.loads((REAL / name / f"{name}.ipynb").read_text())
         replaced = set()
@@ -452,17 +537,47 @@ def test_forged_weights_earn_nothing_on_the_shipped_assignments(tmp_path, monkey
             if gid in forged:
                 cell["source"], _ = forged[gid], replaced.add(gid)
         assert replaced == set(forged), name
-        folder = tmp_path / name / "subs" / "forger"
+        folder = tmp / name / "subs" / "forger"
         folder.mkdir(parents=True)
         (folder / f"{name}.ipynb").write_text(json.dumps(nb))
+    schedule = deeplab_schedule("unit")
+    torch.manual_seed(3)
+    model = build("deeplab-joint", {"semseg": 19, "depth": 1}, encoder=schedule["encoder"],
+                  aspp_channels=schedule["aspp_channels"], decoder_channels=schedule["decoder_channels"],
+                  skip_channels=schedule["skip_channels"])
+    folder = tmp / "PS5_leaderboard" / "subs" / "weights"
+    folder.mkdir(parents=True)
+    (folder / "PS5_leaderboard.ipynb").write_bytes((REAL / "PS5_leaderboard" / "PS5_leaderboard.ipynb").read_bytes())
+    (folder / "PS5_weights.safetensors").write_bytes(save({k: v.clone() for k, v in model.state_dict().items()}))
+    (folder / "model.pt").write_bytes(b"\x80\x04 a pickle")
 
     def run(name: str) -> dict:
-        return grade(name, tmp_path / name / "subs", tmp_path / name / "gb.csv", source=REAL,
-                     limits=Limits(timeout_s=300.0))[0]
+        results = grade(name, tmp / name / "subs", tmp / name / "gb.csv", source=REAL, jobs=2,
+                        limits=Limits(timeout_s=300.0), mode=MODE)
+        return {r["student_id"]: r for r in results}
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(zip(FORGERIES, pool.map(run, FORGERIES)))
-    for name, result in results.items():
+    # (set for the whole process before the threads start: each grade() restores what it found when it ends)
+    with pytest.MonkeyPatch.context() as patch, ThreadPoolExecutor(max_workers=2) as pool:
+        patch.setenv("MTLKIT_PRESET", "unit")
+        patch.setenv("MTLKIT_GRADING_SECRET", "7")
+        graded = dict(zip(names, pool.map(run, names)))  # (the parents only wait on their children)
+    return {name: (graded[name], _rows(tmp / name / "gb.csv")) for name in names}
+
+
+def test_real_assignments_instructor_solutions_get_full_marks(shipped):
+    """Every shipped problem set's instructor solution, graded in the unit preset, gets all points."""
+    for name, (results, rows) in shipped.items():
+        result, row = results["instructor"], rows["instructor"]
+        assert row["status"] == "graded" and float(row["score"]) == float(row["max_score"]) > 0, \
+            name + json.dumps(result["tests"], indent=1) + result["log"][-4000:]
+
+
+def test_forged_weights_earn_nothing_on_the_shipped_assignments(shipped):
+    """Modules that implement nothing but report all-zero weights (so the library's reference, given those weights,
+    outputs zeros) and output zeros: the grader checks outputs with weights it chose itself, so each forged module
+    test scores 0 (every one of them scored in full when the probes took the submission's own weights)."""
+    for name in FORGERIES:
+        result = shipped[name][0]["forger"]
         assert result["status"] == "graded", result["error"]
         probes = {p["grade_id"]: p for t in result["tests"] for p in t["probes"]}
         for test in FORGED_TESTS[name]:
@@ -471,30 +586,11 @@ def test_forged_weights_earn_nothing_on_the_shipped_assignments(tmp_path, monkey
             assert "error" in probes[test]["message"] and "raised" not in probes[test]["message"], probes[test]
 
 
-def test_leaderboard_grades_submitted_weights_without_training(tmp_path, monkeypatch):
+def test_leaderboard_grades_submitted_weights_without_training(shipped):
     """PS5: a student who trained elsewhere (longer, on a GPU) hands in ``PS5_weights.safetensors`` next to the
     notebook; the grader copies it into the sandbox, the model cell loads it instead of training, and ``predict``
     is scored on the hidden split. A pickled ``.pt`` beside it is left out and named in the feedback."""
-    import torch
-    from safetensors.torch import save
-
-    from mtlkit.course import deeplab_schedule
-    from mtlkit.models import build
-
-    monkeypatch.setenv("MTLKIT_PRESET", "unit")
-    monkeypatch.setenv("MTLKIT_GRADING_SECRET", "7")
-    schedule = deeplab_schedule("unit")
-    torch.manual_seed(3)
-    model = build("deeplab-joint", {"semseg": 19, "depth": 1}, encoder=schedule["encoder"],
-                  aspp_channels=schedule["aspp_channels"], decoder_channels=schedule["decoder_channels"],
-                  skip_channels=schedule["skip_channels"])
-    folder = tmp_path / "subs" / "ann"
-    folder.mkdir(parents=True)
-    (folder / "PS5_leaderboard.ipynb").write_bytes((REAL / "PS5_leaderboard" / "PS5_leaderboard.ipynb").read_bytes())
-    (folder / "PS5_weights.safetensors").write_bytes(save({k: v.clone() for k, v in model.state_dict().items()}))
-    (folder / "model.pt").write_bytes(b"\x80\x04 a pickle")
-    result = grade("PS5_leaderboard", tmp_path / "subs", tmp_path / "gb.csv", source=REAL,
-                   limits=Limits(timeout_s=300.0))[0]
+    result = shipped["PS5_leaderboard"][0]["weights"]
     assert result["status"] == "graded" and result["score"] == result["max_score"] == 10.0, result["log"][-3000:]
     assert "loaded PS5_weights.safetensors: no training" in result["log"] and "best epoch" not in result["log"]
     assert any("'model.pt' was not used" in note for note in result["notes"]), result["notes"]

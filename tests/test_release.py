@@ -183,3 +183,20 @@ def test_shipped_assignments_have_public_checks_and_hidden_tests(name):
     # leaderboard) print measured metrics instead
     model_cells = {"training", "leaderboard"}
     assert printed_errors >= len(set(points) - model_cells), name
+
+
+@pytest.mark.parametrize("name", list_assignments(REAL))
+def test_shipped_assignments_have_written_questions_with_a_rubric(tmp_path, name):
+    """Issue 22: every problem set asks for a written analysis (nbgrader's manually graded answer, with points) whose
+    instructor version holds a model answer and a rubric; the student version holds neither, and `mtlkit grade`
+    reports the answer as needing manual grading instead of scoring it (max_score: autograded points only)."""
+    assignment = load_assignment(name, REAL)
+    assert assignment.manual and all(p > 0 for p in assignment.manual.values()), name
+    released = load_notebook(release(name, tmp_path, source=REAL))
+    for cell in assignment.notebook["cells"]:
+        if grade_id(cell) in assignment.manual:
+            assert cell["cell_type"] == "markdown" and "Rubric" in cell_source(cell), grade_id(cell)
+    assert "Rubric" not in _released_text(released)
+    answers = [c for c in released["cells"] if grade_id(c) in assignment.manual]
+    assert answers and all(cell_source(c).strip() == "YOUR ANSWER HERE" for c in answers)
+    assert assignment.max_score == sum(assignment.points.values())

@@ -7,7 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtlkit.grading.cells import check_instructor_notebook, is_test, grade_id, load_notebook, solution_ids, test_points
+from mtlkit.grading.cells import (
+    check_instructor_notebook,
+    grade_id,
+    is_test,
+    load_notebook,
+    manual_points,
+    solution_ids,
+    test_points,
+)
 from mtlkit.grading.spec import Probe
 
 __all__ = ["Assignment", "default_source_root", "list_assignments", "load_assignment", "check_consistency"]
@@ -42,7 +50,12 @@ class Assignment:
 
     @property
     def max_score(self) -> float:
+        """Autograded points only (nbgrader's max_score also counts the manually graded answers)."""
         return sum(self.points.values())
+
+    @property
+    def manual(self) -> dict[str, float]:
+        return manual_points(self.notebook)
 
     @property
     def files(self) -> Path:

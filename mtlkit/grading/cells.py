@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["NotebookError", "load_notebook", "nbgrader_meta", "grade_id", "is_solution", "is_test", "is_locked",
-           "solution_ids", "test_points", "release_notebook", "strip_hidden_tests", "stub_solution", "splice",
+           "solution_ids", "test_points", "manual_points", "is_answered",
+           "release_notebook", "strip_hidden_tests", "stub_solution", "splice",
            "SpliceReport", "cell_source", "SOLUTION_BEGIN", "SOLUTION_END", "HIDDEN_BEGIN", "HIDDEN_END"]
 
 SOLUTION_BEGIN, SOLUTION_END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -122,6 +123,19 @@ def solution_ids(nb: dict) -> list[str]:
 def test_points(nb: dict) -> dict[str, float]:
     """grade_id -> points of every autograded test cell."""
     return {grade_id(c): float(nbgrader_meta(c).get("points", 0)) for c in nb["cells"] if is_test(c) and grade_id(c)}
+
+
+def manual_points(nb: dict) -> dict[str, float]:
+    """grade_id -> points of every manually graded answer (nbgrader: ``solution`` and ``grade`` both true, e.g. a
+    written answer in a markdown cell); ``mtlkit grade`` reports them as needing manual grading, never scores them."""
+    return {grade_id(c): float(nbgrader_meta(c).get("points", 0)) for c in nb["cells"]
+            if is_solution(c) and nbgrader_meta(c).get("grade") and grade_id(c)}
+
+
+def is_answered(text: str) -> bool:
+    """Whether a manually graded answer holds more than the released stub."""
+    stripped = text.strip()
+    return bool(stripped) and stripped not in (MARKDOWN_STUB, CODE_STUB)
 
 
 def check_instructor_notebook(nb: dict, name: str) -> None:

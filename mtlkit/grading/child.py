@@ -1,9 +1,10 @@
 """The grader's child process: run the spliced notebook, then the probes, and hand back plain arrays.
 
-``python -m mtlkit.grading.child JOB_DIR [--uid UID]`` reads ``JOB_DIR/job.json`` (the notebook's code cells and
-the probe groups), executes the cells in one namespace with plain ``exec`` (no IPython: no input transformers, event
-hooks or ``showtraceback`` to hijack; a failing cell is logged and the next one runs, as with nbgrader's
-``allow_errors``; the cells share a time budget), then runs each probe group's code with ``load_input`` /
+``python -m mtlkit.grading.child JOB_DIR [--uid UID]`` reads the job (JSON: the notebook's code cells and the probe
+groups) from its standard input, never from a file a submission could stand in for; executes the cells in one
+namespace with plain ``exec`` (no IPython: no input transformers, event hooks or ``showtraceback`` to hijack; a
+failing cell is logged and the next one runs, as with nbgrader's ``allow_errors``; the cells share a time
+budget), then runs each probe group's code with ``load_input`` /
 ``load_weights`` / ``emit`` / ``emit_weights`` bound to that group's folders, each under its own time limit.
 
 Nothing the child says is trusted: the parent reads only the ``.npy`` files (``allow_pickle=False``) and
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mtlkit.grading.sandbox import READY
 
 __all__ = ["load_input", "load_weights", "emit", "emit_weights", "main"]
 
@@ -110,9 +113,19 @@ def _log(text: str) -> None:
     sys.stderr.flush()
 
 
-def main(job_dir: str) -> int:
+def read_job() -> dict:
+    """The job from standard input, which then reads as empty (``input()`` in a cell gets EOF, as before)."""
+    job = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return job
+
+
+def main(job_dir: str, job: dict | None = None) -> int:
     job_path = Path(job_dir)
-    job = json.loads((job_path / "job.json").read_text())
+    job = read_job() if job is None else job
+    os.write(1, (READY + "\n").encode())  # before anything of the student's runs: the parent knows it started
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
     # the notebook's cells share one time budget, so a hung cell still leaves the probes their own time
     signal.signal(signal.SIGALRM, _alarm)

@@ -1,11 +1,12 @@
 """``mtlkit grade PS SUBMISSIONS --out gradebook.csv``: grade every submission in a sandboxed child process.
 
-Per submission: read the notebook (errors become that student's error row), splice only its solution cells into
-the instructor's notebook (hidden tests removed), check the probes' ``forbid`` patterns on those cells, write a job
-folder (code cells, probe code, hidden inputs as ``.npy``), run it in :mod:`mtlkit.grading.sandbox`, read back
-plain arrays only (``numpy.load(allow_pickle=False)``, safetensors) and score them in this process with each
-probe's ``check``. Each student's feedback is written when graded, and the gradebook rewritten, atomically: a
-crash loses nothing, and a rerun reuses every feedback whose submission, assignment and limits are unchanged.
+Per submission: check sizes (nothing is read before), read the notebook (errors become that student's error row),
+splice only its solution cells into the instructor's notebook (hidden tests removed), check the probes' ``forbid``
+patterns on those cells, write a job folder (hidden inputs as ``.npy``, the submission's files) and the job (code
+cells, probe code) for the child's standard input, run it in :mod:`mtlkit.grading.sandbox`, read back plain arrays
+only (``numpy.load(allow_pickle=False)``, safetensors) and score them in this process with each probe's ``check``.
+Each student's feedback is written atomically when graded (a rerun reuses every one whose submission, assignment
+and limits are unchanged); the gradebook is written once no child runs, also after a crash or an interrupt.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import argparse
 import contextlib
 import csv
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -29,86 +31,189 @@ from pathlib import Path
 import numpy as np
 
 from mtlkit.grading.assignment import Assignment, load_assignment, test_cell_of
-from mtlkit.grading.cells import NotebookError, code_cells, load_notebook, splice
+from mtlkit.grading.cells import MAX_NOTEBOOK_BYTES, NotebookError, code_cells, is_answered, load_notebook, splice
 from mtlkit.grading.feedback import write_feedback, write_gradebook
 from mtlkit.grading.options import SECRET_ENV
-from mtlkit.grading.sandbox import MODES, SETUP_FAILED, ChildResult, Limits, detect_mode, run_child
+from mtlkit.grading.sandbox import MODES, ChildResult, Limits, can_hide, detect_mode, run_child
 
 __all__ = ["grade", "Submission", "find_submissions", "run_from_args", "SECRET_ENV"]
 
 # extra files a submission folder may carry into the sandbox (e.g. trained weights); never unpickled by the grader
 ALLOWED_EXTRA = (".safetensors", ".npy", ".npz", ".json", ".csv", ".txt")
-MAX_EXTRA_BYTES = 200 * 2**20
+MAX_EXTRA_BYTES = 200 * 2**20  # all of a submission's extra files together
+MAX_EXTRA_FILES = 64
+# names the grader itself writes into the job folder: a submission's file of that name would stand in for them
+RESERVED = frozenset({"inputs", "outputs", "files", "data", "home", "job.json"})
 MAX_OUTPUT_BYTES = 512 * 2**20
+ROSTER = "students.csv"
 _STUDENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}$")
+_CHUNK = 2**20
 
 
 @dataclass
 class Submission:
     student_id: str
     notebook: Path | None
-    extras: list[Path] = field(default_factory=list)
+    extras: list[Path] = field(default_factory=list)  # the files that go into the sandbox (checked, not yet read)
     error: str = ""
     timestamp: str = ""
+    notes: list[str] = field(default_factory=list)  # what the collector left out, and why
+    entry: str = ""  # the top-level entry of the submissions folder it came from
 
 
-def find_submissions(folder: Path, assignment: str) -> list[Submission]:
-    """One folder (``<student>/``, holding ``<PS>.ipynb`` or a single notebook) or one ``<student>.ipynb`` each."""
+def find_submissions(folder: Path, assignment: str, timestamps: Mapping[str, str] | None = None
+                     ) -> tuple[list[Submission], list[tuple[str, str]]]:
+    """One folder (``<student>/``, holding ``<PS>.ipynb`` or a single notebook) or one ``<student>.ipynb`` each.
+
+    Returns the submissions (one per student; anything else named after a student, e.g. a stray ``dave.py``,
+    is that student's error row) and ``(entry, reason)`` for every other top-level entry. Timestamps come from the
+    instructor's record (``timestamps``: student id -> time) or the collected file's modification time, never from
+    the submission's text. Nothing is read here but directory listings and file metadata.
+    """
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.exists():
         raise FileNotFoundError(f"submissions folder {folder} does not exist (one sub-folder or .ipynb per student)")
-    subs = []
+    if not folder.is_dir():
+        raise ValueError(f"submissions folder {folder} is not a folder (one sub-folder or .ipynb per student)")
+    by_student: dict[str, list[Submission]] = {}
+    skipped: list[tuple[str, str]] = []
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or entry.name == "students.csv":
+        if entry.name == ROSTER:
+            skipped.append((entry.name, "the roster (names for the gradebook)"))
             continue
-        linked = entry.is_symlink()
-        single = entry.suffix == ".ipynb" and (linked or not entry.is_dir())
-        sid = entry.stem if single or (not linked and entry.is_file()) else entry.name
-        if not _STUDENT.match(sid):
-            continue  # not a student's submission (and not a safe file name for the feedback)
-        if single:  # <student>.ipynb (a link or a FIFO becomes that student's error row in load_notebook)
-            subs.append(Submission(sid, entry, timestamp=_mtime(entry)))
+        if entry.name.startswith("."):
+            skipped.append((entry.name, "a hidden entry"))
             continue
-        if linked:  # a linked folder would let a submission name any folder on the grader's disk
-            subs.append(Submission(sid, None, error="the submission folder is a symbolic link; submit the files "
-                                   "themselves", timestamp=_mtime(entry)))
+        sub = _submission(entry, assignment)
+        if sub is None:
+            skipped.append((entry.name, "not a student id (letters, digits and _ . @ + -, starting with a letter, "
+                                        "digit or _): rename it to the student's id to grade it"))
             continue
-        if not entry.is_dir():
-            continue
-        # anything named *.ipynb that is not a folder counts, so that links and FIFOs become clear error rows
-        notebooks = sorted(p for p in entry.glob("*.ipynb") if not p.name.startswith(".")
-                           and (p.is_symlink() or not p.is_dir()))
-        preferred = entry / f"{assignment}.ipynb"
-        sub = Submission(sid, None, timestamp=_timestamp(entry))
-        if preferred in notebooks:
-            sub.notebook = preferred
-        elif len(notebooks) == 1:
-            sub.notebook = notebooks[0]
-        elif not notebooks:
-            sub.error = f"no notebook in the submission folder (expected {assignment}.ipynb)"
-        else:
-            sub.error = (f"{len(notebooks)} notebooks in the submission folder and none is named {assignment}.ipynb; "
-                         "submit exactly one")
-        sub.extras = sorted(p for p in entry.rglob("*") if p.is_file() and not p.is_symlink() and p != sub.notebook
-                            and not p.name.startswith("."))
+        by_student.setdefault(sub.student_id, []).append(sub)
+    subs = []
+    for sid, found in by_student.items():
+        sub = found[0]
+        if len(found) > 1:
+            names = ", ".join(sorted(s.entry for s in found))
+            sub = Submission(sid, None, error=f"several submissions for {sid} ({names}); keep exactly one",
+                             timestamp=found[0].timestamp)
+        if timestamps and sid in timestamps:
+            sub.timestamp = timestamps[sid]
         subs.append(sub)
-    return subs
+    if not subs:
+        raise ValueError(f"submissions folder {folder} holds no submission (expected one folder <student>/ or one "
+                         "<student>.ipynb per student" + (f"; found only {', '.join(n for n, _ in skipped)}"
+                                                          if skipped else "") + ")")
+    return subs, skipped
+
+
+def _submission(entry: Path, assignment: str) -> Submission | None:
+    """The submission one top-level entry makes, or None when its name cannot be a student id."""
+    linked = entry.is_symlink()
+    single = entry.suffix == ".ipynb" and (linked or not entry.is_dir())
+    folder = not linked and entry.is_dir()
+    sid = entry.name if folder or (linked and not single) else entry.stem
+    if not _STUDENT.match(sid):
+        return None  # (and not a safe file name for the feedback)
+    stamp = _mtime(entry)
+    if single:  # <student>.ipynb (a link or a FIFO becomes that student's error row in load_notebook)
+        return Submission(sid, entry, timestamp=stamp, entry=entry.name)
+    if linked:  # a linked folder would let a submission name any folder on the grader's disk
+        return Submission(sid, None, error="the submission folder is a symbolic link; submit the files themselves",
+                          timestamp=stamp, entry=entry.name)
+    if not folder:  # e.g. a stray dave.py: the student does not disappear from the gradebook
+        return Submission(sid, None, timestamp=stamp, entry=entry.name,
+                          error=f"{entry.name} is not a notebook: hand in {sid}.ipynb (or a folder {sid}/ holding "
+                                f"{assignment}.ipynb)")
+    # anything named *.ipynb that is not a folder counts, so that links and FIFOs become clear error rows
+    notebooks = sorted(p for p in entry.glob("*.ipynb") if not p.name.startswith(".")
+                       and (p.is_symlink() or not p.is_dir()))
+    preferred = entry / f"{assignment}.ipynb"
+    sub = Submission(sid, None, entry=entry.name + "/")
+    if preferred in notebooks:
+        sub.notebook = preferred
+    elif len(notebooks) == 1:
+        sub.notebook = notebooks[0]
+    elif not notebooks:
+        sub.error = f"no notebook in the submission folder (expected {assignment}.ipynb)"
+    else:
+        sub.error = (f"{len(notebooks)} notebooks in the submission folder and none is named {assignment}.ipynb; "
+                     "submit exactly one")
+    sub.timestamp = _mtime(sub.notebook) if sub.notebook is not None else stamp
+    sub.extras, sub.notes = _extras(entry, sub.notebook)
+    return sub
+
+
+def _extras(folder: Path, notebook: Path | None) -> tuple[list[Path], list[str]]:
+    """The files of a submission folder that go into the sandbox (flat, by name), and a note for each left out.
+    Only metadata is read (``lstat``): a huge or sparse file is refused before anything reads it."""
+    used, notes, names, total = [], [], set(), 0
+    files = []
+    for p in folder.rglob("*"):
+        if p.is_symlink() or not p.is_file() or p == notebook or any(s.startswith(".") for s in
+                                                                       p.relative_to(folder).parts):
+            continue
+        files.append(p)
+        if len(files) > MAX_EXTRA_FILES:
+            notes.append(f"more than {MAX_EXTRA_FILES} files in the submission folder; the rest were not used")
+            files.pop()
+            break
+    for p in sorted(files, key=lambda p: (len(p.relative_to(folder).parts), p)):  # the top level's first
+        size = p.lstat().st_size
+        name = p.name
+        if p.name == "timestamp.txt":
+            notes.append("timestamp.txt is not read: the gradebook's timestamp is the time the submission was "
+                         "collected")
+            continue
+        if p.suffix.lower() not in ALLOWED_EXTRA:
+            reason = f"allowed: {', '.join(ALLOWED_EXTRA)}"
+        elif name in RESERVED:
+            reason = "the grader uses that name itself; rename the file"
+        elif name in names:
+            reason = "another file of the same name was used (files are placed side by side in one folder)"
+        elif total + size > MAX_EXTRA_BYTES:
+            reason = (f"{size / 2**20:.1f} MiB: over the limit of {MAX_EXTRA_BYTES >> 20} MiB for all of a "
+                      "submission's files together; it was not read")
+        else:
+            used.append(p)
+            names.add(name)
+            total += size
+            continue
+        notes.append(f"file {str(p.relative_to(folder))!r} was not used ({reason})")
+    return used, notes
 
 
 def _mtime(path: Path) -> str:
+    """The collected file's modification time (UTC): the collector's record, not anything the student wrote."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(path.lstat().st_mtime))  # lstat: links may dangle
 
 
-def _timestamp(folder: Path) -> str:
-    stamp = folder / "timestamp.txt"  # nbgrader's collected submissions carry one
-    if stamp.is_file() and not stamp.is_symlink():  # a link would copy another file's first line into the gradebook
-        return stamp.read_text(errors="replace").strip()[:64]
-    return _mtime(folder)
+def read_timestamps(path: str | Path) -> dict[str, str]:
+    """The instructor's submission times, ``student_id,timestamp`` per line (e.g. an LMS export); each time is
+    parsed (ISO 8601) and written back as ``YYYY-MM-DD HH:MM:SS`` (UTC where it names a zone)."""
+    import datetime as dt
+
+    out = {}
+    with Path(path).open(newline="") as f:
+        for n, row in enumerate(csv.reader(f), 1):
+            if not row or (n == 1 and row[0].strip().lower() in ("id", "student_id")):
+                continue
+            if len(row) < 2:
+                raise ValueError(f"{path}:{n}: expected student_id,timestamp")
+            try:
+                when = dt.datetime.fromisoformat(row[1].strip())
+            except ValueError:
+                raise ValueError(f"{path}:{n}: {row[1]!r} is not an ISO 8601 time (e.g. 2026-12-07 21:30:00)") \
+                    from None
+            if when.tzinfo is not None:
+                when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            out[row[0].strip()] = when.strftime("%Y-%m-%d %H:%M:%S")
+    return out
 
 
 def _students(folder: Path) -> dict[str, dict[str, str]]:
     """Optional ``students.csv`` (id,last_name,first_name,email) for the gradebook's name columns."""
-    path = folder / "students.csv"
+    path = folder / ROSTER
     if not path.is_file():
         return {}
     with path.open(newline="") as f:
@@ -129,11 +234,12 @@ class Group:
 
 def make_groups(assignment: Assignment, secret: str | None) -> list[Group]:
     """Hidden inputs for every group, seeded per assignment (and instructor secret) so every student gets the same."""
-    base = int(hashlib.sha256(f"{assignment.name}:{secret or ''}".encode()).hexdigest()[:8], 16)
+    key = f"mtlkit-probe-inputs:{assignment.name}".encode()
+    base = int.from_bytes(hmac.new((secret or "").encode(), key, hashlib.sha256).digest(), "big")  # 256 bits
     groups: list[Group] = []
     for probe in assignment.probes:
         for g in groups:
-            if g.code == probe.code and g.probes[0].inputs is probe.inputs:
+            if g.code == probe.code and g.probes[0].inputs == probe.inputs:  # (== : bound methods)
                 g.probes.append(probe)
                 g.timeout_s = max(g.timeout_s, probe.timeout_s)
                 break
@@ -201,32 +307,49 @@ def _finished(job: Path, group: Group) -> bool:
 
 # ------------------------------------------------------------------------------------------------ one student
 def _digest(assignment: Assignment, sub: Submission, settings: dict) -> str:
+    """What a grade depends on: the assignment, the settings, the notebook and the files used (streamed, and only
+    after their sizes passed the limits), and what the collector decided (errors, files left out)."""
     h = hashlib.sha256(assignment.digest.encode() + json.dumps(settings, sort_keys=True).encode())
-    for p in ([sub.notebook] if sub.notebook else []) + sub.extras:
-        h.update(p.name.encode())
-        h.update(_file_digest(p))
+    h.update(json.dumps([sub.error, sub.notes]).encode())
+    if sub.notebook is not None:
+        h.update(sub.notebook.name.encode() + _file_digest(sub.notebook, MAX_NOTEBOOK_BYTES))
+    for p in sub.extras:
+        h.update(p.name.encode() + _file_digest(p, MAX_EXTRA_BYTES))
     return h.hexdigest()
 
 
-def _file_digest(path: Path) -> bytes:
-    """sha256 of a regular file; of its link target or file type otherwise (never read: a FIFO would hang)."""
+def _file_digest(path: Path, limit: int) -> bytes:
+    """sha256 of a regular file of at most ``limit`` bytes, read in chunks; of its size, link target or file type
+    otherwise (never read: a FIFO would hang, a huge or sparse file would fill the grader's memory)."""
     try:
         st = path.lstat()
-        if stat.S_ISREG(st.st_mode):
-            return hashlib.sha256(path.read_bytes()).digest()
-        what = os.readlink(path) if stat.S_ISLNK(st.st_mode) else f"mode {st.st_mode:o}"
+        if stat.S_ISREG(st.st_mode) and st.st_size <= limit:
+            h = hashlib.sha256()
+            with path.open("rb") as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+            return h.digest()
+        what = os.readlink(path) if stat.S_ISLNK(st.st_mode) else f"mode {st.st_mode:o}, {st.st_size} bytes"
     except OSError as exc:
         what = f"unreadable: {exc.errno}"
     return hashlib.sha256(what.encode()).digest()
 
 
 def _base_result(assignment: Assignment, sub: Submission, people: dict, digest: str, duedate: str) -> dict:
-    person = people.get(sub.student_id, {})
-    return {"assignment": assignment.name, "student_id": sub.student_id, "duedate": duedate,
-            "timestamp": sub.timestamp, "last_name": person.get("last_name", ""),
-            "first_name": person.get("first_name", ""), "email": person.get("email", ""), "status": "graded",
-            "error": "", "score": 0.0, "max_score": assignment.max_score, "tests": [], "notes": [], "log": "",
-            "sandbox": {}, "digest": digest}
+    return {"assignment": assignment.name, "student_id": sub.student_id, "duedate": duedate, **_person(sub, people),
+            "status": "graded", "error": "", "score": 0.0, "max_score": assignment.max_score, "tests": [],
+            "manual": [], "notes": [], "log": "", "sandbox": {}, "digest": digest}
+
+
+def _manual(assignment: Assignment, info: dict) -> list[dict]:
+    """The written answers, for the instructor to grade by hand (never scored here): each with its points and the
+    student's text ("" where there is none)."""
+    answers = info.get("answers", {})
+    return [{"grade_id": gid, "max_points": pts, "status": MANUAL if is_answered(answers.get(gid, "")) else "no answer",
+             "answer": answers.get(gid, "")[:20000]} for gid, pts in assignment.manual.items()]
+
+
+MANUAL = "needs manual grading"
 
 
 def cells_budget(limits: Limits, groups: list[Group]) -> float:
@@ -237,7 +360,12 @@ def cells_budget(limits: Limits, groups: list[Group]) -> float:
 
 def prepare_job(assignment: Assignment, sub: Submission, groups: list[Group], work: Path,
                 limits: Limits = Limits()) -> tuple[Path | None, dict]:
-    """The job folder for one submission, or None and the reasons (unreadable notebook)."""
+    """The job folder for one submission, or None and the reasons (unreadable notebook).
+
+    The folder holds the hidden inputs (``inputs/``), ``outputs/``, the assignment's ``files/`` and the files the
+    submission handed in (written last, each a new file: none can replace one of the grader's). The job itself
+    (cells, probe code) is ``info["spec"]``, which reaches the child on its standard input, not as a file.
+    """
     info: dict = {"notes": [], "forbidden": {}}
     if sub.error:
         info["error"] = sub.error
@@ -255,15 +383,16 @@ def prepare_job(assignment: Assignment, sub: Submission, groups: list[Group], wo
         info["notes"].append(f"cell {gid!r} differs from (or is missing in) the released notebook; the grader used "
                              "the original")
     info["missing"] = report.missing
+    info["answers"] = {gid: report.sources.get(gid, "") for gid in assignment.manual}
     for probe in assignment.probes:
         reason = _forbidden(probe, report.sources)
         if reason:
             info["forbidden"][probe.grade_id] = reason
     job = Path(tempfile.mkdtemp(prefix=f"{sub.student_id}-", dir=work))
     (job / "outputs").mkdir()
-    job_spec = {"cells": code_cells(nb), "cells_timeout_s": cells_budget(limits, groups),
-                "groups": [{"name": g.name, "code": g.code, "timeout_s": g.timeout_s} for g in groups]}
-    (job / "job.json").write_text(json.dumps(job_spec))
+    info["spec"] = json.dumps({"cells": code_cells(nb), "cells_timeout_s": cells_budget(limits, groups),
+                               "groups": [{"name": g.name, "code": g.code, "timeout_s": g.timeout_s}
+                                          for g in groups]})
     for g in groups:
         (job / "inputs" / g.name).mkdir(parents=True)
         for name, value in g.inputs.items():
@@ -275,15 +404,26 @@ def prepare_job(assignment: Assignment, sub: Submission, groups: list[Group], wo
                 np.save(job / "inputs" / g.name / f"{name}.npy", value, allow_pickle=False)
     if assignment.files.is_dir():
         shutil.copytree(assignment.files, job / "files")
-    size = 0
-    for p in sub.extras:
-        size += p.stat().st_size
-        if p.suffix.lower() not in ALLOWED_EXTRA or size > MAX_EXTRA_BYTES:
-            info["notes"].append(f"file {p.name!r} was not used (allowed: {', '.join(ALLOWED_EXTRA)}, at most "
-                                 f"{MAX_EXTRA_BYTES >> 20} MiB in all)")
-            continue
-        shutil.copy2(p, job / p.name)
+    budget = MAX_EXTRA_BYTES
+    for p in sub.extras:  # (names, sizes and types were checked when the submission was found)
+        budget -= _copy_new(p, job / p.name, budget)
     return job, info
+
+
+def _copy_new(src: Path, dst: Path, budget: int) -> int:
+    """Copy at most ``budget`` bytes of the regular file ``src`` into a file ``dst`` that must not exist yet
+    (``O_EXCL``: a submission's file never replaces the grader's); returns the bytes copied. Links are refused."""
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError(f"{src.name} is not a regular file")
+        out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        copied = 0
+        with os.fdopen(out, "wb") as g:
+            while copied < budget and (chunk := f.read(min(_CHUNK, budget - copied))):
+                g.write(chunk)
+                copied += len(chunk)
+        return copied
 
 
 def _prepare_safely(assignment: Assignment, sub: Submission, groups: list[Group], work: Path,
@@ -341,9 +481,21 @@ def score(assignment: Assignment, groups: list[Group], job: Path, info: dict, ch
     return result
 
 
-def run_job(job: str, limits: Limits, hide: list[str], mode: str, data: str | None, env: dict) -> ChildResult:
-    """The part that may run on another machine (SLURM): the sandboxed child, nothing secret."""
-    return run_child(Path(job), limits, [Path(h) for h in hide], mode, env, Path(data) if data else None)
+START_TRIES = 3  # a sandbox that fails to start (before any student code) is tried this many times
+
+
+def run_job(job: str, spec: str, limits: Limits, hide: list[str], mode: str, data: str | None,
+            env: dict) -> ChildResult:
+    """The part that may run on another machine (SLURM): the sandboxed child, nothing secret. A sandbox that did
+    not start (a mount that failed: nothing of the student's ran) is tried again."""
+    for attempt in range(START_TRIES):
+        child = run_child(Path(job), limits, [Path(h) for h in hide], mode, env, Path(data) if data else None,
+                          spec.encode())
+        child.tries = attempt + 1
+        if child.started or child.timed_out:
+            break
+        time.sleep(0.2 * (attempt + 1))
+    return child
 
 
 # ------------------------------------------------------------------------------------------------ all students
@@ -351,19 +503,23 @@ def grade(name: str, submissions: str | Path, out: str | Path, *, source: str | 
           feedback: str | Path | None = None, jobs: int = 1, executor: str = "local", limits: Limits = Limits(),
           mode: str | None = None, preset: str | None = None, secret: str | None = None, regrade: bool = False,
           duedate: str = "", cluster: str | None = None, slurm_options: dict | None = None,
-          progress: Callable[[dict], None] | None = None) -> list[dict]:
+          timestamps: Mapping[str, str] | None = None, progress: Callable[[dict], None] | None = None,
+          notice: Callable[[str], None] | None = None) -> list[dict]:
     """Grade every submission of ``name`` in ``submissions``; write ``out`` (CSV) and the feedback folder.
 
     ``preset`` / ``secret`` default to ``$MTLKIT_PRESET`` (else smoke) / ``$MTLKIT_GRADING_SECRET``; both are set
     in this process while grading (grading.py and the checks read them) and restored afterwards. The child gets
-    the preset, never the secret.
+    the preset, never the secret. ``timestamps``: the instructor's record of submission times (student id ->
+    time); the default is each collected notebook's modification time. ``notice`` hears one line for every
+    top-level entry of ``submissions`` that is not graded (and why) and for every warning.
     """
     preset = preset or os.environ.get("MTLKIT_PRESET", "smoke")
     secret = secret or os.environ.get(SECRET_ENV)
     with _environ({"MTLKIT_PRESET": preset, SECRET_ENV: secret}):
         return _grade(name, submissions, out, source=source, feedback=feedback, jobs=jobs, executor=executor,
                       limits=limits, mode=mode, preset=preset, secret=secret, regrade=regrade, duedate=duedate,
-                      cluster=cluster, slurm_options=slurm_options, progress=progress)
+                      cluster=cluster, slurm_options=slurm_options, timestamps=timestamps, progress=progress,
+                      notice=notice or (lambda line: None))
 
 
 @contextlib.contextmanager
@@ -384,9 +540,40 @@ def _environ(values: dict[str, str | None]):
                 os.environ[k] = v
 
 
+FEEDBACK_FORMAT = 2  # feedback written by an older grader (no written answers, student timestamps) is not reused
+GRADER_ERROR = "grader-error"  # a gradebook status: the sandbox failed, not the submission (never reused)
+
+
+def _sandbox_mode(mode: str | None) -> str:
+    """The mode asked for, else the strongest that works; ``rlimits`` (which hides nothing from student code) only
+    when asked for by name."""
+    if mode is not None:
+        if mode not in MODES:
+            raise ValueError(f"sandbox mode {mode!r}; valid modes: {', '.join(MODES)}")
+        return mode
+    mode = detect_mode()
+    if mode == "rlimits":
+        raise ValueError("no sandbox here can hide the grader's files from student code (neither `unshare` nor "
+                         "bubblewrap works): install bubblewrap (apt install bubblewrap), or pass --sandbox rlimits "
+                         "to grade with limits only (student code can then read what the grader's user can read)")
+    return mode
+
+
+def _grader_folders(assignment: Assignment, submissions: Path, feedback: Path, out: Path, work: Path,
+                    data: Path | None) -> list[str]:
+    """What the child must never see: the instructor's sources (the ones graded and the kit's own), every
+    submission, the feedback, the gradebook (its whole folder where that leaves the child what it needs: other
+    gradebooks lie there too) and every job folder."""
+    from mtlkit.grading.assignment import default_source_root
+
+    book = out.parent if can_hide(out.parent, data) else out
+    return [str(p) for p in (assignment.folder.parent, default_source_root(), submissions, feedback, book, work)]
+
+
 def _grade(name: str, submissions: str | Path, out: str | Path, *, source, feedback, jobs: int, executor: str,
            limits: Limits, mode: str | None, preset: str, secret: str | None, regrade: bool, duedate: str,
-           cluster: str | None, slurm_options: dict | None, progress: Callable[[dict], None] | None) -> list[dict]:
+           cluster: str | None, slurm_options: dict | None, timestamps: Mapping[str, str] | None,
+           progress: Callable[[dict], None] | None, notice: Callable[[str], None]) -> list[dict]:
     assignment = load_assignment(name, Path(source) if source else None)
     if assignment.needs_secret and not secret:
         # without it the hidden split's seed follows from the assignment's name and mtlkit's public code: a
@@ -395,17 +582,18 @@ def _grade(name: str, submissions: str | Path, out: str | Path, *, source, feedb
                          f"--secret-seed or set {SECRET_ENV} (a long random string, the same for every grading run "
                          "of the course, e.g. `openssl rand -hex 16`)")
     submissions, out = Path(submissions).resolve(), Path(out).resolve()
-    subs = find_submissions(submissions, name)
+    subs, skipped = find_submissions(submissions, name, timestamps)
+    mode = _sandbox_mode(mode)
+    for entry, reason in skipped:
+        notice(f"skipped {entry}: {reason}")
     feedback = Path(feedback).resolve() if feedback else out.with_name(out.stem + "_feedback")
     feedback.mkdir(parents=True, exist_ok=True)
-    mode = mode or detect_mode()
-    if mode not in MODES:
-        raise ValueError(f"sandbox mode {mode!r}; valid modes: {', '.join(MODES)}")
-    settings = {"limits": asdict(limits), "mode": mode, "preset": preset,
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"limits": asdict(limits), "mode": mode, "preset": preset, "format": FEEDBACK_FORMAT,
                 # a new secret (a new hidden split) regrades everyone; the digest never reveals it
                 "secret": hashlib.sha256(secret.encode()).hexdigest() if secret else ""}
     people = _students(submissions)
-    test_ids = list(assignment.points)
+    test_ids, manual_ids = list(assignment.points), list(assignment.manual)
     results: dict[str, dict] = {}
     todo = []
     for sub in subs:
@@ -414,8 +602,8 @@ def _grade(name: str, submissions: str | Path, out: str | Path, *, source, feedb
         if not regrade and previous.is_file():
             try:
                 old = json.loads(previous.read_text())
-                if old.get("digest") == digest:
-                    results[sub.student_id] = old
+                if old.get("digest") == digest:  # (a grader error is stored without one: never reused)
+                    results[sub.student_id] = {**old, **_person(sub, people)}
                     continue
             except (OSError, json.JSONDecodeError):
                 pass
@@ -426,18 +614,22 @@ def _grade(name: str, submissions: str | Path, out: str | Path, *, source, feedb
     data = data_dir() if data_dir().is_dir() else None
     work = Path(tempfile.mkdtemp(prefix=f"mtlkit-grade-{name}-",
                                  dir=out.parent if executor == "slurm" else None))  # slurm: a shared filesystem
-    hide = [str(p) for p in (assignment.folder.parent, submissions, feedback, out, work)]
+    hide = _grader_folders(assignment, submissions, feedback, out, work, data)
     env = {"MTLKIT_PRESET": preset}
 
     def finish(sub: Submission, digest: str, job: Path | None, info: dict, child: ChildResult | None) -> None:
         result = _base_result(assignment, sub, people, digest, duedate)
-        result["notes"] = list(info["notes"])
-        if child is not None and child.returncode == SETUP_FAILED and not child.timed_out:
-            info = {**info, "error": "the grading sandbox could not be set up (a grader problem, not yours): "
+        result["notes"] = list(sub.notes) + list(info["notes"])
+        result["manual"] = _manual(assignment, info)
+        if child is not None and not child.started:
+            info = {**info, "error": f"the grading sandbox could not start ({child.tries} tries; a grader problem, "
+                                     "not the submission's: it is graded again on the next run): "
                                      + child.log.strip()[-500:]}
+            result["status"], result["digest"] = GRADER_ERROR, ""
             child = None
         if child is None:
-            result["status"], result["error"] = "error", info.get("error", "not graded")
+            result["status"] = result["status"] if result["status"] == GRADER_ERROR else "error"
+            result["error"] = info.get("error", "not graded")
             result["tests"] = [{"grade_id": c, "max_points": p, "probes": []} for c, p in assignment.points.items()]
             result["sandbox"] = {"mode": mode}
         else:
@@ -447,8 +639,8 @@ def _grade(name: str, submissions: str | Path, out: str | Path, *, source, feedb
             result["log"] = child.log[-16000:]
             score(assignment, groups, job, info, child, result)
         results[sub.student_id] = result
+        # the feedback folder is hidden from every child; the gradebook is written only once no child runs
         write_feedback(feedback, result)
-        write_gradebook(out, list(results.values()), test_ids)
         if job is not None:
             shutil.rmtree(job, ignore_errors=True)
         if progress:
@@ -464,15 +656,30 @@ def _grade(name: str, submissions: str | Path, out: str | Path, *, source, feedb
         if executor == "slurm":
             _run_slurm(runnable, args, work, finish, cluster, slurm_options or {})
         else:
-            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # threads only wait on child processes
-                futures = {pool.submit(run_job, str(job), *args): (sub, digest, job, info)
+            pool = ThreadPoolExecutor(max_workers=max(1, jobs))  # threads only wait on child processes
+            try:
+                futures = {pool.submit(run_job, str(job), info["spec"], *args): (sub, digest, job, info)
                            for sub, digest, job, info in runnable}
                 for future in as_completed(futures):
                     finish(*futures[future], future.result())
-        write_gradebook(out, list(results.values()), test_ids)
+            finally:  # (an interrupt: the children that run finish, the others never start)
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
+        if results:  # every child has ended: nothing running can observe or disturb the gradebook's rewrite
+            write_gradebook(out, list(results.values()), test_ids, manual_ids)
         shutil.rmtree(work, ignore_errors=True)
+    faults = sorted(r["student_id"] for r in results.values() if r["status"] == GRADER_ERROR)
+    if faults:
+        notice(f"warning: the grading sandbox could not start for {', '.join(faults)} (a grader problem, see their "
+               "error column); run the same command again to grade them")
     return [results[k] for k in sorted(results)]
+
+
+def _person(sub: Submission, people: dict) -> dict:
+    """The columns that come from the collector and the roster (refreshed when a feedback is reused)."""
+    person = people.get(sub.student_id, {})
+    return {"timestamp": sub.timestamp, "last_name": person.get("last_name", ""),
+            "first_name": person.get("first_name", ""), "email": person.get("email", "")}
 
 
 def _run_slurm(runnable: list, args: tuple, work: Path, finish, cluster: str | None, options: dict) -> None:
@@ -487,17 +694,27 @@ def _run_slurm(runnable: list, args: tuple, work: Path, finish, cluster: str | N
     params = {"timeout_min": max(1, math.ceil(args[0].timeout_s / 60) + 5), **options}
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     n = len(runnable)
-    columns = [[str(r[2]) for r in runnable]] + [[a] * n for a in args]
-    for (sub, digest, job, info), task in zip(runnable, executor.map_array(run_job, *columns)):
-        try:
-            child = task.result()
-        except Exception as exc:  # noqa: BLE001 - the array task itself died (node failure, time limit)
-            child = ChildResult(None, False, False, f"grading job failed: {type(exc).__name__}: {exc}", args[2], 0.0)
-        finish(sub, digest, job, info, child)
+    columns = [[str(r[2]) for r in runnable], [r[3]["spec"] for r in runnable]] + [[a] * n for a in args]
+    tasks = executor.map_array(run_job, *columns)
+    try:
+        for (sub, digest, job, info), task in zip(runnable, tasks):
+            try:
+                child = task.result()
+            except Exception as exc:  # noqa: BLE001 - the array task itself died (node failure, time limit)
+                child = ChildResult(None, False, False, f"grading job failed: {type(exc).__name__}: {exc}", args[2],
+                                    0.0, started=False)
+            finish(sub, digest, job, info, child)
+    finally:  # (an interrupt: no task may outlive the grader, which is about to write the gradebook)
+        for task in tasks:
+            if not task.done():
+                task.cancel(check=False)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
 def run_from_args(args: argparse.Namespace) -> int:
+    if args.secret_seed and args.sandbox == "rlimits":
+        raise ValueError(f"in the rlimits sandbox student code can read the grader's command line: pass the secret in "
+                         f"{SECRET_ENV} instead of --secret-seed")
     limits = Limits(timeout_s=args.timeout, memory_mb=args.memory_mb, output_kb=args.output_kb, nproc=args.nproc)
     slurm = {"slurm_partition": args.partition, "cpus_per_task": args.cpus,
              "slurm_array_parallelism": args.array_parallelism} if args.cluster in (None, "slurm") else {}
@@ -509,8 +726,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     results = grade(args.assignment, args.submissions, args.out, source=args.source, feedback=args.feedback,
                     jobs=args.jobs, executor=args.executor, limits=limits, mode=args.sandbox, preset=args.preset,
                     secret=args.secret_seed, regrade=args.regrade, duedate=args.duedate, cluster=args.cluster,
-                    slurm_options=slurm, progress=show)
+                    slurm_options=slurm, timestamps=read_timestamps(args.timestamps) if args.timestamps else None,
+                    progress=show, notice=lambda line: print(line, flush=True))
     modes = sorted({r.get("sandbox", {}).get("mode", "") for r in results} - {""})
     print(f"graded {len(results)} submission(s) of {args.assignment} (sandbox: {', '.join(modes) or '-'}); "
           f"gradebook {args.out}")
-    return 0
+    return 1 if any(r["status"] == GRADER_ERROR for r in results) else 0

@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, help="MTLKIT_PRESET for the notebooks (default: $MTLKIT_PRESET or smoke)")
     p.add_argument("--secret-seed", default=None, help=f"leaderboard secret (default: ${SECRET_ENV})")
     p.add_argument("--duedate", default="", help="written to the gradebook's duedate column")
+    p.add_argument("--timestamps", default=None, metavar="CSV",
+                   help="submission times as student_id,timestamp (ISO 8601), e.g. from your LMS (default: each "
+                        "collected notebook's modification time)")
     p.add_argument("--regrade", action="store_true", help="ignore earlier feedback and grade everything again")
     slurm = p.add_argument_group("slurm executor (submitit)")
     slurm.add_argument("--partition", default=None)

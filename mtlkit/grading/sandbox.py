@@ -4,20 +4,21 @@ Modes (the strongest available is chosen per run and recorded in the gradebook a
 
 ``namespaces``  Linux mount + network + PID namespaces (``unshare -mnpf --mount-proc`` for a root grader; a non-root
                 grader adds a user namespace, ``-Urmnpf``, where unprivileged ones are enabled). No network (a down
-                loopback only); a private /tmp holding only this job (other students' job folders vanish); tmpfs
-                over the instructor's assignment sources, the submissions and feedback folders and the checkout's
-                .git (/dev/null over the gradebook file), so the child cannot read grading.py, the instructor's
-                notebook, other students' work or grades; its own /proc, so it cannot see the grader or read its
+                loopback only); a private /tmp holding only this job (and Python or the checkout, read-only, where
+                they lie under /tmp: other jobs, gradebooks and checkouts there vanish); tmpfs over the instructor's
+                sources (and the kit's own), the submissions and feedback folders, the gradebook's folder and the
+                checkout's .git, so the child cannot read grading.py, the instructor's notebook, other students'
+                work or grades; its own /proc, so it cannot see the grader or read its
                 environment (where the leaderboard secret lives); every process it starts dies with it.
 ``bwrap``       Bubblewrap (``bwrap``), where ``unshare`` is refused but bwrap works (e.g. unprivileged user namespaces
                 allowed only to a setuid or AppArmor-profiled bwrap, as on Ubuntu 24.04): the same isolation as
                 ``namespaces`` — new network (loopback only), PID, IPC and UTS namespaces, its own /proc, a read-only
                 view of the file system with a fresh /tmp, tmpfs over the same hidden folders, every process dies
                 with the sandbox — with the job folder bound read-write at its own path.
-``rlimits``     No namespaces (neither ``unshare`` nor ``bwrap`` works): limits, a clean environment and a temporary
-                working folder only. The child can read whatever its user can read: keep the instructor's sources
-                and the submissions unreadable to it (a root grader gives the child a user of its own), or grade
-                where namespaces work.
+``rlimits``     No namespaces: limits, a clean environment and a temporary working folder only (``mtlkit grade``
+                uses it only when asked for by name). The child can read whatever its user can read: keep the
+                instructor's sources and the submissions unreadable to it (a root grader gives the child a user of
+                its own), or grade where namespaces work.
 
 All modes: a wall-clock limit (the child's whole session is killed), and inside it a time budget for the notebook's
 cells and one per probe (SIGALRM in the child); RLIMIT_DATA (heap: RLIMIT_AS cannot be used, torch 2.x needs
@@ -49,14 +50,18 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Limits", "ChildResult", "detect_mode", "run_child", "MODES"]
+__all__ = ["Limits", "ChildResult", "detect_mode", "run_child", "can_hide", "MODES", "READY", "SETUP_FAILED"]
 
 MODES = ("namespaces", "bwrap", "rlimits")  # strongest first
 CHILD_UID_BASE = 2_000_000  # root grader: children run as unnamed users CHILD_UID_BASE + n
 _uid_counter = itertools.count()
 _uid_lock = threading.Lock()
 JOB_PATH = "/tmp/job"  # where the child sees its job folder in namespaces mode
+SCRATCH = ("/var/tmp", "/dev/shm")  # world-writable folders besides /tmp: a fresh tmpfs over each in the sandbox
 SETUP_FAILED = 97  # exit status of a sandbox whose mounts failed (a grader problem, not the student's)
+# the child's first line, printed before it runs anything of the student's: a run without it never started
+READY = "[mtlkit grading child started]"
+READY_WITHIN = 4096  # bytes of the log it must appear in (the sandbox's own messages may precede it)
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,8 @@ class ChildResult:
     mode: str
     wall_s: float
     user: str = ""  # who the student code ran as: "uid N" (a user of its own), "grader" or "root"
+    started: bool = True  # False: the sandbox never started the child (a grader problem, not the student's)
+    tries: int = 1  # starts it took (a sandbox that fails to start is tried again)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +133,12 @@ def _bwrap_base() -> list[str]:
     spaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"] \
         if _drop_privileges() else ["--unshare-all"]
     return ["--die-with-parent", *spaces, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+
+
+def _scratch(needed: set[Path]) -> list[Path]:
+    """The :data:`SCRATCH` folders here that hold nothing the child needs (those get a fresh tmpfs)."""
+    return [Path(d) for d in SCRATCH if os.path.isdir(d) and not any(Path(d) == n or Path(d) in n.parents
+                                                                      for n in needed)]
 
 
 def _unshare_flags() -> str:
@@ -221,48 +234,47 @@ def _under_tmp(p: Path) -> bool:
     return p == Path("/tmp") or Path("/tmp") in p.parents
 
 
-def _namespace_command(argv: Sequence[str], job_dir: Path, hide: Sequence[Path], data_plan: list, private_tmp: bool,
-                       reveal: Sequence[str] = (), uid: int | None = None, data_src: Path | None = None) -> list[str]:
+def _namespace_command(argv: Sequence[str], job_dir: Path, hide: Sequence[Path], data_plan: list,
+                       keep: Sequence[Path] = (), reveal: Sequence[str] = (), uid: int | None = None,
+                       data_src: Path | None = None, scratch: Sequence[Path] = ()) -> list[str]:
     """Mount a private /tmp, hide each path (tmpfs over folders, /dev/null over files), mirror the data, exec.
 
+    The fresh /tmp is built in ``<job>/.tmp`` and moved over /tmp: it holds the job folder (bound) at /tmp/job, so
+    code that resolves its working folder (os.getcwd) finds it, and ``keep``, the folders the child needs that lie
+    under /tmp (Python or the checkout installed there), bound back read-only at their own paths; nothing else of the
+    host's /tmp (other jobs, other checkouts, other gradebooks) is in reach, and nothing the child writes there stays.
     A root grader also makes the interpreter reachable for the child's own user (``reveal``) and hands the child's
     folders to it; the child then drops to that user itself (``--uid``) before running anything of the student's.
     A failure of these steps exits with :data:`SETUP_FAILED` before any student code runs.
     """
-    # the fresh /tmp is built in <job>/.tmp and moved over /tmp; it holds the job folder (bound) at /tmp/job, so
-    # code that resolves its working folder (os.getcwd) finds it
     fresh = shlex.quote(str(job_dir / ".tmp"))
     steps = [f"mkdir -p {fresh}", f"mount -t tmpfs -o size=1g,mode=1777 none {fresh}",
-             f"mkdir -p {fresh}/home {fresh}/job", f"mount --bind {shlex.quote(str(job_dir))} {fresh}/job"] \
-        if private_tmp else []
-    if private_tmp and data_src is not None:  # a data folder under /tmp: bound read-only into the fresh one
+             f"mkdir -p {fresh}/home {fresh}/job", f"mount --bind {shlex.quote(str(job_dir))} {fresh}/job"]
+    for p in sorted(keep):
+        inside = fresh + shlex.quote(str(p)[len("/tmp"):])
+        steps += [f"mkdir -p {inside}", f"mount --bind {shlex.quote(str(p))} {inside}",
+                  f"mount -o remount,bind,ro {inside}"]
+    if data_src is not None:  # a data folder under /tmp: bound read-only into the fresh one
         steps += [f"mkdir -p {fresh}/.data", f"mount --bind {shlex.quote(str(data_src))} {fresh}/.data",
                   f"mount -o remount,bind,ro {fresh}/.data"]
-    steps += [f"mount --move {fresh} /tmp", f"cd {JOB_PATH}"] if private_tmp else []
-    if not private_tmp:  # the job folder lies under a hidden one (the grading work folder): keep it aside (the cwd
-        # outlives the mounts) and put it back at its own path, which the env (HOME, MTLKIT_DATA_DIR) names
-        steps += ["mkdir -p ./.jobself", "mount --bind . ./.jobself"]
-    steps += list(reveal)
+    steps += [f"mount --move {fresh} /tmp", f"cd {JOB_PATH}", *reveal]
+    # the host's other world-writable folders: empty and private too (nothing read there, nothing left there)
+    steps += [f"mount -t tmpfs -o size=256m,mode=1777 none {shlex.quote(str(d))}" for d in scratch]
     for p in hide:
-        if private_tmp and _under_tmp(p):
+        if _under_tmp(p) and not any(k == p or k in p.parents for k in keep):
             continue  # already gone with the old /tmp
         q = shlex.quote(str(p))
-        # a path gone from view is already hidden: it lay under a folder a reveal step covered (e.g. pytest's
-        # 0700 /tmp/pytest-of-root when the checkout, and so Python, sits under /tmp and /tmp cannot be private)
+        # a path gone from view is already hidden: it lay under a folder a reveal step covered
         mount = f"mount -t tmpfs -o size=64k,mode=0755 none {q}" if p.is_dir() else f"mount --bind /dev/null {q}"
         steps.append(f"{{ [ ! -e {q} ] || {mount}; }}")
-    if not private_tmp:
-        q = shlex.quote(str(job_dir))
-        steps += [f"mkdir -p {q}", f"mount --move ./.jobself {q}", f"cd {q}"]  # cwd and paths: one mount
     steps += [f"mkdir -p {shlex.quote(path)}" if target is None else f"ln -s {shlex.quote(target)} {shlex.quote(path)}"
               for path, target in data_plan]
-    if uid is not None and private_tmp:
+    if uid is not None:
         steps.append(f"chown -R -h {uid}:{uid} /tmp/home" + (" /tmp/data" if data_plan else ""))
     argv = list(argv) + (["--uid", str(uid)] if uid is not None else [])
-    script = "{ " + " && ".join(steps or ["true"]) + f"; }} || exit {SETUP_FAILED}\nexec " + \
+    script = "{ " + " && ".join(steps) + f"; }} || exit {SETUP_FAILED}\nexec " + \
         " ".join(shlex.quote(a) for a in argv)
     return [_unshare() or "unshare", _unshare_flags(), "--mount-proc", "sh", "-c", script]
-
 
 
 def _bwrap_command(argv: Sequence[str], job_dir: Path, hide: Sequence[Path], needed: set[Path],
@@ -272,6 +284,8 @@ def _bwrap_command(argv: Sequence[str], job_dir: Path, hide: Sequence[Path], nee
     (a root grader: ``/root`` when Python lives in ``/root/.pyenv``), the hidden paths, and the job folder itself
     (read-write, at its own path: HOME, MTLKIT_DATA_DIR and the data symlinks name it)."""
     args = [shutil.which("bwrap") or "bwrap", *_bwrap_base()]
+    scratch = _scratch(needed)
+    args += [arg for d in scratch for arg in ("--tmpfs", str(d))]
     for p in sorted(needed):
         if _under_tmp(p):
             args += [*_bwrap_parents(p, Path("/tmp")), "--ro-bind", str(p), str(p)]
@@ -289,8 +303,9 @@ def _bwrap_command(argv: Sequence[str], job_dir: Path, hide: Sequence[Path], nee
         if _under_tmp(p) and not any(n in p.parents for n in needed):
             continue  # gone with the old /tmp
         args += ["--tmpfs", str(p)] if p.is_dir() else ["--ro-bind", "/dev/null", str(p)]
-    if _under_tmp(job_dir):
-        args += _bwrap_parents(job_dir, Path("/tmp"))
+    for top in [Path("/tmp"), *scratch]:
+        if top in job_dir.parents:
+            args += _bwrap_parents(job_dir, top)
     args += ["--bind", str(job_dir), str(job_dir), "--chdir", str(job_dir)]
     return [*args, "--", *argv, *(["--uid", str(uid)] if uid is not None else [])]
 
@@ -368,17 +383,25 @@ def _check_hide(hide: Sequence[Path], needed: set[Path]) -> list[Path]:
     return out
 
 
+def can_hide(path: Path, data: Path | None = None) -> bool:
+    """Whether a tmpfs over ``path`` leaves the child what it needs (Python, the venv, mtlkit, the data folder)."""
+    path = Path(path).resolve()
+    needed = _needed() | ({Path(data).resolve()} if data is not None else set())
+    return path != Path("/") and not any(path == n or path in n.parents for n in needed)
+
+
 def _reachable(paths: set[Path]) -> bool:
     """Whether a user with no rights of its own can reach and read every path (no 0700 folder on the way)."""
     return all(_blocked(p) is None and p.stat().st_mode & 0o005 == 0o005 for p in paths)
 
 
 def run_child(job_dir: Path, limits: Limits, hide: Sequence[Path] = (), mode: str | None = None,
-              env: dict[str, str] | None = None, data: Path | None = None) -> ChildResult:
+              env: dict[str, str] | None = None, data: Path | None = None, spec: bytes = b"") -> ChildResult:
     """Run ``python -m mtlkit.grading.child .`` in ``job_dir`` in the sandbox; return its capped log and how it ended.
 
-    The child works with paths relative to its working directory, which stays reachable even where ``hide``
-    covers the folder that holds it (namespaces mode: a fresh /tmp and tmpfs over every hidden folder).
+    ``spec`` (the job: cells and probe code, JSON) reaches the child on its standard input, never as a file: no
+    file a submission hands in can stand in for it. The child works with paths relative to its working directory.
+    ``ChildResult.started`` is False when the sandbox never started the child (a grader problem, not the student's).
     """
     mode = mode or detect_mode()
     if mode not in MODES:
@@ -389,11 +412,11 @@ def run_child(job_dir: Path, limits: Limits, hide: Sequence[Path] = (), mode: st
     data = Path(data).resolve() if data is not None else None
     needed = _needed() | ({data} if data is not None else set())
     hidden = _check_hide([*hide, *_private_parts()], needed)
-    # a private /tmp hides every other job folder; impossible where Python itself lives under /tmp
-    private_tmp = not any(_under_tmp(n) for n in _needed())
     uid = _next_uid() if _drop_privileges() else None
     preexec_uid = None  # rlimits mode: the uid is set before exec; namespaces mode: by the child after the mounts
-    if mode == "namespaces" and private_tmp:
+    if mode == "namespaces":
+        keep = {n for n in _needed() if _under_tmp(n)}  # Python or the checkout under /tmp: bound back read-only
+        keep = {n for n in keep if not any(k != n and k in n.parents for k in keep)}
         data_plan, data_src = [], None
         if data is not None:
             data_plan = mirror_data(data, "/tmp/data", public_only=uid is not None)
@@ -403,21 +426,20 @@ def run_child(job_dir: Path, limits: Limits, hide: Sequence[Path] = (), mode: st
                 data_plan = [(path, "/tmp/.data" + target[len(str(data)):] if target and
                               (target == str(data) or target.startswith(str(data) + "/")) else target)
                              for path, target in data_plan]
-        reveal = _reveal_steps(needed - ({data} if data_src else set()), JOB_PATH) if uid is not None else []
-        cmd = _namespace_command(argv, job_dir, hidden, data_plan, True, reveal, uid, data_src)
+        reveal = _reveal_steps({n for n in needed if not _under_tmp(n)}, JOB_PATH) if uid is not None else []
+        cmd = _namespace_command(argv, job_dir, hidden, data_plan, sorted(keep), reveal, uid, data_src,
+                                 _scratch(needed))
         home = "/tmp/home"
     else:
         if data is not None:
             for path, target in mirror_data(data, str(job_dir / "data"), public_only=uid is not None):
-                Path(path).mkdir(parents=True, exist_ok=True) if target is None else os.symlink(target, path)
+                if target is None:
+                    Path(path).mkdir(parents=True, exist_ok=True)
+                elif not os.path.lexists(path):  # (a retried start finds them made)
+                    os.symlink(target, path)
             extra["MTLKIT_DATA_DIR"] = str(job_dir / "data")
         if mode == "bwrap":
             cmd = _bwrap_command(argv, job_dir, hidden, needed, uid)
-        elif mode == "namespaces":
-            # staged relative to the working folder: the job folder itself may lie under the folder a reveal
-            # covers (a gradebook under pytest's 0700 /tmp/pytest-of-root), and the cwd survives that mount
-            reveal = _reveal_steps(needed, ".") if uid is not None else []
-            cmd = _namespace_command(argv, job_dir, hidden, [], False, reveal, uid)
         else:
             if uid is not None and not _reachable(needed):
                 uid = None  # the interpreter sits in a folder only root may enter (/root/.pyenv): run as root
@@ -432,9 +454,17 @@ def run_child(job_dir: Path, limits: Limits, hide: Sequence[Path] = (), mode: st
     limits = _nproc_limit(limits, uid is not None)
     cap = limits.output_kb * 1024
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=job_dir, env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=job_dir, env=child_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, preexec_fn=_preexec(limits, preexec_uid), close_fds=True)
     kept, exceeded = bytearray(), threading.Event()
+
+    def feed() -> None:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(spec)
+            proc.stdin.close()
+        except OSError:  # the sandbox died before it read the job: reported through ``started``
+            pass
 
     def pump() -> None:
         assert proc.stdout is not None
@@ -447,8 +477,9 @@ def run_child(job_dir: Path, limits: Limits, hide: Sequence[Path] = (), mode: st
                 exceeded.set()
                 _kill(proc)
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
+    threads = [threading.Thread(target=f, daemon=True) for f in (feed, pump)]
+    for t in threads:
+        t.start()
     timed_out = False
     try:
         proc.wait(timeout=limits.timeout_s)
@@ -457,18 +488,23 @@ def run_child(job_dir: Path, limits: Limits, hide: Sequence[Path] = (), mode: st
     finally:
         _kill(proc)
         proc.wait()
-        reader.join(timeout=5)
+        for t in threads:
+            t.join(timeout=5)
     log = kept.decode("utf-8", "replace")
+    started = READY in log[:READY_WITHIN]
+    log = log.replace(READY + "\n", "", 1)
     if len(kept) >= cap:
         log += f"\n[output truncated at {limits.output_kb} KiB]"
-    return ChildResult(proc.returncode, timed_out, exceeded.is_set(), log, mode, time.monotonic() - start, user)
+    return ChildResult(proc.returncode, timed_out, exceeded.is_set(), log, mode, time.monotonic() - start, user,
+                       started)
 
 
 def _private_parts() -> list[Path]:
-    """Parts of the checkout the child never needs: its git history holds the instructor's sources too."""
+    """Parts of the checkout the child never needs: the kit's own instructor sources (``assignments/``, also
+    when grading from a copy with ``--source``), the tests (the attack corpus' fixture assignment) and the git
+    history, which holds all of them too."""
     root = Path(_package_root())
-    return [root / ".git"] if (root / "mtlkit").is_dir() else []
-
+    return [root / name for name in (".git", "assignments", "tests")] if (root / "mtlkit").is_dir() else []
 
 
 def _kill(proc: subprocess.Popen) -> None:

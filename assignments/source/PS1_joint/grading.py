@@ -8,14 +8,13 @@ notebook's public checks (other channels, rates, sizes; batch of one in train mo
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
 from mtlkit.course import relative_error
+from mtlkit.grading.hidden import HiddenSplit, score_predictions
 from mtlkit.grading.spec import Probe
 from mtlkit.grading.weights import emitted_state, load_state, random_state, structure_problem
 
@@ -134,112 +133,14 @@ def decoder_check(outputs, inputs):
 
 
 # ------------------------------------------------------------------------------------------------ training
-SECRET_ENV = "MTLKIT_GRADING_SECRET"
-# mtlkit grade refuses to grade without the secret: the fallback seed below follows from the assignment name and
-# mtlkit's public code, so a submission could regenerate the hidden split (labels included) in the sandbox
+# mtlkit grade refuses to grade without the instructor's secret: the hidden split's seed derives from it and from
+# this assignment's name (mtlkit.grading.hidden), so PS1's hidden images are not PS5's and cannot be regenerated
 NEEDS_SECRET = True
-HIDDEN_IMAGES = 128  # at most this many hidden test images (unit: 4, smoke: 64, lesson: 128 of 400)
-_HIDDEN_LABELS: dict[str, dict[str, np.ndarray]] = {}  # digest of the hidden images -> labels (parent only)
 # preset -> (measure, full-points threshold, half-points threshold); stated in the notebook's part 3
 THRESHOLDS = {"unit": ("valid", None, None), "smoke": ("miou", 12.0, 8.0), "lesson": ("grader_score", 20.0, 10.0),
               "paper": ("grader_score", 55.0, 45.0)}
-
-
-def _preset() -> str:
-    preset = os.environ.get("MTLKIT_PRESET", "smoke")
-    if preset not in THRESHOLDS:
-        raise ValueError(f"MTLKIT_PRESET={preset!r}; valid presets: {', '.join(THRESHOLDS)}")
-    return preset
-
-
-def _digest(images: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest()
-
-
-def _collect(dataset, limit: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    from mtlkit.data import collate
-
-    batch = collate([dataset[i] for i in range(min(len(dataset), limit or len(dataset)))])
-    return batch["image"].numpy(), {"semseg": batch["semseg"].numpy(), "depth": batch["depth"].numpy()}
-
-
-def _public_split(preset: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The test split the notebook evaluates on (the preset's dataset, seed 0)."""
-    from mtlkit.course import deeplab_schedule, load_splits
-
-    schedule = deeplab_schedule(preset)
-    return _collect(load_splits(schedule["data"], schedule["data_preset"], seed=0)["test"])
-
-
-def _hidden_split(seed: int, preset: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """A synthetic-city test split generated with ``seed`` (never cached on disk, so the child cannot find it).
-
-    The paper preset trains on real MiniScapes images, which no seed can regenerate: there the real test split
-    stands in for the hidden one.
-    """
-    from mtlkit.data import get_dataset
-
-    if preset == "paper":
-        return _public_split(preset)
-    return _collect(get_dataset("synthetic-city", "test", preset=preset, seed=seed, cache=False), HIDDEN_IMAGES)
-
-
-def _secret_seed() -> int | None:
-    secret = os.environ.get(SECRET_ENV)
-    if not secret:
-        return None
-    return int(hashlib.sha256(f"mtlkit-hidden-split:{secret}".encode()).hexdigest()[:8], 16)
-
-
-def public_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The public test images (to verify REPORTED); the labels stay in the parent."""
-    images, labels = _public_split(_preset())
-    _HIDDEN_LABELS[_digest(images)] = labels
-    return {"images": images}
-
-
-def hidden_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """A hidden split's images; its labels stay in the parent."""
-    preset = _preset()
-    seed = _secret_seed()
-    if seed is None:  # no instructor secret: a seed from the grader's generator (fixed per assignment)
-        seed = int(rng.integers(1_000_000, 2**31 - 1))
-    images, labels = _hidden_split(seed, preset)
-    _HIDDEN_LABELS[_digest(images)] = labels
-    return {"images": images}
-
-
-def _labels_for(images: np.ndarray) -> dict[str, np.ndarray]:
-    key = _digest(images)
-    if key not in _HIDDEN_LABELS and _secret_seed() is not None:  # another process wrote the inputs: regenerate
-        for regenerated, labels in (_hidden_split(_secret_seed(), _preset()), _public_split(_preset())):
-            _HIDDEN_LABELS[_digest(regenerated)] = labels
-    if key not in _HIDDEN_LABELS:
-        raise RuntimeError(f"the hidden labels of these images are not in this process; set {SECRET_ENV} (or pass "
-                           "--secret-seed) so the parent can regenerate them")
-    return _HIDDEN_LABELS[key]
-
-
-def score_predictions(semseg: np.ndarray, depth: np.ndarray, labels: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """mIoU, SI-log and grader score of predicted labels/depth against ``labels`` with the registry's meters."""
-    from mtlkit.metrics import grader_score
-    from mtlkit.tasks import make_task
-
-    n, h, w = labels["semseg"].shape
-    if semseg.shape != (n, h, w) or depth.shape != (n, 1, h, w):
-        raise ValueError(f"predictions have shapes semseg {semseg.shape}, depth {depth.shape}; expected semseg "
-                         f"{(n, h, w)} (class labels) and depth {(n, 1, h, w)} (metres)")
-    if semseg.size and (semseg.min() < 0 or semseg.max() >= 19):
-        raise ValueError(f"semseg labels must lie in [0, 19); got values from {semseg.min()} to {semseg.max()}")
-    if not np.isfinite(depth).all():
-        raise ValueError("the depth predictions contain NaN or infinite values")
-    seg = make_task("semseg", num_classes=19).meter()
-    dep = make_task("depth").meter()
-    seg.update(torch.from_numpy(semseg.astype(np.int64)), torch.from_numpy(labels["semseg"]))
-    dep.update(torch.from_numpy(depth.astype(np.float32)), torch.from_numpy(labels["depth"]))
-    scores = {"miou": seg.compute()["miou"], "si_log_rmse": dep.compute()["si_log_rmse"]}
-    scores["grader_score"] = grader_score(scores["miou"], scores["si_log_rmse"])
-    return scores
+# at most 128 hidden test images (unit: 4, smoke: 64, lesson: 128 of 400)
+SPLIT = HiddenSplit("PS1_joint", THRESHOLDS, images=128)
 
 
 PREDICT_CODE = """
@@ -268,7 +169,7 @@ def verified_check(outputs, inputs):
         return 0.0, "predict() or REPORTED failed before the test-split predictions came back (see the log)"
     try:
         scores = score_predictions(np.array(outputs["semseg"]), np.array(outputs["depth"]),
-                                   _labels_for(np.array(inputs["images"])))
+                                   SPLIT.labels_for(np.array(inputs["images"])))
     except ValueError as exc:
         return 0.0, str(exc)
     reported = np.array(outputs["reported"], dtype=np.float64).reshape(-1)
@@ -284,10 +185,10 @@ def hidden_check(outputs, inputs):
         return 0.0, "predict() failed on the hidden split (see the log)"
     try:
         scores = score_predictions(np.array(outputs["semseg"]), np.array(outputs["depth"]),
-                                   _labels_for(np.array(inputs["images"])))
+                                   SPLIT.labels_for(np.array(inputs["images"])))
     except ValueError as exc:
         return 0.0, str(exc)
-    measure, full, half = THRESHOLDS[_preset()]
+    measure, full, half = THRESHOLDS[SPLIT.preset()]
     summary = (f"hidden split: mIoU {scores['miou']:.2f}, SI-log {scores['si_log_rmse']:.2f}, "
                f"grader score {scores['grader_score']:.2f}")
     if measure == "valid":
@@ -302,10 +203,10 @@ PROBES = [
           description="ASPP on hidden channels, rates and input (eval and train mode, batch of one)"),
     Probe("decoder_check", 4, DECODER_CODE, decoder_check, inputs=decoder_inputs, solution_ids=("decoder",),
           forbid=FORBID, description="DeepLabV3+ decoder on hidden widths and sizes (eval and train mode)"),
-    Probe("training.verified", 1, VERIFIED_CODE, verified_check, inputs=public_inputs,
+    Probe("training.verified", 1, VERIFIED_CODE, verified_check, inputs=SPLIT.public_inputs,
           solution_ids=("hparams", "report"), timeout_s=120.0,
           description="REPORTED matches predict() on the test split"),
-    Probe("training.hidden", 3, HIDDEN_CODE, hidden_check, inputs=hidden_inputs,
+    Probe("training.hidden", 3, HIDDEN_CODE, hidden_check, inputs=SPLIT.hidden_inputs,
           solution_ids=("aspp", "decoder", "hparams"), timeout_s=120.0,
           description="the trained model on a hidden test split (thresholds in the notebook)"),
 ]
