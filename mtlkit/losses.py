@@ -1,4 +1,4 @@
-"""Per-task losses (docs/reference.md, "Losses and weighting").
+"""Per-task losses (docs/reference.md#losses).
 
 Plain functions ``loss(pred, target, ...) -> scalar``. Every loss
 

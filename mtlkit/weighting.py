@@ -1,34 +1,14 @@
-"""Multi-task loss weighting: one small ``nn.Module`` per method.
+"""Multi-task loss weighting: one small ``nn.Module`` per method, built by name with ``make_weighting``.
 
-Every method maps per-task losses ``{task: scalar}`` to one scalar (``forward``), reports its current effective
-weights (``weights()``, for logging and plots) and may update once per epoch from the epoch-averaged training
-losses (``epoch_end``). Learnable weights (Uncertainty's log-variances) are ``nn.Parameter``s: the Trainer puts
-them in the optimiser. All state that changes during training lives in parameters or buffers, so
-``state_dict()`` is everything a checkpoint needs to resume exactly.
+Every method maps per-task losses ``{task: scalar}`` to one scalar (``forward``; absent tasks do not contribute),
+reports its effective weights (``weights()``) and may update once per epoch (``epoch_end``). Learnable weights are
+``nn.Parameter``s and all training state lives in parameters or buffers, so ``state_dict()`` resumes exactly.
 
 Gradient methods (GradNorm, PCGrad, MGDA, CAGrad, IMTL-G, Nash-MTL) set ``owns_backward = True`` and implement
 ``backward(losses, shared_params)``, which fills ``.grad`` of every parameter itself; ``forward`` still returns
 the weighted loss for logging.
 
-Methods may be called with a subset of their tasks (task-switching models train one task per step); absent
-tasks simply do not contribute.
-
-=========== ===========================================================================================
-name        formula
-=========== ===========================================================================================
-equal       L = sum_k L_k
-static      L = sum_k c_k L_k with fixed c_k (e.g. DLAD's 0.5/0.5, TSN's normals 10, edges 50, ...)
-uncertainty L = sum_k L_k / (2 exp(s_k)) + s_k / 2, s_k = log sigma_k^2 learnable, s_k(0) = -0.5
-dwa         lambda_k = K exp(w_k / T) / sum_i exp(w_i / T), w_k = Lbar_k(t-1) / Lbar_k(t-2), T = 2;
-            lambda = 1 for the first two epochs
-gradnorm    learnable w_k (sum w = K); w moves so that ||grad_W w_k L_k|| -> mean_G * r_k^alpha
-pcgrad      per-task gradients on shared parameters; a gradient conflicting with another task's
-            (negative dot product) is projected onto that gradient's normal plane, then summed
-mgda        shared update sum_k a_k g_k, a = argmin_{a in simplex} ||sum_k a_k g_k||  (min-norm point)
-cagrad      g0 + (c ||g0|| / ||g_w||) g_w, w = argmin_{w in simplex} g_w.g0 + c ||g0|| ||g_w||, / (1 + c^2)
-imtlg       sum_k a_k g_k, sum a = 1, with equal projections on every unit task gradient (closed form)
-nashmtl     sum_k a_k g_k with (G G^T a)_k = 1 / a_k (Nash bargaining solution, a > 0)
-=========== ===========================================================================================
+Interface: docs/contracts.md#weighting. Formulas, options, sources: docs/weightings.md
 """
 from __future__ import annotations
 

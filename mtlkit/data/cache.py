@@ -1,19 +1,14 @@
 """Sharded, checksummed, atomically written sample caches.
 
-A cache is one folder per (dataset, preset, seed, generator version, split)::
-
-    <dir>/manifest.json        format, parameters, and per shard: file, index range, sha256, size
-    <dir>/shard-00000.npz      samples [0, 64): every key stacked, ragged keys flat + offsets, meta as JSON
-    <dir>/.lock                fcntl lock file serialising builders (several processes may build at once)
-
-Shards are plain ``.npz`` files (``numpy.load(allow_pickle=False)`` reads them) written with a fixed zip timestamp
-so that the same samples always give the same bytes, hence the same sha256 on every machine. Every file is written
-to a temp file in the same folder, fsynced and renamed into place, so a crash or Ctrl-C never leaves a half-written
-shard or manifest. A shard whose checksum does not match, or that cannot be decoded, is reported in one warning line
-and regenerated (the generator is deterministic, so the rebuilt shard equals the original).
+A cache is one folder per (dataset, preset, seed, generator version, split): ``.npz`` shards of 64 samples and a
+``manifest.json`` with each shard's sha256, plus a lock file so that several processes may build at once. Rendering
+is slow, so every item is generated once; a shard is written to a temporary file and renamed into place (a crash never
+leaves half a file) and a shard that fails its checksum is regenerated, which the deterministic generator makes exact.
 
 This module only knows "a function ``generate(index) -> compact sample dict``"; what the samples mean is
 :mod:`mtlkit.data.datasets`' business.
+
+Format: docs/data.md#cache
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Dataset registry, the synthetic datasets, and ``collate``.
 
 ``get_dataset(name, split, preset)`` is the one way notebooks and the Trainer get data. Every item follows the
-sample contract (docs/contracts.md) exactly; the synthetic generator's compact dtypes (uint8 images, int16 labels, int8
-edges) are converted here, on read, so one cache on disk serves every consumer (and both Cityscapes label sets).
+sample contract (docs/contracts.md#sample) exactly; the synthetic generator's compact dtypes (uint8 images, int16
+labels, int8 edges) are converted here, on read, so one cache on disk serves every consumer (and both Cityscapes
+label sets).
 """
 from __future__ import annotations
 

@@ -1,24 +1,12 @@
 """A small vectorised ray caster in numpy: pinhole camera, quads, oriented boxes and ellipsoids.
 
-Conventions
------------
-World frame: metres, ``y`` up, the ground at ``y = 0``.
+It renders the synthetic scenes: one hit buffer per image (ray ``t``, primitive id, normal, hit point) from which
+every label is looked up. Camera frame as OpenCV (``x`` right, ``y`` down, ``z`` forward); rays have camera-frame
+``z = 1``, so a hit's ``t`` is its z-depth. The field of view spans the longer image side, so the 3-D scene does not
+depend on the resolution. Intersection runs in screen tiles against the primitives that overlap them, to keep numpy
+call counts small.
 
-Camera frame (OpenCV style): ``x`` right, ``y`` down, ``z`` forward. A camera-frame normal of a surface that faces
-the camera has a negative ``z`` component. Pixel ``(row i, col j)`` has image coordinates ``(x = j, y = i)`` (pixel
-centres on integers, OpenCV convention), so its ray in the camera frame is ``((j - cx) / fx, (i - cy) / fy, 1)`` and a
-point at z-depth ``d`` on it back-projects to ``d * ((j - cx) / fx, (i - cy) / fy, 1)``. The horizontal/vertical field
-of view spans the *longer* image side, so intrinsics scale with the resolution and the 3-D scene does not depend on it.
-
-Rays are not normalised: their camera-frame ``z`` component is 1, so the ray parameter ``t`` of a hit *is* its
-z-depth.
-
-Primitives are stored in a local frame: ``world = center + R @ (half * local)``. In the scaled local frame a quad is
-the unit square ``|x|, |y| <= 1`` at ``z = 0``, a box is the cube ``[-1, 1]^3`` and an ellipsoid is the unit sphere, so
-every type shares one transform (``D @ M`` with ``M = R / half``) and a short per-type test. Intersection runs in
-screen tiles, each against the primitives whose projected bounding sphere overlaps it (arrays ``[P_tile, K_tile]``),
-so numpy call counts stay small and small objects cost little. Shadow rays reuse the same kernels with per-ray
-origins, culled in light space.
+Conventions and design: docs/data.md#ray-caster
 """
 from __future__ import annotations
 

@@ -1,30 +1,14 @@
 """Synthetic dataset variants rendered by the numpy ray caster, and the per-item sample generator.
 
-Every label of an item comes from one hit buffer (``raycast.HitBuffer``: per pixel ray ``t``, primitive id, normal,
-hit point) through lookup tables from primitive id to class / instance / part / material, so depth, normals, edges,
-parts, materials, saliency, boxes and the scene class agree exactly.
+Each variant (``synthetic-nyu``, ``-city``, ``-pet``, ``-pascal``, ``-broden``) mimics one real dataset's tasks and
+class lists, so the course runs with nothing downloaded. Every label of an item comes from one hit buffer
+(``raycast.HitBuffer``) through lookup tables from primitive id to class / instance / part / material, so depth,
+normals, edges, parts, materials, saliency, boxes and the scene class agree exactly.
 
-Label definitions
------------------
-- ``depth`` [1,H,W]: z-depth along the camera's forward axis in metres; 0 where nothing is hit (sky) or the hit lies
-  beyond the variant's far limit.
-- ``normals`` [3,H,W]: unit normals in the camera frame (OpenCV: x right, y down, z forward; a surface facing the
-  camera has a negative z component); all zeros where nothing is hit.
-- ``edge`` [1,H,W]: 1 exactly where ``semseg[i, j] != semseg[i, j + 1]`` or ``semseg[i, j] != semseg[i + 1, j]``
-  (the right or lower 4-neighbour differs; pixels outside the image are not neighbours), else 0.
-- ``saliency`` [1,H,W]: pixels of salient instances (creatures); always inside a non-background instance.
-- ``parts`` [H,W]: part class of part-bearing objects (creatures; for Broden-like data also tables, chairs, ...),
-  0 elsewhere. Ears and snout belong to the head.
-- ``material`` [H,W]: material of the visible surface; -1 (ignore) on the sky.
-- ``semseg`` for ``synthetic-pet``: 0 background, 1 pet, 2 border, where border = pixels whose 3x3 neighbourhood
-  (dilated to radius ``r = max(1, min(H, W) // 64)`` pixels) contains both pet and non-pet pixels (Oxford-style trimap).
-- ``boxes`` [K,4] float32 xyxy: tight box of the *head* part of each creature that is visible
-  (x1 = min col, y1 = min row, x2 = max col + 1, y2 = max row + 1), ``box_labels`` = species (0 cat, 1 dog).
-- ``scene``: layout class (``LAYOUTS``); ``texture``: texture class of the close-up surface of the "dtd" source;
-  ``binary``: species of the pet (0 cat, 1 dog).
+An item depends only on (``GENERATOR_VERSION``, dataset, seed, split, index) through ``scene_rng``, and its 3-D
+scene not on the resolution; raise ``GENERATOR_VERSION`` whenever what the generator draws changes.
 
-Determinism: an item depends only on (``GENERATOR_VERSION``, dataset, seed, split, index) through ``scene_rng``; the
-3-D scene does not depend on the resolution (intrinsics come from a fixed field of view over the longer side).
+Label definitions: docs/data.md#labels
 """
 from __future__ import annotations
 
@@ -376,7 +360,7 @@ def _labels(v: Variant, scene: Scene, hit: raycast.HitBuffer, labelled: tuple[st
 
 def generate_sample(variant: str, split: str, index: int, seed: int = 0, size: tuple[int, int] | None = None,
                     noise: float = 0.01) -> dict:
-    """One item in the sample contract's layout with compact dtypes (see the module docstring).
+    """One item in the sample contract's layout with compact dtypes (labels: docs/data.md#labels).
 
     ``image`` uint8 [3,H,W]; semseg/parts/material int16 [H,W]; depth float32 [1,H,W]; normals float32 [3,H,W];
     edge/saliency int8 [1,H,W]; scene/texture/binary python int; boxes float32 [K,4] + box_labels int64 [K];

@@ -1,4 +1,4 @@
-"""Task-aware augmentations of contract samples (dicts of torch tensors, see DESIGN.md "Sample").
+"""Task-aware augmentations of contract samples (dicts of torch tensors, see docs/contracts.md#sample).
 
 Geometry must stay consistent across tasks: label maps are resampled with nearest neighbour (no invented classes),
 scaling the image up by ``s`` is a camera ``s`` times closer so depth is divided by ``s``, a horizontal flip

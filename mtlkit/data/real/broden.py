@@ -1,30 +1,13 @@
 """Broden+ (``broden``): scene, object, part, material and texture from several sources, in either of two layouts.
 
-``layout="broden+"`` (what ``layout="auto"`` picks when the root has ``meta_file/`` or ``broden_dataset/``): the
-records of CSAILVision/unifiedparsing resolved against the raw ADE20K, PASCAL VOC2010 + Context + Part, OpenSurfaces
-and DTD releases, the data UPerNet's paper trains on; see :mod:`mtlkit.data.real.broden_plus` for the layout and the
-label rules. ``sources=`` restricts the records to some of ``ade20k``, ``pascal``, ``os``, ``dtd``.
+``layout="broden+"`` (picked when the root has ``meta_file/`` or ``broden_dataset/``): the records of
+CSAILVision/unifiedparsing resolved against the raw ADE20K, PASCAL, OpenSurfaces and DTD releases, the data UPerNet's
+paper trains on (:mod:`mtlkit.data.real.broden_plus`). ``layout="netdissect"`` (picked when the root has
+``index.csv``): Broden in the NetDissect release format, read by this module. ``sources=`` restricts the records to
+some of ``ade20k``, ``pascal``, ``os``, ``dtd``. In both layouts a task an item has no label for is -1 and left out
+of ``meta["tasks"]``; ``meta["source"]`` names the source.
 
-``layout="netdissect"`` (picked when the root has ``index.csv``): Broden in the NetDissect release format
-(``broden1_224``, ``broden1_227``; CSAILVision/NetDissect-Lite ``loader/data_loader.py``, ``script/dlbroden.sh``)::
-
-    index.csv       image,split,ih,iw,sh,sw,color,object,part,material,scene,texture
-                    image = path under images/ (its first folder is the source: ade20k, pascal, opensurfaces, dtd,
-                    ...); object/part/material = ';'-separated PNG paths under images/ (or a number: one label for
-                    the whole image); scene/texture = ';'-separated label numbers; empty = not labelled
-    label.csv       number,name,category,frequency,coverage,syns   (global label numbers, 0 = none)
-    category.csv    one row per category (name, frequency, ...); not needed by this loader
-    c_{object,part,material,scene,texture}.csv   code,number,name,frequency,coverage (code 1.. per category)
-    images/...      the JPEG images and label PNGs; a label PNG encodes number = R + 256 G (0 = unlabelled)
-
-NetDissect contract: ``semseg`` = object, ``parts``, ``material`` [H,W] and ``scene``, ``texture`` (0-d) as the
-category's code - 1 (-1 where unlabelled, and for numbers the category's c_*.csv does not list, which NetDissect's
-dense map also sends to 0 = none; NetDissect parts are global part classes, not per owning object); PNGs stored at
-(sh, sw) smaller than the image are upsampled (nearest). Where several PNGs label one task, the first non-zero label
-wins.
-
-Both layouts: a task an item has no label for is filled with -1 (0-d -1 for scene/texture) and left out of
-``meta["tasks"]``; ``meta["source"]`` names the source.
+Formats and label rules: docs/data.md#broden
 """
 from __future__ import annotations
 

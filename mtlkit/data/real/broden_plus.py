@@ -1,44 +1,13 @@
 """Broden+ as CSAILVision/unifiedparsing assembles it: records resolved against the raw source datasets.
 
-This is the data UPerNet's multi-task results are trained on. ``download_Broden+.sh`` of unifiedparsing fetches the
-sources into ``broden_dataset/`` (and resizes ADE20K and OpenSurfaces to at most 512 px on the short side); the
-repository's ``meta_file/`` holds the record lists and the label tables. Root layout (a clone of unifiedparsing after
-that script works as it is)::
-
-    meta_file/  broden_ade20k_pascal_{train,val}.json, broden_os_{train,val}.json, dtd_{training,validation}_list.json
-                    records, one JSON object a line: {"dataset": ade20k|pascal|os|dtd, "file_index": i,
-                    "width": w, "height": h}
-                {object,part,scene,material,texture}.csv          label,name (the Broden+ vocabularies)
-                label_assignment.csv  dataset,category,raw_label,raw_name,broden_label,broden_name
-                object_part_hierarchy.csv  object_label,object_name,part_labels,part_names  (';'-separated)
-                ade20k/index_ade20k.mat, ade20k/scene_categories.txt, dtd/labels_joint_anno.txt
-                (each table is looked up in meta_file/, then meta_file/{joint_dataset,ade20k,dtd,pascal}/, then data/,
-                since the repository moved them between commits)
-    broden_dataset/ade20k/<folder>/<filename>       index_ade20k.mat's ``folder`` and ``filename`` (file_index =
-                                                    position in the index);
-                                                    ``*_seg.png`` object = R // 10 * 256 + G; ``*_parts_1.png`` (first
-                                                    part level, same code) when present; scene from scene_categories.txt
-    broden_dataset/pascal/VOC2010/JPEGImages/<stem>.jpg   (the last VOC* folder, or JPEGImages/ directly)
-                   pascal/part/Annotations_Part/<stem>.mat  file_index = position in the sorted .mat names; ``anno``
-                                                    objects (class_ind, mask, parts (part_name, mask))
-                   pascal/part/part2ind.m           part names -> part codes (left/right/... collapsed)
-                   pascal/context/trainval/<stem>.mat   ``LabelMap``: the objects
-    broden_dataset/opensurfaces/photos.csv          file_index = row; photos/<photo_id>.jpg;
-                   photos-labels/<photo_id>.png     material = red channel (label-substance-colors.csv)
-    broden_dataset/dtd/dtd-r1.0.1/images/<name>     file_index = line of labels_joint_anno.txt; texture = the image's
-                                                    folder (its main label) looked up in texture.csv by name (the
-                                                    reference takes its position in the sorted set of the file's
-                                                    labels: the same for the full DTD, also right for a subset)
-
-Raw labels become Broden+ labels through ``label_assignment.csv`` (raw labels it does not list map to none, as the
-reference's zero-filled lookup tables do; labels beyond its largest raw label raise :class:`CorruptFileError`, where
-the reference code would fail on an index). Contract: ``semseg`` = object label - 1, ``material`` = label - 1 (the
-``-`` row 0 becomes -1), ``scene`` and ``texture`` = label (their tables have no ``-`` row; an unassigned scene is
--1). ``parts``: one class per (object, part) pair of ``object_part_hierarchy.csv`` named "<object> <part>", class 0
-"none"; an object's parts are labelled only where the reference trains them: inside the object's mask, when at least
-one of its listed parts is present there (the reference's ``valid_part``); inside such a mask, pixels without one of
-its listed parts are "none"; everything else is -1. Which sources label what: ade20k scene + object + part, pascal
+This is the data UPerNet's multi-task results are trained on. The root is a clone of unifiedparsing after its
+``download_Broden+.sh``: ``meta_file/`` (record lists and label tables) and ``broden_dataset/`` (the raw ADE20K,
+PASCAL VOC2010 + Context + Part, OpenSurfaces and DTD releases). Raw labels become Broden+ labels through
+``label_assignment.csv``; parts become one class per (object, part) pair, labelled only inside an owner whose listed
+parts appear, as the reference's ``valid_part``. Which sources label what: ade20k scene + object + part, pascal
 object + part, os material, dtd texture.
+
+Layout and label rules: docs/data.md#broden-unifiedparsing
 """
 from __future__ import annotations
 
@@ -74,7 +43,7 @@ NAME = "broden"
 
 # ------------------------------------------------------------------------------------------------- meta tables
 def find_meta(root: Path, name: str) -> Path:
-    """A table of ``meta_file/`` by name (see the module docstring for where it is looked for)."""
+    """A table of ``meta_file/`` by name, looked for in each of ``META_DIRS`` in turn (the repository moved them)."""
     for d in META_DIRS:
         if (root / d / name).is_file():
             return root / d / name
@@ -514,7 +483,10 @@ class BrodenPlusReader:
         return lut[raw]
 
     def parts(self, obj: np.ndarray, part: np.ndarray | None) -> np.ndarray:
-        """Broden+ object and part labels -> the contract's (object, part) classes (see the module docstring)."""
+        """Broden+ object and part labels -> the contract's (object, part) classes.
+
+        Rules: docs/data.md#broden-unifiedparsing
+        """
         out = np.full(obj.shape, -1, np.int64)
         if part is None:
             return out

@@ -1,29 +1,12 @@
 """Cityscapes as preprocessed by the MTAN authors (``cityscapes``) and the DLAD course's MiniScapes (``miniscapes``).
 
-``cityscapes`` layout (root = ``<data dir>/prepared/cityscapes``; the MTAN README's ``cityscapes.zip`` 256x512 and
-``cityscapes2.zip`` 128x256, which also hold a ``label_2`` folder this loader does not read)::
+``cityscapes``: ``.npy`` arrays per item (image, 7- or 19-class labels, depth stored as the official disparity
+/ 65535), converted to metric depth on read (``depth="disparity"`` keeps the stored values, to compare with MTAN's
+numbers). ``miniscapes``: JPEG images and PNG labels, with depth as an 8-bit disparity code over 4..300 m. A split
+without a label folder (a withheld test split) gives ignore-filled labels and leaves the task out of
+``meta["tasks"]``.
 
-    {train,val}/image/{i}.npy     float [H,W,3] RGB in [0,1]   (H,W = 128,256 or 256,512; 2975 train / 500 val)
-    {train,val}/label_7/{i}.npy   float [H,W] 7 categories 0..6, -1 ignore
-    {train,val}/label_19/{i}.npy  float [H,W] 19 train ids 0..18, -1 ignore
-    {train,val}/label/{i}.npy     (LibMTL's repackaged 128x256 copy: the 7-category labels in one ``label`` folder;
-                                   read for ``classes=7`` when ``label_7`` is absent)
-    {train,val}/depth/{i}.npy     float [H,W,1] scaled disparity: the official 16-bit disparity PNG value / 65535
-                                  (0 = invalid). Metres: disparity_px = (65535 s - 1) / 256, depth = B fx / disparity_px
-                                  with the Cityscapes stereo rig B = 0.209313 m, fx = 2262.52 px (full resolution;
-                                  disparity is in full-resolution pixels, so a resize does not change it).
-                                  (lorenmt/mtan issue #25: the stored values run 0..0.4922 where the official PNGs
-                                  run 0..32257, and 32257 / 65535 = 0.4922.)
-
-``miniscapes`` layout (DLAD course, Synscapes-derived; the course's ``mtl/datasets/dataset_miniscapes.py``)::
-
-    {train,val,test}/rgb/{i}.jpg     RGB 256x512 (20000 / 2500 / 2500)
-    {train,val,test}/semseg/{i}.png  uint8 (mode L or P) Cityscapes train ids 0..18, 255 ignore
-    {train,val,test}/depth/{i}.png   uint8 (mode L): 0 invalid, else disparity linear in 1..255 between 1/300 and
-                                     1/4 m^-1: 1/depth = 1/300 + (1/4 - 1/300) (x - 1) / 254  (depth in 4..300 m)
-
-A split without a ``semseg``/``depth`` folder (a withheld test split) yields ignore-filled labels and leaves the task
-out of ``meta["tasks"]``; a folder that exists must hold every file.
+Formats and conversions: docs/data.md#cityscapes, docs/data.md#miniscapes
 """
 from __future__ import annotations
 

@@ -1,29 +1,12 @@
 """NYUv2 as preprocessed by the MTAN authors (``nyuv2``) and NYUD-v2 for multi-task learning (``nyud-mt``).
 
-``nyuv2`` layout (root = ``<data dir>/prepared/nyuv2``; lorenmt/mtan ``im2im_pred/create_dataset.py``)::
+``nyuv2``: the MTAN ``.npy`` layout at 288x384 (13 classes, depth, normals); normals a resize left shorter than unit
+are re-normalised on read. ``nyud-mt``: the 480x640 ``NYUD_MT`` data (40 classes, depth, normals, edges) in either
+of its two published layouts (Multi-Task-Learning-PyTorch's ``.npy``/``.png`` files or ASTMT's ``.mat``/``.jpg``
+files), accepted per file. A map whose size differs from its image is fitted to it by nearest neighbour, as the
+reference loaders do.
 
-    {train,val}/image/{i}.npy   float [288,384,3] RGB in [0,1]  (i = 0..N-1, N = 795 train / 654 val)
-    {train,val}/label/{i}.npy   float [288,384]   13 classes 0..12, -1 ignore
-    {train,val}/depth/{i}.npy   float [288,384,1] metres, 0 invalid
-    {train,val}/normal/{i}.npy  float [288,384,3] unit normals in [-1,1], all-zero invalid
-
-MTAN resized the data (interpolation not published) and took the normals from Eigen's precomputed set; normals a
-resize left shorter than unit are re-normalised on read (see :func:`mtlkit.data.real.base.unit_normals`).
-
-``nyud-mt`` comes in two layouts of the same ``NYUD_MT.tgz`` name; the loader accepts either, per file::
-
-    gt_sets/{train,val}.txt        image ids, one a line (795 / 654)
-    images/{id}.jpg                RGB 480x640
-                                   Multi-Task-Learning-PyTorch copy     ASTMT copy (ETH server)
-    segmentation/{id}.*            .png uint8                          .mat 'segmentation'
-                                   40 classes 1..40, 0 unlabelled (-> -1; class k -> k-1)
-    depth/{id}.*                   .npy float [H,W] m                  .mat 'depth' float m        (<= 0 invalid)
-    normals/{id}.*                 .npy float [H,W,3] in [-1,1]        .jpg uint8 RGB, n = 2 v / 255 - 1
-                                   (all-zero / near-zero length invalid; re-normalised to unit)
-    edge/{id}.*                    .npy float [H,W] {0,1}              .png uint8, edge where v / 255 >= 0.5
-
-A map whose size differs from its image is fitted to it by nearest neighbour, as both reference loaders do
-(they use bicubic for normals).
+Formats: docs/data.md#nyuv2, docs/data.md#nyud-mt
 """
 from __future__ import annotations
 

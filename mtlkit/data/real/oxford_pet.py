@@ -1,26 +1,11 @@
 """Oxford-IIIT Pet from the official archives (``oxford-pet``) and the course's chunked HDF5 packaging (``oxpet-h5``).
 
-``oxford-pet`` layout (``images.tar.gz`` + ``annotations.tar.gz`` extracted into the root)::
+``oxford-pet``: JPEG images, trimaps (-> background/pet/border), VOC head boxes and the breed lists. Tasks
+``semseg``, ``boxes`` (``box_labels`` 0 cat / 1 dog), ``binary`` (0 cat / 1 dog) and ``category`` (37 breeds);
+``train``/``val`` split the released ``trainval`` deterministically. ``oxpet-h5``: one HDF5 file per array and split
+(images, masks, boxes, species), tasks ``semseg`` (background/pet), ``boxes`` and ``binary``.
 
-    images/{Name}.jpg                 RGB (a few files are greyscale/RGBA/CMYK: converted to RGB)
-    annotations/trimaps/{Name}.png    uint8 trimap: 1 pet, 2 background, 3 border  -> semseg 1 / 0 / 2
-    annotations/xmls/{Name}.xml       PASCAL VOC head box(es), trainval images only (1-based inclusive pixel
-                                      coordinates: x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax), name cat|dog
-    annotations/{trainval,test}.txt   "Name CLASS-ID SPECIES BREED-ID" (class 1..37, species 1 cat / 2 dog)
-
-Tasks: ``semseg`` (background/pet/border), ``boxes`` (head boxes, ``box_labels`` 0 cat / 1 dog), ``binary``
-(0 cat / 1 dog), ``category`` (37 breeds, class id - 1). Splits: ``trainval`` (3680) and ``test`` (3669) as
-released; ``train``/``val`` split ``trainval`` deterministically: every ``val_every``-th line (default 10) is val.
-Images without an XML have no boxes (``boxes`` [0,4]) and ``boxes`` is left out of ``meta["tasks"]``.
-
-``oxpet-h5`` layout (UCL COMP0090 "oxpet" packaging)::
-
-    {train,val,test}/images.h5  dataset "images" uint8 [N,256,256,3]
-    {train,val,test}/masks.h5   dataset "masks"  uint8 [N,256,256,1], ``foreground`` value (default 1) = pet
-    {train,val,test}/bboxes.h5  dataset "bboxes" float [N,4] head box x1,y1,x2,y2 in pixels
-    {train,val,test}/binary.h5  dataset "binary" int [N,1] 0 cat, 1 dog
-
-Tasks: ``semseg`` (background/pet), ``boxes`` (one box, labelled with the species), ``binary``.
+Formats: docs/data.md#oxford-pet, docs/data.md#oxpet-h5
 """
 from __future__ import annotations
 

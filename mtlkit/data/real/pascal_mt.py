@@ -1,27 +1,12 @@
 """PASCAL-Context with the multi-task labels of ASTMT / Multi-Task-Learning-PyTorch (``pascal-mt``, ``PASCAL_MT.tgz``).
 
-Layout (root = ``<data dir>/prepared/pascal-mt``; facebookresearch/astmt ``fblib/dataloaders/pascal_context.py``,
-SimonVandenhende/Multi-Task-Learning-PyTorch ``data/pascal_context.py``)::
+Tasks ``semseg`` (21 VOC classes), ``edge`` (derived from the Context label map, thinned as ASTMT by default;
+``edges=`` picks another rule), ``parts`` (6 person-part groups), ``normals`` (distilled, valid on ASTMT's
+NYU-named classes by default; ``normal_classes=``) and ``saliency`` (distilled). Images without person parts give
+all -1 and leave ``parts`` out of ``meta["tasks"]``. Maps of another size are fitted to the image by nearest
+neighbour, as the reference loaders do.
 
-    ImageSets/Context/{train,val}.txt    image ids (4998 / 5105)
-    JPEGImages/{id}.jpg                  RGB, up to 500x500
-    semseg/VOC12/{id}.png or semseg/pascal-context/{id}.png
-                                         uint8 21 VOC classes 0..20 (0 background), 255 ignore
-    pascal-context/trainval/{id}.mat     MATLAB v5, ``LabelMap`` int [H,W] (459 context classes): the edge source
-    human_parts/{id}.mat                 MATLAB v5, struct ``anno``: objects (class, class_ind, mask, parts(part_name,
-                                         mask)); parts of person objects (class_ind 15) -> 6 part classes
-    normals_distill/{id}.png             uint8 RGB, n = 2 v / 255 - 1 (distilled normals; re-normalised to unit)
-    sal_distill/{id}.png                 uint8 grey, salient where v / 255 > 0.5
-
-Conversions: semseg 255 -> -1. Edges from ``LabelMap``: ``edges="astmt"`` (default, as the reference loaders) marks
-pixels where the 4-neighbour Laplacian of the label map (reflect-101 border, as OpenCV's) is non-zero, then thins that
-map with the Guo-Hall two-subiteration algorithm (the one scikit-image's ``thin`` implements); ``edges="laplacian"``
-skips the thinning; ``edges="kit"`` uses the kit's synthetic rule (right or lower neighbour differs). Human parts:
-images without a person that has parts give all -1 (ignore) and ``parts`` is left out of ``meta["tasks"]``, as
-ASTMT's ignore regions do. Normals: as ASTMT, valid only on pixels whose ``LabelMap`` class also names an NYUv2 class
-(``normal_classes="astmt"``, the default: :data:`ASTMT_NORMAL_CLASSES`); ``"all"`` keeps every pixel whose PNG is not
-grey-zero, or pass your own LabelMap ids. A map whose size differs from its image is fitted to it by nearest
-neighbour, as the reference loaders do (they use bicubic for normals).
+Format and conversions: docs/data.md#pascal-mt
 """
 from __future__ import annotations
 

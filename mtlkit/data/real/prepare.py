@@ -2,20 +2,12 @@
 
 Most releases already are in their loader's layout: prepare unpacks the archives (safely: no paths outside the
 target) and moves the folder holding the layout's marker (e.g. ``train/image`` for nyuv2) into place. Two datasets
-can also be built from their official raw data, because the preprocessed copies' code is lost:
+can also be built from their official raw data, because the preprocessed copies' code is lost: ``nyuv2`` from
+``nyu_depth_v2_labeled.mat`` with a split file and class mapping(s), and ``cityscapes`` from ``leftImg8bit/``,
+``gtFine/`` and ``disparity/``. Neither reproduces the published copies' values exactly (MTAN's crop and normals
+are unpublished).
 
-- ``nyuv2`` from ``nyu_depth_v2_labeled.mat`` (MATLAB v7.3 = HDF5: images [N,3,W,H] uint8, depths [N,W,H] metres,
-  labels [N,W,H] uint16 in the 894-class vocabulary, 0 unlabelled), a split file (``splits.mat`` with 1-based
-  ``trainNdxs``/``testNdxs``, or JSON ``{"train": [...], "val": [...]}``) and a class mapping: one 894 -> K table, or a
-  chain of tables applied in turn, as the public converters do with ``classMapping40.mat`` (``mapClass``, 894 -> 40)
-  then ``class13Mapping.mat`` (``classMapping13``, 40 -> 13). Each table is a ``.mat`` holding one numeric array, or
-  ``.npy``/``.txt`` integers, 1-based with 0 = unlabelled. Resized to 288x384 (image bilinear, labels and depth
-  nearest). Normals are computed from the depth with the NYU Kinect intrinsics: the MTAN release took Eigen's
-  precomputed normals (cs.nyu.edu/~deigen/dnl) and also cropped the images' invalid borders before resizing (crop
-  not published; lorenmt/mtan issues #10, #42); neither is reproduced, so values differ.
-- ``cityscapes`` from ``leftImg8bit/``, ``gtFine/`` (``*_gtFine_labelIds.png``) and ``disparity/`` (or their
-  ``*_trainvaltest.zip``): labelIds -> train ids (19) and categories (7), disparity PNG / 65535, resized to
-  128x256 (``size=(256, 512)`` for the larger variant), files numbered in sorted name order.
+Inputs and conversions: docs/data.md#preparing-from-the-raw-releases
 """
 from __future__ import annotations
 
@@ -271,8 +263,10 @@ def _resize(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray
 def convert_nyuv2_labeled(mat: Path, out: Path, splits: Path, mapping: Path, size: tuple[int, int] | None = (288, 384),
                           intrinsics: tuple[float, float, float, float] = NYU_INTRINSICS,
                           say: Callable[[str], None] = print) -> Path:
-    """Official labelled NYUv2 -> the MTAN layout (see the module docstring). ``size=None`` keeps 480x640;
-    ``intrinsics`` (fx, fy, cx, cy of the stored images) back-project the depth for the normals."""
+    """Official labelled NYUv2 -> the MTAN layout (docs/data.md#preparing-from-the-raw-releases).
+
+    ``size=None`` keeps 480x640; ``intrinsics`` (fx, fy, cx, cy of the stored images) back-project the depth for the
+    normals."""
     h5py = require("h5py", "h5py", "reading nyu_depth_v2_labeled.mat (MATLAB v7.3)")
     lut = _read_mapping(mapping)
     split_idx = _read_splits(splits)
@@ -316,7 +310,9 @@ def convert_nyuv2_labeled(mat: Path, out: Path, splits: Path, mapping: Path, siz
 # ------------------------------------------------------------------------------------------------- Cityscapes
 def convert_cityscapes(raw: Path, out: Path, size: tuple[int, int] | None = (128, 256),
                        say: Callable[[str], None] = print) -> Path:
-    """Official Cityscapes -> the MTAN layout (see the module docstring). ``size=None`` keeps 1024x2048."""
+    """Official Cityscapes -> the MTAN layout (docs/data.md#preparing-from-the-raw-releases).
+
+    ``size=None`` keeps 1024x2048."""
     from PIL import Image
 
     tmp = out.parent / f".{out.name}.tmp"
