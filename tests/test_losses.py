@@ -1,4 +1,4 @@
-"""Per-task losses against values worked out by hand (REFERENCE.md, "Losses and weighting")."""
+"""Per-task losses against values worked out by hand (docs/reference.md#losses)."""
 from __future__ import annotations
 
 import math
