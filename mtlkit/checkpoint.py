@@ -1,4 +1,6 @@
-"""Checkpoint files: atomic writes, rotation (``last.pt`` / ``prev.pt`` / ``best.pt``), safe loading, RNG states.
+"""Checkpoint files: atomic writes, rotation (``last.pt`` / ``prev.pt`` / ``best.pt``), safe loading, RNG states,
+and a Trainer's full state (what an exact resume needs: model, optimiser, scheduler, weighting, GradScaler, RNGs,
+history, config).
 
 Checkpoints hold only tensors, dicts, lists, numbers and strings so that they load with
 ``torch.load(weights_only=True)`` (no pickled code runs when a checkpoint is opened).
@@ -17,8 +19,9 @@ import torch
 from mtlkit.atomic import atomic_write_with
 
 __all__ = [
-    "save_checkpoint", "load_checkpoint", "rotate_and_save", "find_checkpoint",
-    "CheckpointError", "CheckpointMismatchError", "trainer_state", "restore_trainer_state", "get_rng_state", "set_rng_state", "state_dict_mismatch",
+    "save_checkpoint", "load_checkpoint", "rotate_and_save", "find_checkpoint", "CheckpointError",
+    "CheckpointMismatchError", "trainer_state", "restore_trainer_state", "get_rng_state", "set_rng_state",
+    "state_dict_mismatch",
 ]
 
 

@@ -111,10 +111,14 @@ class Progress:
             self.line(f"epoch {epoch + 1}/{self.epochs}: train loss {loss:.4f}{val}, "
                       f"elapsed {_clock(elapsed)}, ETA {_clock(eta)}")
 
-    def close(self, bar: Any = None) -> None:
-        """Close ``bar``, or every bar still open (what an exception or Ctrl-C needs: whatever is printed next
-        starts on its own line, not glued to a bar)."""
-        for b in [bar] if bar is not None else list(reversed(self._bars)):
-            if b is not None and b in self._bars:
-                b.close()
-                self._bars.remove(b)
+    def close(self, bar: Any) -> None:
+        """Close one bar of :meth:`steps` (None: nothing to close)."""
+        if bar is not None and bar in self._bars:
+            bar.close()
+            self._bars.remove(bar)
+
+    def close_all(self) -> None:
+        """Close every bar still open (what an exception or Ctrl-C needs: whatever is printed next starts on its
+        own line, not glued to a bar)."""
+        for bar in reversed(list(self._bars)):
+            self.close(bar)

@@ -94,12 +94,12 @@ def metrics_document(trainer: Any, finished: bool, test: Mapping[str, Any] | Non
         "test": test,
         "timings": h["timings"],
     }
-    if h.get("capped") is not None:
+    capped = getattr(trainer, "capped", None)
+    if capped is not None:  # a dry run: what the full-length run would cost at the measured speed
         timings = dict(h["timings"])
-        steps = sum(timings.get("train_steps", [])) or 1
-        timings["seconds_per_train_step"] = sum(timings["train_seconds"]) / steps
-        timings["projected_full_seconds"] = projected_seconds(timings, h["capped"], trainer.config.epochs)
-        doc.update(capped=h["capped"], timings=timings)
+        timings["seconds_per_train_step"] = sum(timings["train_seconds"]) / (sum(timings["train_steps"]) or 1)
+        timings["projected_full_seconds"] = projected_seconds(timings, capped, trainer.config.epochs)
+        doc.update(capped=capped, timings=timings)
     return doc
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import random
 import sys
 import time
@@ -40,9 +39,10 @@ from mtlkit.ddp import resolve_device, setup_distributed, unwrap
 from mtlkit.optim import build_optimizer, build_scheduler
 from mtlkit.progress import Progress, progress_mode
 from mtlkit.run_record import capped_record, empty_history, epoch_score, improves, metrics_document, rounded, run_config
-from mtlkit.train_setup import check_model_outputs, make_loader, resolve_tasks, to_device
+from mtlkit.train_setup import (check_model_outputs, eval_steps, float_preds, make_loader, make_task_weighting,
+                                resolve_tasks, to_device)
 from mtlkit.train_config import OPTIMIZERS, SCHEDULERS, TrainConfig, TrainConfigError
-from mtlkit.weighting import Weighting, make_weighting
+from mtlkit.weighting import Weighting
 
 __all__ = ["Trainer", "TrainConfig", "TrainConfigError", "train_step", "NonFiniteLossError", "CheckpointMismatchError",
            "Callback", "seed_everything", "OPTIMIZERS", "SCHEDULERS"]
@@ -72,15 +72,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def float_preds(preds: Any) -> Any:
-    """Predictions in float32 (autocast may give float16); dicts are converted recursively."""
-    if isinstance(preds, torch.Tensor):
-        return preds.float() if preds.is_floating_point() else preds
-    if isinstance(preds, Mapping):
-        return {k: float_preds(v) for k, v in preds.items()}
-    return preds
 
 
 def train_step(model: nn.Module, batch: Mapping[str, Any], tasks: Mapping[str, Any], weighting: Weighting,
@@ -160,15 +151,7 @@ class Trainer:
         self.model = unwrap(model).to(self.device)
         self.tasks = resolve_tasks(train_set, self.model, c.tasks)
         self.task_names: tuple[str, ...] = tuple(self.tasks)
-        if isinstance(c.weighting, Weighting):
-            unknown = [t for t in self.task_names if t not in c.weighting.tasks]
-            if unknown:
-                raise ValueError(f"the weighting {type(c.weighting).__name__} has no weight for tasks {unknown}; "
-                                 f"it knows {list(c.weighting.tasks)}")
-            self.weighting = c.weighting
-        else:
-            self.weighting = make_weighting(c.weighting, self.task_names, **dict(c.weighting_options or {}))
-        self.weighting.to(self.device)
+        self.weighting = make_task_weighting(c.weighting, c.weighting_options, self.task_names).to(self.device)
         self.amp = bool(cuda if c.amp is None else c.amp) and cuda and not self.weighting.owns_backward
         self.channels_last = bool(cuda if c.channels_last is None else c.channels_last) and cuda
         if self.channels_last:
@@ -232,10 +215,6 @@ class Trainer:
     def _loader(self, dataset: Dataset, epoch: int | None = None) -> DataLoader:
         return make_loader(dataset, self.config, self.dist, self.device, epoch)
 
-    def _eval_steps(self, dataset: Dataset) -> int:
-        first_shard = len(range(0, len(dataset), self.dist.world_size))  # ranks loop in lockstep; the first is longest
-        return math.ceil(first_shard / self.config.batch_size)
-
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
             if hasattr(cb, hook):
@@ -255,7 +234,9 @@ class Trainer:
         gradient_method = self.weighting.owns_backward
         shared = self._shared_parameters() if gradient_method else []
         no_sync = model.no_sync if (d.enabled and gradient_method) else contextlib.nullcontext
-        sync = partial(self._sync_gradients, gradient_method) if d.enabled else None
+        # DDP averages the model's gradients, except under no_sync (gradient methods): average what it does not
+        unsynced = [*self.weighting.parameters(), *(self.model.parameters() if gradient_method else ())]
+        sync = partial(d.average_gradients_, [p for p in unsynced if p.requires_grad]) if d.enabled else None
         bar = self._progress.steps(steps, f"epoch {epoch + 1}/{c.epochs}")
         t0 = time.perf_counter()
         for step, batch in enumerate(itertools.islice(loader, steps)):
@@ -319,14 +300,6 @@ class Trainer:
                 f"{', '.join(names)}: {values}; training stopped and {kept}. Lower the learning rate, set "
                 "grad_clip (--grad-clip), or check that task's data and predictions.")
 
-    def _sync_gradients(self, all_model_params: bool) -> None:
-        """Average the gradients DDP does not: the weighting's parameters (every parameter for gradient methods,
-        whose backward runs under ``no_sync``)."""
-        params = [p for p in self.weighting.parameters() if p.requires_grad]
-        if all_model_params:
-            params += [p for p in self.model.parameters() if p.requires_grad]
-        self.dist.average_gradients_(params)
-
     # ----------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def _evaluate(self, dataset: Dataset, desc: str = "eval") -> tuple[dict[str, dict[str, float]], dict[str, float]]:
@@ -337,7 +310,7 @@ class Trainer:
         d.broadcast_(model.buffers())  # BN statistics may differ slightly between ranks: evaluate rank 0's model
         meters = {t: self.tasks[t].meter() for t in self.task_names}
         sums = torch.zeros(len(self.task_names) + 1, dtype=torch.float64)
-        steps = self._eval_steps(dataset) if c.max_steps is None else min(self._eval_steps(dataset), c.max_steps)
+        steps = eval_steps(dataset, d.world_size, c.batch_size, c.max_steps)
         it = iter(self._loader(dataset))
         bar = self._progress.steps(steps, desc)
         for _ in range(steps):
@@ -396,8 +369,8 @@ class Trainer:
         if d.enabled and self._train_model is self.model:
             self._train_model = d.wrap(self.model, self.device, find_unused_parameters=c.task_schedule is not None)
             d.broadcast_(self.weighting.parameters())
-        full = {"train": len(self._loader(self.train_set, 0))}
-        full.update({s: self._eval_steps(ds) for s, ds in (("val", self.val_set), ("test", self.test_set)) if ds})
+        full = {"train": len(self._loader(self.train_set, 0)), **{s: eval_steps(ds, d.world_size, c.batch_size)
+                for s, ds in (("val", self.val_set), ("test", self.test_set)) if ds is not None}}
         self.capped = capped_record(c.max_steps, full)
         self._call("on_fit_start")
         self._progress = Progress(self.progress_mode, self.out_dir.name, c.epochs, self.start_epoch)
@@ -405,7 +378,7 @@ class Trainer:
             for epoch in range(self.start_epoch, c.epochs):
                 self._epoch(epoch)
         finally:  # also on Ctrl-C: what is printed next starts on its own line
-            self._progress.close()
+            self._progress.close_all()
         # The test set is evaluated once, with the best epoch's weights (selected on validation).
         d.barrier()
         if (self.out_dir / "best.pt").exists():

@@ -107,8 +107,9 @@ def _check_model_options(model: str, options: Mapping[str, Any]) -> None:
         default = keys[key].default
         kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(type(default))
         if kinds and not (isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))):
-            raise ValueError(f"--model-opt {key}={value!r}: model {model} expects a {type(default).__name__} "
-                             f"(default {default!r}); valid keys: {valid}")
+            what = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[type(default)]
+            raise ValueError(f"--model-opt {key}={value!r}: model {model} expects {what} (default {default!r}); "
+                             f"valid keys: {valid}")
 
 
 def check_out_dir(out: str | os.PathLike, flag: str = "--out") -> Path:

@@ -31,10 +31,31 @@ class TrainConfigError(ValueError, TypeError):
 
 @dataclass
 class TrainConfig:
-    """The Trainer's options (defaults are the Trainer's defaults). See :class:`mtlkit.train.Trainer` for the
-    meaning of each; ``max_steps`` caps every training epoch and every evaluation at that many batches (a dry run
-    of a long recipe: metrics.json then says the run was capped and projects the full-length cost); ``extra`` is
-    recorded as is in ``metrics.json["config"]`` (e.g. the model name)."""
+    """The Trainer's options.
+
+    out_dir: folder for checkpoints and ``metrics.json``. epochs, batch_size: the schedule.
+    optimizer: adam, adamw or sgd (``momentum``); ``lr``, ``weight_decay``.
+    scheduler: None, step (x ``gamma`` every ``step_size`` epochs, default epochs // 2), poly (lr (1 - e/E)^``power``)
+        or cosine (to 0 at ``epochs``), stepped once per epoch; a callable ``f(optimizer) -> scheduler`` as is.
+    param_groups: ``[(name prefix or predicate(name, param), lr multiplier), ...]``; the first matching rule puts a
+        parameter in its group (e.g. ``[("cross_stitch", 100.0)]``). grad_clip: max global gradient norm.
+    weighting: a name of ``mtlkit.weighting.WEIGHTINGS`` or a Weighting; ``weighting_options`` go to its constructor.
+    tasks: task names or ``{name: Task}``; default: the dataset's tasks that the model predicts.
+    task_schedule: for task-conditioned models (``model(images, task=name)``): "epoch" trains task e % T in epoch
+        e, "iteration" task step % T at each step; evaluation runs every task.
+    aux_weight: weight of deep-supervision losses on ``prediction["aux"][stage][task]``.
+    device: auto (CUDA when available), cpu, cuda, cuda:N. amp, channels_last: None = on for CUDA (AMP off for
+        gradient methods). seed: python/numpy/torch at construction, the shuffles, the DataLoader workers.
+    drop_last: drop the last incomplete training batch. train_metrics: metrics on the training predictions too.
+    max_steps: at most this many batches per training epoch and per evaluation (a dry run of a long recipe;
+        metrics.json then says the run was capped and projects the full-length time from the measured steps).
+    resume: continue from ``out_dir/last.pt`` (``prev.pt`` if ``last.pt`` is corrupt) when present.
+    keep_last: keep ``last.pt``/``prev.pt`` after a finished fit (to train more epochs later). False: the final
+        epoch writes no ``last.pt`` and both are removed once metrics.json says finished, leaving ``best.pt``.
+    progress: None/True: ``MTLKIT_PROGRESS`` (default auto), False: off, or a mode (see :mod:`mtlkit.progress`).
+    callbacks: :class:`mtlkit.train.Callback` objects or callables ``f(trainer, epoch, record)`` (epoch end).
+    extra: values recorded as is in ``metrics.json["config"]`` (e.g. the model name).
+    """
 
     out_dir: str | os.PathLike = "runs/run"
     epochs: int = 10

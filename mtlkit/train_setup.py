@@ -3,6 +3,7 @@ batch through the model, so that a mismatch fails in a second with the fix, not 
 its data loaders (seeded per epoch: reproducible and resumable, sharded under DDP)."""
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, Callable, Mapping, Sequence
 
@@ -11,7 +12,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-__all__ = ["resolve_tasks", "check_model_outputs", "make_loader", "to_device"]
+__all__ = ["resolve_tasks", "make_task_weighting", "check_model_outputs", "make_loader", "eval_steps", "to_device",
+           "float_preds"]
 
 
 def resolve_tasks(dataset: Dataset, model: nn.Module, tasks: Sequence[str] | Mapping[str, Any] | str | None
@@ -116,3 +118,31 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
             return [x.to(device, non_blocking=True) for x in v]
         return v
     return {k: move(v) for k, v in batch.items()}
+
+
+def make_task_weighting(weighting: Any, options: Mapping[str, Any] | None, tasks: Sequence[str]) -> Any:
+    """A :class:`~mtlkit.weighting.Weighting` for ``tasks``: built from its name, or checked when given built."""
+    from mtlkit.weighting import Weighting, make_weighting
+
+    if not isinstance(weighting, Weighting):
+        return make_weighting(str(weighting), tuple(tasks), **dict(options or {}))
+    unknown = [t for t in tasks if t not in weighting.tasks]
+    if unknown:
+        raise ValueError(f"the weighting {type(weighting).__name__} has no weight for tasks {unknown}; "
+                         f"it knows {list(weighting.tasks)}")
+    return weighting
+
+
+def eval_steps(dataset: Dataset, world_size: int, batch_size: int, max_steps: int | None = None) -> int:
+    """Batches per evaluation pass: ranks loop in lockstep over their shards, the first shard is the longest."""
+    steps = math.ceil(len(range(0, len(dataset), world_size)) / batch_size)
+    return steps if max_steps is None else min(steps, max_steps)
+
+
+def float_preds(preds: Any) -> Any:
+    """Predictions in float32 (autocast may give float16); dicts are converted recursively."""
+    if isinstance(preds, torch.Tensor):
+        return preds.float() if preds.is_floating_point() else preds
+    if isinstance(preds, Mapping):
+        return {k: float_preds(v) for k, v in preds.items()}
+    return preds
