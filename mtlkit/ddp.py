@@ -125,7 +125,8 @@ def resolve_device(request: str | torch.device, info: DistInfo) -> torch.device:
     device = torch.device(request)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device='cuda' but no CUDA device is available; use device='auto' or 'cpu'")
+            raise ValueError("device='cuda' but no CUDA device is available; use device='auto' or 'cpu' "
+                             "(--device auto or cpu)")
         if device.index is None:
             device = torch.device("cuda", info.local_rank if info.enabled else torch.cuda.current_device())
     return device

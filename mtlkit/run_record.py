@@ -1,5 +1,7 @@
-"""What a Trainer run records: its history (per-epoch losses, metrics, weights, timings), the best-epoch score
-and the ``metrics.json`` document.
+"""What a Trainer run records: its history, the best-epoch score and ``metrics.json``: config, versions, parameter
+counts, per-epoch train losses/metrics, validation metrics and loss weights, per-step weights, the best epoch, the
+test metrics of the best model (computed once, at the end), timings, and for ``max_steps`` runs the cap and the
+projected full-length time (``timings.projected_full_seconds``).
 
 Best-epoch rule: the score of epoch e is the mean over tasks of the direction-aware relative change of the task's
 ``delta_metric`` on the validation set with respect to the FIRST epoch (a Δm against epoch 0, in percent):
@@ -69,7 +71,7 @@ def projected_seconds(timings: Mapping[str, Any], capped: Mapping[str, Any], epo
 
 
 def metrics_document(trainer: Any, finished: bool, test: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``metrics.json`` content of ``trainer`` (see :mod:`mtlkit.train` for what each part holds)."""
+    """The ``metrics.json`` content of ``trainer`` (``finished``: the test set was evaluated and nothing follows)."""
     import mtlkit
     from mtlkit.models import count_parameters
 

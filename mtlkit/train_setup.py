@@ -30,12 +30,12 @@ def resolve_tasks(dataset: Dataset, model: nn.Module, tasks: Sequence[str] | Map
         tasks = [t for t in labelled if not model_tasks or t in model_tasks]
         if not tasks:
             raise ValueError(f"the model predicts {list(model_tasks)} but dataset {ds_name} labels {list(labelled)}: "
-                             "no task in common; pass tasks= or build the model for the dataset's tasks")
+                             "no task in common; pass tasks= (--tasks) or build the model for the dataset's tasks")
     if isinstance(tasks, str):
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
     given = dict(tasks) if isinstance(tasks, Mapping) else {str(t): None for t in tasks}
     if not given:
-        raise ValueError("no tasks to train; pass tasks=['semseg', ...] or leave tasks=None")
+        raise ValueError("no tasks to train; pass tasks=['semseg', ...] (--tasks semseg,...) or leave tasks=None")
     missing = [t for t in given if t not in labelled]
     if missing:
         raise ValueError(f"task(s) {missing} have no labels in dataset {ds_name}; it labels {list(labelled)}")
