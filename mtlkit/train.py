@@ -364,8 +364,11 @@ class Trainer:
         ckpt = find_checkpoint(self.out_dir, report=d.is_main) if c.resume else None
         if ckpt is not None:
             restore_trainer_state(self, ckpt)
-            if d.is_main and self.start_epoch < c.epochs:
-                print(f"mtlkit: resuming {self.out_dir} at epoch {self.start_epoch + 1}/{c.epochs}", file=sys.stderr)
+            if d.is_main:
+                print(f"mtlkit: resuming {self.out_dir} at epoch {self.start_epoch + 1}/{c.epochs}"
+                      if self.start_epoch < c.epochs else f"mtlkit: {self.out_dir} already finished its {c.epochs} "
+                      "epoch(s): evaluating its best epoch again (resume=False / --no-resume trains afresh)",
+                      file=sys.stderr)
         if d.enabled and self._train_model is self.model:
             self._train_model = d.wrap(self.model, self.device, find_unused_parameters=c.task_schedule is not None)
             d.broadcast_(self.weighting.parameters())

@@ -64,3 +64,8 @@ def test_max_steps_from_the_command_line_records_a_capped_run(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["max_steps"] == 1 and metrics["capped"]["cut"]
     assert metrics["config"]["model_options"] == {"width": 4}
+    # the same command again says that the run was already finished, and trains nothing
+    assert main([*UNIT, "--model-opt", "width=4", "--max-steps", "1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "already finished its 1 epoch(s)" in err and "--no-resume trains afresh" in err
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == metrics["epochs"]
