@@ -2,7 +2,7 @@
 
 The same model (same initial weights), the same batches (same DataLoader order) and the same losses go through
 (a) a bare loop: zero_grad, forward, the tasks' losses, their sum (Equal weighting), backward, Adam step (fused,
-as the Trainer builds it); and
+as the Trainer builds it): what ``mtlkit.train.train_step`` does, written out without its options; and
 (b) ``Trainer(...).fit()``: the same epochs with everything the notebooks get (construction checks, training
 metrics, per-step weight log, progress, checkpoint + metrics.json every epoch), without validation (the meters'
 share of an evaluation pass is the ``meters`` benchmark).
@@ -73,12 +73,13 @@ def bare_loop(name, options, train, tasks, epochs: int, batch_size: int) -> tupl
 def trainer_fit(name, options, train, tasks, epochs: int, batch_size: int, out: Path,
                 progress: bool = False) -> tuple[float, float, float, dict]:
     """(fit wall seconds from construction on, fit CPU seconds, the Trainer's own training-loop seconds, metrics)."""
-    from mtlkit.train import Trainer
+    from mtlkit.train import TrainConfig, Trainer
 
     model = _model(name, options, tasks)
     t0, c0 = time.perf_counter(), time.process_time()
-    trainer = Trainer(model, train, tasks=tasks, out_dir=out, epochs=epochs, batch_size=batch_size, lr=1e-3,
-                      device="cpu", resume=False, progress=progress)
+    config = TrainConfig(tasks=tasks, out_dir=out, epochs=epochs, batch_size=batch_size, lr=1e-3, device="cpu",
+                         resume=False, progress=progress)
+    trainer = Trainer(model, train, config=config)
     metrics = trainer.fit()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return seconds, cpu, sum(metrics["timings"]["train_seconds"]), metrics
@@ -115,7 +116,8 @@ def profile_fit(name, options, train, tasks, epochs: int, batch_size: int, out: 
     prof.disable()
     stream = io.StringIO()
     stats = pstats.Stats(prof, stream=stream).sort_stats("cumulative")
-    stats.print_stats(r"mtlkit/(train|checkpoint|atomic|metrics|weighting|tasks)\.py", top)
+    stats.print_stats(r"mtlkit/(train\w*|checkpoint|atomic|metrics|weighting|tasks|ddp|optim|progress|run_record)\.py",
+                      top)
     lines = [line for line in stream.getvalue().splitlines() if line.strip()]
     start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
     return "\n".join(line.replace(str(Path.cwd()) + "/", "") for line in lines[start:])

@@ -1,13 +1,15 @@
-"""Checkpoint files: atomic writes, rotation (``last.pt`` / ``prev.pt`` / ``best.pt``), safe loading, RNG states.
+"""Checkpoint files: atomic writes, rotation (``last.pt`` / ``prev.pt`` / ``best.pt``), safe loading, RNG states,
+and a Trainer's full state (what an exact resume needs: model, optimiser, scheduler, weighting, GradScaler, RNGs,
+history, config).
 
 Checkpoints hold only tensors, dicts, lists, numbers and strings so that they load with
 ``torch.load(weights_only=True)`` (no pickled code runs when a checkpoint is opened).
 """
 from __future__ import annotations
 
-import json
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,8 +19,9 @@ import torch
 from mtlkit.atomic import atomic_write_with
 
 __all__ = [
-    "save_checkpoint", "load_checkpoint", "rotate_and_save",
-    "CheckpointError", "get_rng_state", "set_rng_state", "state_dict_mismatch",
+    "save_checkpoint", "load_checkpoint", "rotate_and_save", "find_checkpoint", "CheckpointError",
+    "CheckpointMismatchError", "trainer_state", "restore_trainer_state", "get_rng_state", "set_rng_state",
+    "state_dict_mismatch",
 ]
 
 
@@ -60,6 +63,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(f"{path} is not an mtlkit checkpoint (no 'model' entry)")
     return obj
+
+
+def find_checkpoint(folder: str | os.PathLike, report: bool = True) -> dict[str, Any] | None:
+    """The checkpoint to resume from in ``folder``: ``last.pt``, else ``prev.pt`` when ``last.pt`` is missing or
+    corrupt (said on stderr when ``report``), else None."""
+    last, prev = Path(folder) / "last.pt", Path(folder) / "prev.pt"
+    for path in (last, prev):
+        if not path.exists():
+            continue
+        try:
+            return load_checkpoint(path)
+        except CheckpointError as exc:
+            if report:
+                other = "prev.pt" if path == last and prev.exists() else "nothing (starting afresh)"
+                print(f"mtlkit: {path} is corrupt ({str(exc).split(': ', 1)[-1][:120]}); resuming from {other}",
+                      file=sys.stderr)
+    return None
 
 
 # -- RNG states as plain data ------------------------------------------------------------------------------------
@@ -111,3 +131,57 @@ def state_dict_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str
 def _short(keys: list[str], n: int = 5) -> str:
     head = ", ".join(keys[:n])
     return f"[{head}{f', ... +{len(keys) - n} more' if len(keys) > n else ''}]"
+
+
+# -- a Trainer's full state ---------------------------------------------------------------------------------------
+class CheckpointMismatchError(CheckpointError, ValueError):
+    """The checkpoint in ``out_dir`` belongs to another model (state-dict keys or shapes differ)."""
+
+
+def trainer_state(trainer: Any) -> dict[str, Any]:
+    """Everything a :class:`~mtlkit.train.Trainer` needs to resume exactly (``weights_only``-loadable)."""
+    return {
+        "format": 1,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+        "weighting": trainer.weighting.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "rng": get_rng_state(),
+        "epoch": trainer.history["epochs"][-1]["epoch"] if trainer.history["epochs"] else -1,
+        "global_step": trainer.global_step,
+        "history": trainer.history,
+        "config": trainer.run_config,
+    }
+
+
+def restore_trainer_state(trainer: Any, ckpt: Mapping[str, Any]) -> None:
+    """Load a :func:`trainer_state` into ``trainer``; a checkpoint of another model fails before anything changes."""
+    out, fix = trainer.out_dir, "Use another out_dir (--out), or resume=False (--no-resume) to start afresh"
+    problems = state_dict_mismatch(trainer.model.state_dict(), ckpt["model"])
+    if problems:
+        raise CheckpointMismatchError(f"the checkpoint in {out} belongs to another model ({'; '.join(problems)}). "
+                                      f"{fix} (the old checkpoints will be overwritten).")
+    trainer.model.load_state_dict(ckpt["model"])
+    try:
+        trainer.weighting.load_state_dict(ckpt["weighting"])
+    except RuntimeError as exc:
+        raise CheckpointMismatchError(f"the checkpoint in {out} has another weighting state: {exc}. {fix}.") from None
+    try:
+        trainer.optimizer.load_state_dict(ckpt["optimizer"])
+        if trainer.scheduler is not None and ckpt.get("scheduler") is not None:
+            trainer.scheduler.load_state_dict(ckpt["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointMismatchError(f"the optimiser/scheduler state in {out} does not fit this run ({exc}); "
+                                      f"were param_groups or the optimiser changed? {fix}.") from None
+    old, new = ckpt.get("config") or {}, trainer.run_config
+    changed = sorted(k for k in set(old) | set(new) if k not in ("out_dir", "epochs") and old.get(k) != new.get(k))
+    if changed and trainer.dist.is_main:
+        print(f"mtlkit: resuming with a changed config ({', '.join(changed)}); the new values apply from now",
+              file=sys.stderr)
+    if ckpt.get("scaler"):
+        trainer.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    trainer.history = ckpt["history"]
+    trainer.global_step = int(ckpt["global_step"])
+    trainer.start_epoch = int(ckpt["epoch"]) + 1

@@ -1,5 +1,6 @@
-"""The Trainer under ``torchrun --nproc_per_node=2`` on CPU (gloo): one metrics.json, ranks stay in sync, and the
-validation metrics gathered across ranks equal a single-process evaluation of the same weights."""
+"""The Trainer under ``torchrun --nproc_per_node=2`` on CPU (gloo): one metrics.json, ranks stay in sync, the
+validation metrics gathered across ranks equal a single-process evaluation of the same weights, and a max_steps run
+stops every rank after the same step."""
 from __future__ import annotations
 
 import json
@@ -43,12 +44,13 @@ SCRIPT = textwrap.dedent("""
 
     data = [get_dataset("synthetic-nyu", s, preset="unit") for s in ("train", "val", "test")]
     # a plain loss weighting with learnable weights (DDP's gradient path) and a gradient method (its own path)
-    for weighting in sys.argv[2:]:
-        out = os.path.join(root, weighting)
+    for run in sys.argv[2:]:
+        out = os.path.join(root, run)
         seed_everything(rank)  # different initial weights per rank: DDP must broadcast rank 0's
         model = TinyMTLNet({"semseg": 13, "depth": 1, "normals": 3}, width=4)
+        weighting, max_steps = ("equal", 1) if run == "capped" else (run, None)
         Trainer(model, *data, out_dir=out, epochs=2, batch_size=2, weighting=weighting, lr=1e-2, seed=0,
-                progress=False, callbacks=[on_epoch_end]).fit()
+                max_steps=max_steps, progress=False, callbacks=[on_epoch_end]).fit()
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 """)
@@ -59,11 +61,12 @@ def _checksum_files(out):
 
 
 WEIGHTINGS = ("uncertainty", "pcgrad")
+RUNS = (*WEIGHTINGS, "capped")  # capped: max_steps=1, every rank stops after the same step
 
 
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory):
-    """One torchrun launch (2 processes) training one run per weighting; returns the runs' root folder."""
+    """One torchrun launch (2 processes) training one run per weighting and a capped one; returns the root folder."""
     from mtlkit.data import get_dataset
 
     for s in ("train", "val", "test"):  # build the data cache here so that the two ranks do not race to write it
@@ -71,12 +74,12 @@ def ddp_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     script = root / "ddp_child.py"
     script.write_text(SCRIPT)
-    for w in WEIGHTINGS:
-        (root / w).mkdir()
+    for run in RUNS:
+        (root / run).mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(root),
-         *WEIGHTINGS],
+         *RUNS],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -120,3 +123,18 @@ def test_torchrun_two_processes(ddp_runs, tmp_path, weighting):
     want = metrics["epochs"][-1]["val"]
     for task in want:
         assert got[task] == pytest.approx(want[task], rel=1e-4, abs=1e-5)
+
+
+def test_torchrun_max_steps_stops_every_rank_together(ddp_runs):
+    from mtlkit.data import get_dataset
+
+    out = ddp_runs / "capped"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["finished"] and len(metrics["step_weights"]["values"]) == 2  # 2 epochs x 1 step
+    n_train, n_val = (len(get_dataset("synthetic-nyu", s, preset="unit")) for s in ("train", "val"))
+    assert metrics["capped"]["full_steps"]["train"] == math.ceil(math.ceil(n_train / 2) / 2)  # per rank
+    assert metrics["capped"]["full_steps"]["val"] == math.ceil(math.ceil(n_val / 2) / 2)
+    assert metrics["capped"]["run_steps"] == {"train": 1, "val": 1, "test": 1}
+    for epoch in (0, 1):
+        r0, r1 = (json.loads((out / f"rank{r}-epoch{epoch}.json").read_text()) for r in (0, 1))
+        assert r0["params"] == r1["params"]

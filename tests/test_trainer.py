@@ -1,10 +1,12 @@
-"""The Trainer: determinism, exact resume after SIGKILL, checkpoint failures, NaN stop, validation of inputs,
-learning rates, logged weights and best-epoch selection (unit preset, tiny model)."""
+"""The Trainer: determinism, exact resume after SIGKILL, checkpoint failures, NaN stop, validation of inputs and
+options (TrainConfig), train_step as the Trainer's step, learning rates, logged weights, best-epoch selection,
+progress reports and capped (max_steps) runs (unit preset, tiny model)."""
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,15 +20,19 @@ import torch.nn as nn
 from mtlkit.checkpoint import load_checkpoint
 from mtlkit.data import get_dataset
 from mtlkit.models import build
+from mtlkit.progress import progress_mode
 from mtlkit.train import (
     Callback,
     CheckpointMismatchError,
     NonFiniteLossError,
+    TrainConfig,
+    TrainConfigError,
     Trainer,
-    main,
     seed_everything,
-    train_single_task,
+    train_step,
 )
+from mtlkit.train_cli import main, train_single_task
+from mtlkit.weighting import make_weighting
 
 TASKS = {"semseg": 13, "depth": 1, "normals": 3}
 
@@ -388,3 +394,135 @@ def test_single_task_baseline_and_cli(tmp_path):
     cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert cli["config"]["tasks"] == ["semseg", "depth"]
     assert cli["epochs"][0]["weights"] == {"semseg": 0.5, "depth": 0.5}
+
+
+# -------------------------------------------------------------------------------------- TrainConfig
+@pytest.mark.parametrize("options,message", [
+    ({"epochs": 0}, "epochs=0: must be an integer >= 1"),
+    ({"batch_size": 2.5}, "batch_size=2.5: must be an integer >= 1"),
+    ({"lr": -1e-3}, "lr=-0.001: must be a finite number > 0"),
+    ({"lr": float("nan")}, "lr=nan: must be a finite number > 0"),
+    ({"momentum": 1.5}, r"momentum=1.5: must be in \[0, 1\)"),
+    ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'; valid optimizers: adam, adamw, sgd"),
+    ({"task_schedule": "step"}, "unknown task_schedule 'step'; valid values: None, epoch, iteration"),
+    ({"device": "gpu"}, "device='gpu': valid devices are auto, cpu, cuda, cuda:N, mps"),
+    ({"progress": "fancy"}, "progress='fancy': valid values are .* auto, bars, text, lines, off"),
+    ({"max_steps": 0}, "max_steps=0: must be None or an integer >= 1"),
+    ({"resume": "no"}, "resume='no': must be True or False"),
+    ({"grad_clip": 0}, "grad_clip=0: must be None or a finite number > 0"),
+    ({"epoch": 3}, "unknown Trainer option 'epoch' \\(did you mean 'epochs'\\?\\); valid options: out_dir, epochs"),
+])
+def test_train_config_names_the_bad_option_and_the_valid_values(tmp_path, options, message):
+    with pytest.raises(TrainConfigError, match=message):
+        TrainConfig.from_options(**options)
+    with pytest.raises(ValueError, match=message):  # the keyword form goes through the same checks
+        Trainer(tiny(), nyu("train"), out_dir=tmp_path, **options)
+
+
+def test_config_and_keyword_forms_are_the_same_run(tmp_path):
+    config = TrainConfig(out_dir=tmp_path / "a", epochs=1, batch_size=4, lr=3e-3, weighting="dwa", progress=False)
+    a = Trainer(tiny(), nyu("train"), nyu("val"), config=config).fit()
+    b = make(tmp_path / "b", epochs=1, lr=3e-3, weighting="dwa", test=False).fit()
+    assert without_timings(a) == without_timings(b)
+    # keywords next to a config replace its values; a dict config is the older spelling of extra=
+    t = Trainer(tiny(), nyu("train"), config=config, epochs=3, out_dir=tmp_path / "c")
+    assert t.config.epochs == 3 and config.epochs == 1 and t.run_config["lr"] == 3e-3
+    old = Trainer(tiny(), nyu("train"), out_dir=tmp_path / "d", config={"model": "tiny"}, progress=False)
+    assert old.config.extra == {"model": "tiny"} and old.run_config["model"] == "tiny"
+
+
+# -------------------------------------------------------------------------------------- train_step
+@pytest.mark.parametrize("weighting", ["equal", "pcgrad"])
+def test_train_step_in_a_plain_loop_is_the_trainers_training(tmp_path, weighting):
+    """A loop of train_step over the Trainer's batches ends with bit-identical weights: train_step is the step."""
+    trainer = make(tmp_path, epochs=1, val=False, test=False, weighting=weighting, train_metrics=False)
+    loader = trainer._loader(nyu("train"), epoch=0)  # the Trainer's shuffled batches of epoch 0
+    trainer.fit()
+    model = tiny()
+    tasks = {t: trainer.tasks[t] for t in TASKS}
+    method = make_weighting(weighting, list(TASKS))
+    shared = [p for n, p in model.named_parameters() if not n.startswith("heads")]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    model.train()
+    for batch in loader:
+        preds, losses, total = train_step(model, batch, tasks, method, optimizer, shared=shared)
+        assert set(losses) == set(TASKS) and total.shape == () and not total.requires_grad
+        assert preds["semseg"].shape == (len(batch["image"]), 13, *batch["image"].shape[-2:])
+    want = trainer.model.state_dict()
+    assert all(torch.equal(want[k], v) for k, v in model.state_dict().items())
+
+
+# -------------------------------------------------------------------------------------- progress
+def test_progress_is_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MTLKIT_PROGRESS", raising=False)
+    make(tmp_path / "run", epochs=2, test=False, progress=None).fit()  # under capsys stderr is not a tty
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == "run: training 2 epoch(s)"
+    pattern = r"run: epoch {}/2: train loss \d+\.\d{{4}}, val score [+-]\d+\.\d\d%, elapsed 0:00:\d\d, ETA 0:00:\d\d$"
+    assert re.match(pattern.format(1), lines[1]) and re.match(pattern.format(2), lines[2])
+    assert lines[1].split("val score ")[1].startswith("+0.00%")  # epoch 1 is the reference of the score
+    assert lines[2].endswith("ETA 0:00:00") and len(lines) == 3
+    monkeypatch.setenv("MTLKIT_PROGRESS", "off")
+    make(tmp_path / "quiet", epochs=1, val=False, test=False, progress=None).fit()
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("MTLKIT_PROGRESS", "widgets")
+    with pytest.raises(ValueError, match="MTLKIT_PROGRESS='widgets': valid values are auto, bars, text, lines, off"):
+        make(tmp_path / "bad", epochs=1, progress=None)
+
+
+def test_progress_mode_rules(monkeypatch):
+    import mtlkit.progress as progress
+
+    monkeypatch.delenv("MTLKIT_PROGRESS", raising=False)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    monkeypatch.delenv("VSCODE_PID", raising=False)
+    assert progress_mode(False) == "off" and progress_mode("text") == "text"
+    assert progress_mode(None) == progress_mode(True) == "lines"  # not a terminal, not a notebook
+    monkeypatch.setattr(progress, "_stderr_is_terminal", lambda: True)
+    assert progress_mode(None) == "bars"
+    monkeypatch.setattr(progress, "_notebook_kernel", lambda: True)
+    assert progress_mode(None) == "text"  # a kernel nobody watches (papermill, nbval): text, never widgets
+    monkeypatch.setenv("JPY_SESSION_NAME", "notebooks/01.ipynb")  # JupyterLab started the kernel
+    assert progress_mode(None) == "bars"
+    monkeypatch.setenv("MTLKIT_PROGRESS", "lines")
+    assert progress_mode(None) == progress_mode(True) == "lines" and progress_mode(False) == "off"
+
+
+def test_an_interrupt_leaves_the_progress_on_its_own_line(tmp_path, capsys):
+    def stop(trainer, epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make(tmp_path, epochs=3, val=False, test=False, progress="text", callbacks=[stop]).fit()
+    err = capsys.readouterr().err
+    assert "training:  33%" in err and err.endswith("\n")  # the bar was closed: the next message starts a line
+
+
+# -------------------------------------------------------------------------------------- max_steps
+class CountForwards(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.tasks, self.calls = inner, inner.tasks, {True: 0, False: 0}
+
+    def forward(self, images):
+        self.calls[self.training] += 1
+        return self.inner(images)
+
+
+def test_max_steps_caps_training_and_evaluation_and_projects_the_full_cost(tmp_path):
+    model = CountForwards(tiny())
+    m = make(tmp_path, model=model, epochs=2, batch_size=1, max_steps=2).fit()
+    full = {s: len(nyu(s)) for s in ("train", "val", "test")}  # batches of one image
+    assert min(full.values()) > 2  # the cap does cut every pass
+    assert model.calls[True] == 2 * 2  # 2 epochs x 2 steps
+    assert model.calls[False] == 1 + 2 * 2 + 2  # the output check, 2 validations and the test, 2 steps each
+    assert m["capped"] == {"max_steps": 2, "cut": True, "full_steps": full, "run_steps": {s: 2 for s in full}}
+    assert m["config"]["max_steps"] == 2 and len(m["step_weights"]["values"]) == 4
+    t = m["timings"]
+    assert t["train_steps"] == [2, 2]
+    assert t["seconds_per_train_step"] == pytest.approx(sum(t["train_seconds"]) / 4)
+    per_eval = sum(t["eval_seconds"]) / 4
+    want = 2 * (full["train"] * t["seconds_per_train_step"] + full["val"] * per_eval) + full["test"] * per_eval
+    assert t["projected_full_seconds"] == pytest.approx(want)
+    # an uncapped run records no cap
+    assert "capped" not in make(tmp_path / "full", epochs=1, val=False, test=False).fit()
