@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from mtlkit import pretrain
-from mtlkit.models import build
-from mtlkit.models import encoders
+from mtlkit.models import build, encoders
 from mtlkit.models.encoders import PretrainedWeightsUnavailable, create_encoder
 from mtlkit.pretrain import (CLASS_NAMES, PRETRAIN_DATA_SEED, PRETRAIN_PRESETS, load_pretrained_encoder,
                              pretrain_encoder, stand_in_data, stand_in_label, stand_in_path)
