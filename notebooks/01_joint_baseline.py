@@ -13,7 +13,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] papermill={"duration": 0.035046, "end_time": "2026-12-07T21:49:59.631190+00:00", "exception": false, "start_time": "2026-12-07T21:49:59.596144+00:00", "status": "completed"}
 # # 01 · The joint baseline: one DeepLabV3+ for segmentation and depth
 #
 # **Learning goals.** After this notebook you can
@@ -29,7 +29,7 @@
 # This is the DLAD course's starting point (Cityscapes-like street scenes: 19 semantic classes + metric depth).
 # Notebooks 02–05 change one thing at a time (branches, distillation, ...) and compare with the baseline built here.
 
-# %% tags=["parameters"]
+# %% papermill={"duration": 0.048559, "end_time": "2026-12-07T21:49:59.700231+00:00", "exception": false, "start_time": "2026-12-07T21:49:59.651672+00:00", "status": "completed"} tags=["parameters"]
 import os
 
 PRESET = os.environ.get("MTLKIT_PRESET", "smoke")  # unit | smoke | lesson | paper
@@ -38,6 +38,7 @@ SEED = 0
 DATA = "auto"  # "auto": the preset's dataset (synthetic-city; the paper preset uses the real MiniScapes data)
 OUT_DIR = "../runs/notebooks/01_joint_baseline"
 PRETRAINED = None  # ImageNet initialisation of the encoder; None -> the preset's (paper: True, needs the HF hub)
+MAX_STEPS = None  # a dry run: stop each training epoch and evaluation after this many batches (None: whole epochs)
 EPOCHS = None  # None -> the preset's (smoke: 3, on the first 96 training images)
 OPTIMIZER = None  # "sgd" | "adam" | "adamw"; None -> the preset's (smoke: adam, paper: sgd)
 LR = None  # None -> the preset's (smoke: 1e-3, paper: 0.01)
@@ -48,7 +49,7 @@ MINI_GRID_IMAGES = 32  # training (and validation) images per mini-grid run: the
 MINI_GRID_EPOCHS = 1
 N_SHOW = 3  # test images in the prediction figure
 
-# %%
+# %% papermill={"duration": 12.556315, "end_time": "2026-12-07T21:50:12.288148+00:00", "exception": false, "start_time": "2026-12-07T21:49:59.731833+00:00", "status": "completed"}
 import json
 import math
 from pathlib import Path
@@ -61,9 +62,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mtlkit import viz
-from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_setup, relative_error, subset, summarize,
-                           train_or_load, write_notebook_results)
+from mtlkit import course, viz
+from mtlkit.course import REFERENCE_RESULTS, course_table, relative_error, subset, summarize, write_notebook_results
 from mtlkit.data import collate
 from mtlkit.metrics import grader_score
 from mtlkit.models import build, count_parameters
@@ -75,31 +75,28 @@ out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
 
 # The preset's schedule with every knob that is not None applied on top, its data (smoke: the first 96 training
-# and 32 validation images), tasks and model options.
-overrides = {k: v for k, v in dict(optimizer=OPTIMIZER, lr=LR, batch_size=BATCH_SIZE, pretrained=PRETRAINED).items()
-             if v is not None}
-setup = deeplab_setup(PRESET, data=DATA, seed=SEED, device=DEVICE, study=False, epochs=EPOCHS, **overrides)
+# and 32 validation images), tasks, model and Trainer options: one call.
+setup = course.deeplab.setup(PRESET, data=DATA, seed=SEED, device=DEVICE, out_dir=OUT_DIR, study=False,
+                             epochs=EPOCHS, pretrained=PRETRAINED, max_steps=MAX_STEPS, optimizer=OPTIMIZER, lr=LR,
+                             batch_size=BATCH_SIZE)
 schedule, DATA_NAME, splits = setup.schedule, setup.data, setup.splits
 w_seg = schedule["loss_weights"]["semseg"] if SEMSEG_WEIGHT is None else float(SEMSEG_WEIGHT)
 if not 0.0 <= w_seg <= 1.0:
     raise ValueError(f"SEMSEG_WEIGHT must be in [0, 1] (depth gets 1 - SEMSEG_WEIGHT); got {SEMSEG_WEIGHT}")
 LOSS_WEIGHTS = {"semseg": w_seg, "depth": 1.0 - w_seg}
 HPARAMS = {"OPTIMIZER": schedule["optimizer"], "LR": float(schedule["lr"]), "BATCH_SIZE": int(schedule["batch_size"]),
-           "SEMSEG_WEIGHT": w_seg, "EPOCHS": int(schedule["epochs"]), "PRETRAINED": bool(schedule.get("pretrained"))}
+           "SEMSEG_WEIGHT": w_seg, "EPOCHS": int(schedule["epochs"]), "PRETRAINED": bool(schedule["pretrained"])}
 
 train_set = splits["train"]
 TASKS, TASK_CHANNELS = setup.tasks, setup.task_channels  # {"semseg": Task, "depth": Task}, {"semseg": 19, "depth": 1}
 MODEL_OPTIONS = setup.model_options
 
-# %%
+# %% papermill={"duration": 0.071239, "end_time": "2026-12-07T21:50:12.390948+00:00", "exception": false, "start_time": "2026-12-07T21:50:12.319709+00:00", "status": "completed"}
 # NBVAL_CHECK_OUTPUT
-print(f"data: {DATA_NAME} ({schedule['data_preset']}), images {'x'.join(map(str, train_set.image_size))}, "
-      f"train/val/test = {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])}")
-print(f"tasks and output channels: {TASK_CHANNELS}")
-print(f"model: deeplab-joint, {MODEL_OPTIONS}")
-print(f"schedule: {HPARAMS}, scheduler={schedule['scheduler']}, weight_decay={schedule['weight_decay']}")
+print(setup.describe())  # a note says so where the preset's test split has no labels (MiniScapes withholds them)
+print(f"model: deeplab-joint; schedule: {HPARAMS}")
 
-# %% [markdown]
+# %% [markdown] papermill={"duration": 0.039545, "end_time": "2026-12-07T21:50:12.463181+00:00", "exception": false, "start_time": "2026-12-07T21:50:12.423636+00:00", "status": "completed"}
 # ## 1 · The idea: share everything, split only the last layer
 #
 # A **joint** model is the cheapest multi-task network: every parameter but the last few is shared, so the tasks
@@ -127,14 +124,14 @@ print(f"schedule: {HPARAMS}, scheduler={schedule['scheduler']}, weight_decay={sc
 # $\text{SI-log} = 100\sqrt{\overline{\delta^2} - \bar\delta^{\,2}}$ with $\delta = \log d - \log \hat d$ over valid
 # pixels (both clamped at 0.01 m), averaged over images. A model below 50 % mIoU *and* above 50 SI-log scores 0.
 
-# %% [markdown]
+# %% [markdown] papermill={"duration": 0.036052, "end_time": "2026-12-07T21:50:12.531523+00:00", "exception": false, "start_time": "2026-12-07T21:50:12.495471+00:00", "status": "completed"}
 # ## 2 · The key module, written out: the joint decoder head
 #
 # Below is the decoder in full. It uses the library's parameter names (`skip`, `fuse`, `classifier`), so the
 # library decoder's weights load into it with `load_state_dict(strict=True)` — which already checks that every
 # layer has the right shape.
 
-# %%
+# %% papermill={"duration": 10.622898, "end_time": "2026-12-07T21:50:23.182346+00:00", "exception": false, "start_time": "2026-12-07T21:50:12.559448+00:00", "status": "completed"}
 class JointDecoder(nn.Module):
     """DeepLabV3+ decoder of the joint model, with the task split.
 
@@ -194,7 +191,7 @@ errors = {t: relative_error(got[t], expected[t]) for t in TASK_CHANNELS}
 for t, err in errors.items():
     print(f"{t}: relative error: {err:.1e}")
 
-# %%
+# %% papermill={"duration": 0.084137, "end_time": "2026-12-07T21:50:23.335780+00:00", "exception": false, "start_time": "2026-12-07T21:50:23.251643+00:00", "status": "completed"}
 # NBVAL_CHECK_OUTPUT
 print(f"image {tuple(images.shape)} -> skip {tuple(skip.shape)}, encoder features {tuple(features.shape)}, "
       f"ASPP {tuple(aspp.shape)}")
@@ -205,14 +202,14 @@ for t, err in errors.items():
     print(f"{t}: relative error < 1e-6: {err < 1e-6}")
 assert all(err < 1e-6 for err in errors.values())
 
-# %% [markdown]
+# %% [markdown] papermill={"duration": 0.048076, "end_time": "2026-12-07T21:50:23.427619+00:00", "exception": false, "start_time": "2026-12-07T21:50:23.379543+00:00", "status": "completed"}
 # ### Where the parameters are
 #
 # The smoke preset trains a narrow model (ResNet-18, 64-channel ASPP and decoder) because the full one is too slow
 # for a CPU. The parameter count is checked on the **full-size** model of the course (ResNet-34, 256 channels),
 # built without running it. The DLAD reference is 26.72 M.
 
-# %%
+# %% papermill={"duration": 2.214279, "end_time": "2026-12-07T21:50:25.689994+00:00", "exception": false, "start_time": "2026-12-07T21:50:23.475715+00:00", "status": "completed"}
 # NBVAL_CHECK_OUTPUT
 full = build("deeplab-joint", {"semseg": 19, "depth": 1}, encoder="resnet34")
 counts = count_parameters(full)
@@ -227,13 +224,13 @@ small = count_parameters(build("deeplab-joint", TASK_CHANNELS, **{**MODEL_OPTION
 print(f"the {PRESET} model trained below: {small['total']:,} parameters")
 del full
 
-# %% [markdown]
+# %% [markdown] papermill={"duration": 0.135987, "end_time": "2026-12-07T21:50:25.988192+00:00", "exception": false, "start_time": "2026-12-07T21:50:25.852205+00:00", "status": "completed"}
 # ## 3 · The multi-task loss, written out
 #
 # Each task's loss masks what is not labelled; the total is the weighted sum. Written out and compared with the
 # task registry's losses (what the Trainer uses, through the `static` weighting):
 
-# %%
+# %% papermill={"duration": 0.577053, "end_time": "2026-12-07T21:50:26.620779+00:00", "exception": false, "start_time": "2026-12-07T21:50:26.043726+00:00", "status": "completed"}
 def joint_loss(out: dict[str, torch.Tensor], batch: dict, weights: dict[str, float]) -> torch.Tensor:
     """w_seg * CE (ignore -1) + w_depth * L1 (valid depth > 0), each a mean over its valid pixels."""
     labels = batch["semseg"]  # [B, H, W], -1 = ignore
@@ -252,19 +249,20 @@ loss_error = relative_error(ours_loss, library_loss)
 print(f"loss {float(ours_loss):.4f} vs {float(library_loss):.4f}: relative error: {loss_error:.1e}")
 print(f"invalid depth pixels in this batch: {100 * float((batch['depth'] <= 0).float().mean()):.1f} %")
 
-# %%
+# %% papermill={"duration": 0.104637, "end_time": "2026-12-07T21:50:26.801046+00:00", "exception": false, "start_time": "2026-12-07T21:50:26.696409+00:00", "status": "completed"}
 # NBVAL_CHECK_OUTPUT
 print(f"multi-task loss: relative error < 1e-6: {loss_error < 1e-6}")
 assert loss_error < 1e-6
 
-# %% [markdown]
+# %% [markdown] papermill={"duration": 0.059945, "end_time": "2026-12-07T21:50:26.935830+00:00", "exception": false, "start_time": "2026-12-07T21:50:26.875885+00:00", "status": "completed"}
 # ## 4 · Training through the Trainer
 #
-# `train_or_load` hands the model to the Trainer (checkpoints every epoch, best epoch chosen on **validation**, test
-# metrics computed once with the best weights) — or, when `OUT_DIR` already holds this exact run, loads it. A small
+# `course.run` seeds, builds the model and hands it to the Trainer (checkpoints every epoch, best epoch chosen on
+# **validation**, test metrics computed once with the best weights) — or, when `OUT_DIR` already holds a finished
+# run with the same fingerprint (the model and options built, tasks, data, Trainer options), loads it. A small
 # callback records the per-step losses for the curves below.
 
-# %%
+# %% papermill={"duration": 96.890839, "end_time": "2026-12-07T21:52:03.890652+00:00", "exception": false, "start_time": "2026-12-07T21:50:26.999813+00:00", "status": "completed"}
 class StepLosses(Callback):
     """Per-step training losses of every task, written to ``<run>/step_losses.json`` when training ends."""
 
@@ -278,37 +276,19 @@ class StepLosses(Callback):
         (trainer.out_dir / "step_losses.json").write_text(json.dumps(self.rows))
 
 
-def trainer_options(epochs: int, optimizer: str, lr: float, batch_size: int, weights: dict[str, float]) -> dict:
-    """The Trainer's arguments for one run of the study (everything else from the preset's schedule)."""
-    options = dict(epochs=int(epochs), batch_size=int(batch_size), optimizer=optimizer, lr=float(lr),
-                   weight_decay=schedule["weight_decay"], scheduler=schedule["scheduler"],
-                   weighting="static", weighting_options={"weights": dict(weights)}, device=DEVICE, seed=SEED)
-    if optimizer == "sgd":
-        options["momentum"] = schedule.get("momentum", 0.9)
-    if schedule["scheduler"] == "poly":
-        options["power"] = schedule.get("power", 0.9)
-    return options
+def read_steps(result: course.Run) -> pd.DataFrame:
+    """The per-step losses StepLosses wrote next to a run (empty when the run was loaded from an older folder)."""
+    path = result.dir / "step_losses.json"
+    return pd.DataFrame(json.loads(path.read_text())) if path.exists() else pd.DataFrame()
 
 
-def run(name: str, data: dict, epochs: int, optimizer: str, lr: float, batch_size: int,
-        weights: dict[str, float], progress: bool | None = None) -> tuple[nn.Module, dict, pd.DataFrame]:
-    """Train (or load) one joint model; returns it (best epoch's weights), its metrics.json and per-step losses."""
-    seed_everything(SEED)
-    model = build("deeplab-joint", TASK_CHANNELS, **MODEL_OPTIONS)
-    metrics = train_or_load(name, model, data, out_dir, describe={"model": "deeplab-joint", **MODEL_OPTIONS},
-                            callbacks=[StepLosses()], progress=progress,
-                            **trainer_options(epochs, optimizer, lr, batch_size, weights))
-    steps_path = out_dir / name / "step_losses.json"
-    steps = pd.DataFrame(json.loads(steps_path.read_text())) if steps_path.exists() else pd.DataFrame()
-    return model, metrics, steps
-
-
-model, metrics, steps = run("joint", splits, schedule["epochs"], schedule["optimizer"], schedule["lr"],
-                            schedule["batch_size"], LOSS_WEIGHTS)
-joint_row = summarize(metrics)  # test split, best epoch (chosen on val)
+# seed -> build -> fingerprint of what was built -> train (or load the finished run) -> best epoch's weights
+joint = course.run(setup, "joint", "deeplab-joint", loss_weights=LOSS_WEIGHTS, callbacks=[StepLosses()])
+model, metrics, steps = joint.model, joint.metrics, read_steps(joint)
+joint_row = summarize(metrics, name="joint")  # test split, best epoch (chosen on val)
 joint_val = summarize(metrics, split="val")
 
-# %%
+# %% papermill={"duration": 0.100245, "end_time": "2026-12-07T21:52:04.055814+00:00", "exception": false, "start_time": "2026-12-07T21:52:03.955569+00:00", "status": "completed"}
 best_epoch = metrics["best"]["epoch"]
 print(f"best epoch {best_epoch + 1}/{len(metrics['epochs'])} (selected on {metrics['best']['selected_on']}); "
       f"training took {joint_row['train_seconds']:.0f} s")
@@ -316,13 +296,13 @@ print(f"test: mIoU {joint_row['semseg/miou']:.1f} %, pixel acc {joint_row['semse
       f"SI-log {joint_row['depth/si_log_rmse']:.1f}, abs err {joint_row['depth/abs_err']:.2f} m -> "
       f"grader score {joint_row['grader_score']:.1f}")
 
-# %% [markdown]
+# %% [markdown] papermill={"duration": 0.049827, "end_time": "2026-12-07T21:52:04.161437+00:00", "exception": false, "start_time": "2026-12-07T21:52:04.111610+00:00", "status": "completed"}
 # ## 5 · Training curves
 #
 # Left: the per-step training losses (each task's own loss, before weighting). Right: validation mIoU and SI-log
 # per epoch from `metrics.json`; the best epoch is marked.
 
-# %%
+# %% papermill={"duration": 5.893154, "end_time": "2026-12-07T21:52:10.108376+00:00", "exception": false, "start_time": "2026-12-07T21:52:04.215222+00:00", "status": "completed"}
 epochs = pd.DataFrame([{"epoch": e["epoch"] + 1, "val mIoU (%)": e["val"]["semseg"]["miou"],
                         "val SI-log": e["val"]["depth"]["si_log_rmse"],
                         **{f"train loss {t}": e["train_loss"][t] for t in TASKS},
@@ -348,19 +328,16 @@ for ax in axes[1:]:
 plt.tight_layout()
 plt.show()
 
-# %% [markdown]
+# %% [markdown] papermill={"duration": 0.116433, "end_time": "2026-12-07T21:52:10.400222+00:00", "exception": false, "start_time": "2026-12-07T21:52:10.283789+00:00", "status": "completed"}
 # ## 6 · Predictions
 #
 # Test images with their ground truth and the model's predictions (best epoch). Black in the labels = ignored;
 # depth shares one colour scale per row, and invalid depth (sky) is left blank in the ground truth.
 
-# %%
+# %% papermill={"duration": 4.815843, "end_time": "2026-12-07T21:52:15.459842+00:00", "exception": false, "start_time": "2026-12-07T21:52:10.643999+00:00", "status": "completed"}
 test_set = splits["test"]
-device = next(model.parameters()).device
-model.eval()
 show = collate([test_set[i] for i in range(min(N_SHOW, len(test_set)))])
-with torch.no_grad():
-    pred = model(show["image"].to(device))
+pred = course.predict(model, show["image"])  # on the model's device (a GPU after training there), back on the CPU
 info = test_set.task_info["semseg"]
 fig, axes = plt.subplots(len(show["image"]), 5, figsize=(13, 1.6 * len(show["image"])), dpi=70, squeeze=False)
 for row in range(len(show["image"])):
@@ -368,9 +345,9 @@ for row in range(len(show["image"])):
     vmax = float(gt_depth[gt_depth > 0].max()) if (gt_depth > 0).any() else 1.0
     panels = [("image", show["image"][row].permute(1, 2, 0).numpy(), {}),
               ("semseg: ground truth", viz.label_to_rgb("semseg", show["semseg"][row], info)[0], {}),
-              ("semseg: prediction", viz.label_to_rgb("semseg", pred["semseg"][row].argmax(0).cpu(), info)[0], {}),
+              ("semseg: prediction", viz.label_to_rgb("semseg", pred["semseg"][row].argmax(0), info)[0], {}),
               ("depth: ground truth", np.where(gt_depth > 0, gt_depth, np.nan), {"cmap": "magma_r"}),
-              ("depth: prediction", pred["depth"][row, 0].cpu().numpy(), {"cmap": "magma_r"})]
+              ("depth: prediction", pred["depth"][row, 0].numpy(), {"cmap": "magma_r"})]
     for ax, (title, img, kw) in zip(axes[row], panels):
         if "cmap" in kw:
             kw = {**kw, "vmin": 0, "vmax": vmax}
@@ -380,7 +357,7 @@ for row in range(len(show["image"])):
 plt.tight_layout()
 plt.show()
 
-# %% [markdown]
+# %% [markdown] papermill={"duration": 0.12397, "end_time": "2026-12-07T21:52:15.732378+00:00", "exception": false, "start_time": "2026-12-07T21:52:15.608408+00:00", "status": "completed"}
 # ## 7 · The hyper-parameter study: optimiser × learning rate, then the task weight
 #
 # The course's first exercise: with everything else fixed, which optimiser and learning rate train this model
@@ -405,7 +382,7 @@ plt.show()
 # each run sees only the first `MINI_GRID_IMAGES` training images for `MINI_GRID_EPOCHS` epoch(s) — enough to see
 # which settings learn at all, not to rank close ones.
 
-# %%
+# %% papermill={"duration": 0.241708, "end_time": "2026-12-07T21:52:16.113025+00:00", "exception": false, "start_time": "2026-12-07T21:52:15.871317+00:00", "status": "completed"}
 def unclipped(row: dict) -> float:
     """mIoU - SI-log: the grader score before its max(., 0) clips (ranks models that both clip to 0)."""
     return row.get("semseg/miou", math.nan) - row.get("depth/si_log_rmse", math.nan)
@@ -438,7 +415,7 @@ run_mini = MINI_GRID is True or (MINI_GRID == "auto" and len(grid) < 2 and not i
 source = "papermill grid" if not run_mini else "reduced in-notebook grid"
 print(f"grid runs found: {len(grid)}; showing: {source}")
 
-# %%
+# %% papermill={"duration": 89.515617, "end_time": "2026-12-07T21:53:45.699828+00:00", "exception": false, "start_time": "2026-12-07T21:52:16.184211+00:00", "status": "completed"}
 mini_rows, mini_steps = [], []
 if run_mini:
     few = {split: subset(splits[split], min(MINI_GRID_IMAGES, len(splits[split]))) for split in ("train", "val")}
@@ -448,22 +425,25 @@ if run_mini:
     for optimizer in ("sgd", "adam"):
         for lr in (0.01, 0.001):
             name = f"grid_{optimizer}_lr{lr:g}"
-            _, m, s = run(name, few, MINI_GRID_EPOCHS, optimizer, lr, bs, LOSS_WEIGHTS, progress=False)
+            r = course.run(setup, name, "deeplab-joint", loss_weights=LOSS_WEIGHTS, splits=few, progress=False,
+                           callbacks=[StepLosses()],
+                           train=dict(epochs=MINI_GRID_EPOCHS, optimizer=optimizer, lr=lr, batch_size=bs))
             mini_rows.append({"run": name, "OPTIMIZER": optimizer, "LR": lr, "BATCH_SIZE": bs,
-                              "SEMSEG_WEIGHT": w_seg, **summarize(m, split="val")})
-            mini_steps.append(s.assign(run=f"{optimizer}, lr {lr:g}"))
+                              "SEMSEG_WEIGHT": w_seg, **r.summary(split="val")})
+            mini_steps.append(read_steps(r).assign(run=f"{optimizer}, lr {lr:g}"))
     best_mini = max(mini_rows, key=unclipped)
     for w in (0.25, 0.75):  # then the task weight, with the best optimiser and lr (0.5 is already in the grid)
         name = f"grid_{best_mini['OPTIMIZER']}_lr{best_mini['LR']:g}_w{w:g}"
-        _, m, _ = run(name, few, MINI_GRID_EPOCHS, best_mini["OPTIMIZER"], best_mini["LR"], bs,
-                      {"semseg": w, "depth": 1.0 - w}, progress=False)
+        r = course.run(setup, name, "deeplab-joint", loss_weights={"semseg": w, "depth": 1.0 - w}, splits=few,
+                       progress=False, train=dict(epochs=MINI_GRID_EPOCHS, optimizer=best_mini["OPTIMIZER"],
+                                                  lr=best_mini["LR"], batch_size=bs))
         mini_rows.append({"run": name, "OPTIMIZER": best_mini["OPTIMIZER"], "LR": best_mini["LR"],
-                          "BATCH_SIZE": bs, "SEMSEG_WEIGHT": w, **summarize(m, split="val")})
+                          "BATCH_SIZE": bs, "SEMSEG_WEIGHT": w, **r.summary(split="val")})
     grid = pd.DataFrame(mini_rows)
 elif grid.empty:  # MINI_GRID = False and no grid runs yet: the study has this run only
     grid = pd.DataFrame([{"run": NOTEBOOK, **HPARAMS, **joint_val}])
 
-# %%
+# %% papermill={"duration": 0.177307, "end_time": "2026-12-07T21:53:45.988488+00:00", "exception": false, "start_time": "2026-12-07T21:53:45.811181+00:00", "status": "completed"}
 grid["mIoU - SI-log"] = [unclipped(r) for r in grid.to_dict("records")]
 shown = ["run", "OPTIMIZER", "LR", "BATCH_SIZE", "SEMSEG_WEIGHT", "semseg/miou", "depth/si_log_rmse",
          "grader_score", "mIoU - SI-log"]
@@ -471,7 +451,7 @@ print(f"{source}, validation split:")
 metric_columns = ["semseg/miou", "depth/si_log_rmse", "grader_score", "mIoU - SI-log"]
 print(grid[[c for c in shown if c in grid]].round({c: 2 for c in metric_columns}).to_string(index=False))
 
-# %%
+# %% papermill={"duration": 2.236397, "end_time": "2026-12-07T21:53:48.308184+00:00", "exception": false, "start_time": "2026-12-07T21:53:46.071787+00:00", "status": "completed"}
 # optimiser x lr at the default task weight (other axes, e.g. batch size, averaged)
 at_weight = grid[np.isclose(grid["SEMSEG_WEIGHT"], w_seg)] if "SEMSEG_WEIGHT" in grid else grid
 panels = [("grader_score", "grader score (val)", "viridis"), ("semseg/miou", "mIoU % (val)", "viridis"),
@@ -484,7 +464,7 @@ for ax, (column, title, cmap) in zip(axes, panels):
 fig.suptitle(f"{source}: optimiser x learning rate (w_seg = {w_seg:g})", y=1.04)
 plt.show()
 
-# %%
+# %% papermill={"duration": 1.44281, "end_time": "2026-12-07T21:53:49.859197+00:00", "exception": false, "start_time": "2026-12-07T21:53:48.416387+00:00", "status": "completed"}
 if mini_steps:
     curves = pd.concat(mini_steps)
     curves["weighted total"] = curves["total"]
@@ -508,7 +488,7 @@ else:  # papermill grid runs: validation curves per epoch from each run's Traine
         plt.tight_layout()
         plt.show()
 
-# %%
+# %% papermill={"duration": 1.042556, "end_time": "2026-12-07T21:53:50.993366+00:00", "exception": false, "start_time": "2026-12-07T21:53:49.950810+00:00", "status": "completed"}
 # the task weight: the trade-off between the two tasks
 by_weight = grid.groupby("SEMSEG_WEIGHT")[["semseg/miou", "depth/si_log_rmse"]].mean().reset_index()
 if len(by_weight) > 1:
@@ -526,7 +506,7 @@ best_setting = max(grid.to_dict("records"), key=unclipped)
 print(f"best setting on validation ({source}): {best_setting['OPTIMIZER']}, lr {best_setting['LR']:g}, "
       f"w_seg {best_setting['SEMSEG_WEIGHT']:g}")
 
-# %% [markdown]
+# %% [markdown] papermill={"duration": 0.069195, "end_time": "2026-12-07T21:53:51.128266+00:00", "exception": false, "start_time": "2026-12-07T21:53:51.059071+00:00", "status": "completed"}
 # **What to look for.** In the smoke preset depth learns slowly: the depth channel starts near 0 m while the
 # scenes are tens of metres deep, and Adam moves each weight by about the learning rate per step, so a few epochs
 # leave a blurry, nearly flat depth map (SI-log far above 50). The lesson and paper presets train long enough.
@@ -542,7 +522,7 @@ print(f"best setting on validation ({source}): {best_setting['OPTIMIZER']}, lr {
 # notebook's rows found next to `OUT_DIR` for this preset. The DLAD numbers below are **references** from the
 # course (MiniScapes, ResNet-34, GPU, the paper preset), not results of this run.
 
-# %%
+# %% papermill={"duration": 0.238508, "end_time": "2026-12-07T21:53:51.427500+00:00", "exception": false, "start_time": "2026-12-07T21:53:51.188992+00:00", "status": "completed"}
 # the course table holds test results only; the reduced grid (validation results of short runs) is kept apart
 path = write_notebook_results(out_dir, out_dir.resolve().name if in_grid else NOTEBOOK, PRESET, {"joint": joint_row},
                               extra={"hparams": HPARAMS, "val": joint_val, "seed": SEED, "data": DATA_NAME,
@@ -553,7 +533,7 @@ columns = [c for c in ("semseg/miou", "depth/si_log_rmse", "grader_score", "para
            if c in table]
 print(table[columns].round(2).to_string())
 
-# %%
+# %% papermill={"duration": 0.151911, "end_time": "2026-12-07T21:53:51.675025+00:00", "exception": false, "start_time": "2026-12-07T21:53:51.523114+00:00", "status": "completed"}
 for title, values in REFERENCE_RESULTS.items():
     print(f"REFERENCE — {title}")
     for name, value in values.items():

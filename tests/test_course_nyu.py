@@ -1,9 +1,9 @@
-"""Notebook 07's presets, augmentation, models and references (mtlkit.course_nyu); unit preset only, no big models."""
+"""Notebook 07's presets, augmentation, models and references (mtlkit.course.nyu); unit preset only, no big models."""
 import pytest
 import torch
 
 from mtlkit import course
-from mtlkit.course_nyu import (AUGMENT_SCALES, LIBMTL_NYUV2_REFERENCE, MTAN_NYUV2_REFERENCE, NYU_SCHEDULES,
+from mtlkit.course.nyu import (AUGMENT_SCALES, LIBMTL_NYUV2_REFERENCE, MTAN_NYUV2_REFERENCE, NYU_SCHEDULES,
                                NYU_TASK_CHANNELS, nyu_augmentation, nyu_model, nyu_model_spec, nyu_references,
                                nyu_schedule, nyu_splits, nyu_trainer_kwargs)
 from mtlkit.data import RandomHorizontalFlip, RandomScaleCrop, collate
@@ -77,9 +77,9 @@ def test_references_are_reference_tables_in_the_kits_units():
         "mtan-equal": {"semseg/miou": 54.38, "semseg/pixel_acc": 75.84, "depth/abs_err": 0.3764,
                        "depth/rel_err": 0.1561, "normals/mean": 22.98}}
     refs = course.reference_table()  # the course-wide table picks them up, labelled by their source
-    mine = refs[refs["source"] == "mtlkit.course_nyu.LIBMTL_NYUV2_REFERENCE"]
+    mine = refs[refs["source"] == "mtlkit.course.nyu.LIBMTL_NYUV2_REFERENCE"]
     assert len(mine) == 10 and set(mine["model"]) == {"shared-equal", "mtan-equal"}
-    assert (refs["source"] == "mtlkit.course_nyu.MTAN_NYUV2_REFERENCE").sum() == 18
+    assert (refs["source"] == "mtlkit.course.nyu.MTAN_NYUV2_REFERENCE").sum() == 18
     both = nyu_references(columns=["semseg/miou", "normals/mean"])
     assert list(both.columns) == ["semseg/miou", "normals/mean"] and len(both) == 5
     assert all(s.startswith("paper (reference): ") for s in both.index.get_level_values("source"))

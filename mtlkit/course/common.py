@@ -1,21 +1,19 @@
-"""What the course notebooks share: preset schedules, train-or-load, the growing results table, paper numbers.
+"""What every course notebook shares: presets, the setup object, one call per trained model, data cuts.
 
-A notebook calls :func:`train_or_load` for each model it trains. The run lands in ``OUT_DIR/<run name>/`` (the
-Trainer's checkpoints and ``metrics.json``); when that folder already holds a finished run with the same
-fingerprint (model, data, schedule), the notebook loads its best checkpoint and metrics instead of retraining, so
-re-opening a notebook shows its figures at once. :func:`write_notebook_results` writes the notebook's own
-``OUT_DIR/metrics.json``; :func:`course_table` reads every sibling notebook's file, so the results table grows
-from notebook to notebook (in ``runs/notebooks/`` when run by hand, in ``runs/<preset>/`` under ``mtlkit reproduce``).
+A notebook makes one :class:`Setup` (``course.<family>.setup(PRESET, ...)``: schedule, splits, tasks, model and
+Trainer options) and trains each model with :func:`run`: seed, build, a fingerprint of what was built (registry
+name, build options, tasks, data, Trainer options), then train, or load the finished run with that fingerprint
+from ``OUT_DIR/<run name>/``, so re-opening a notebook shows its figures at once. :func:`predict` runs a trained
+model on CPU tensors wherever the Trainer left it (a GPU in the paper preset).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -23,104 +21,10 @@ from torch.utils.data import Subset
 
 PRESETS = ("unit", "smoke", "lesson", "paper")
 
-# Schedules per preset for the DeepLab notebooks (01-05). smoke/unit shrink the model (ResNet-18, narrow ASPP and
-# decoder) because a full-width DeepLabV3+ takes ~0.7 s per step at 64x128 on 2 cores; cells that check parameter
-# counts always build the full-size model. paper is the DLAD course recipe (REFERENCE.md).
-# train_images / val_images: the first N images of those splits (None: all). Notebook 01 trains one model on that;
-# notebooks 02-05 compare several models each, and in smoke every one of those runs uses the shorter *study*
-# schedule (study_epochs on the first study_train_images), so the whole course stays within a few CPU minutes.
-DEEPLAB_SCHEDULES: dict[str, dict[str, Any]] = {
-    "unit": dict(data="synthetic-city", data_preset="unit", epochs=1, batch_size=4, optimizer="adam", lr=1e-3,
-                 weight_decay=0.0, scheduler=None, encoder="resnet18", aspp_channels=16, decoder_channels=16,
-                 skip_channels=8, loss_weights={"semseg": 0.5, "depth": 0.5}, train_images=None, val_images=None,
-                 study_epochs=None, study_train_images=None),
-    "smoke": dict(data="synthetic-city", data_preset="smoke", epochs=3, batch_size=8, optimizer="adam", lr=1e-3,
-                  weight_decay=0.0, scheduler=None, encoder="resnet18", aspp_channels=64, decoder_channels=64,
-                  skip_channels=24, loss_weights={"semseg": 0.5, "depth": 0.5}, train_images=96, val_images=32,
-                  study_epochs=2, study_train_images=64),
-    "lesson": dict(data="synthetic-city", data_preset="lesson", epochs=12, batch_size=8, optimizer="adam",
-                   lr=5e-4, weight_decay=1e-4, scheduler="poly", encoder="resnet34", aspp_channels=256,
-                   decoder_channels=256, skip_channels=48, loss_weights={"semseg": 0.5, "depth": 0.5},
-                   train_images=None, val_images=None, study_epochs=None, study_train_images=None),
-    "paper": dict(data="miniscapes", data_preset="paper", epochs=16, batch_size=4, optimizer="sgd", lr=0.01,
-                  momentum=0.9, weight_decay=1e-4, scheduler="poly", power=0.9, encoder="resnet34",
-                  aspp_channels=256, decoder_channels=256, skip_channels=48, pretrained=True,
-                  loss_weights={"semseg": 0.5, "depth": 0.5}, train_images=None, val_images=None,
-                  study_epochs=None, study_train_images=None),
-}
-
-# Numbers from the papers and courses (REFERENCE.md), always shown labelled as references, never as kit results.
-REFERENCE_RESULTS: dict[str, dict[str, Any]] = {
-    "DLAD course (MiniScapes, ResNet-34, paper preset): grader score": {
-        "template": 40.5, "joint + ImageNet + dilation + ASPP + skip": 62.3, "branched": 65.3,
-        "distillation": 67.3, "best staff solution": 78.8,
-    },
-    "DLAD course: parameters with ResNet-34, 19 classes + depth (millions)": {
-        "joint": 26.72, "branched": 32.14, "distillation": 36.87,
-    },
-}
-
-
 def check_preset(preset: str) -> str:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     return preset
-
-
-def deeplab_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
-    """The DeepLab notebooks' schedule for ``preset`` (a copy), with ``overrides`` applied."""
-    return {**DEEPLAB_SCHEDULES[check_preset(preset)], **overrides}
-
-
-@dataclass
-class DeepLabSetup:
-    """What a DeepLab notebook (01-05) needs before it builds models: see :func:`deeplab_setup`."""
-
-    schedule: dict[str, Any]  # the preset's schedule with the overrides applied
-    data: str  # dataset id
-    splits: dict[str, Any]  # train / val (the schedule's first N images) / test
-    tasks: dict[str, Any]  # {"semseg": Task, "depth": Task}
-    task_channels: dict[str, int]  # {"semseg": 19, "depth": 1}
-    model_options: dict[str, Any]  # build("deeplab-...", task_channels, **model_options)
-    trainer_options: dict[str, Any]  # Trainer / train_or_load arguments: schedule, device, seed (no weighting)
-
-    @property
-    def loss_weights(self) -> dict[str, float]:
-        return dict(self.schedule["loss_weights"])
-
-
-def deeplab_setup(preset: str, data: str = "auto", seed: int = 0, device: str = "auto", study: bool = True,
-                  epochs: int | None = None, train_images: int | None = None, **overrides: Any) -> DeepLabSetup:
-    """Schedule, data, tasks, model and Trainer options of a DeepLab notebook, in one place.
-
-    ``study=True`` (notebooks 02-05, which train several models) uses the preset's study schedule where it has one
-    (smoke: ``study_epochs`` on the first ``study_train_images``); ``study=False`` (notebook 01) the full one.
-    ``epochs`` / ``train_images`` override either; ``data="auto"`` is the preset's dataset; other ``overrides``
-    change schedule entries (e.g. ``optimizer="sgd"``).
-    """
-    schedule = deeplab_schedule(preset, **overrides)
-    if epochs is None:
-        epochs = (study and schedule.get("study_epochs")) or schedule["epochs"]
-    if train_images is None:
-        train_images = (study and schedule.get("study_train_images")) or schedule.get("train_images")
-    schedule["epochs"], schedule["train_images"] = int(epochs), train_images
-    name = schedule["data"] if data == "auto" else data
-    splits = load_splits(name, schedule["data_preset"], seed=seed)  # a real dataset says how to prepare it
-    splits = first_images(splits, train_images, schedule.get("val_images"))
-    from mtlkit.tasks import tasks_for
-
-    tasks = tasks_for(splits["train"].task_info)
-    model_options = {k: schedule[k] for k in ("encoder", "aspp_channels", "decoder_channels", "skip_channels")}
-    model_options["pretrained"] = bool(schedule.get("pretrained", False))
-    trainer_options = {k: schedule[k] for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay",
-                                                "scheduler")}
-    if schedule["optimizer"] == "sgd":
-        trainer_options["momentum"] = schedule.get("momentum", 0.9)
-    if schedule["scheduler"] == "poly":
-        trainer_options["power"] = schedule.get("power", 0.9)
-    trainer_options.update(device=device, seed=seed)
-    return DeepLabSetup(schedule, name, splits, tasks, {t: task.out_channels for t, task in tasks.items()},
-                        model_options, trainer_options)
 
 
 def first_images(splits: Mapping[str, Any], train_images: int | None = None,
@@ -161,7 +65,7 @@ class TaskSubset(Subset):
 
     def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
         super().__init__(dataset, list(indices))
-        for attr in ("name", "split", "preset", "tasks", "task_info", "image_size"):
+        for attr in ("name", "split", "preset", "tasks", "task_info", "image_size", "labelled"):
             if hasattr(dataset, attr):
                 setattr(self, attr, getattr(dataset, attr))
 
@@ -208,34 +112,50 @@ def _read_metrics(path: Path) -> dict[str, Any] | None:
     return metrics if isinstance(metrics, dict) else None
 
 
+def _describe_tasks(tasks: Any) -> Any:
+    """Task names (with the Task class, e.g. OwnerPartsTask) for a fingerprint; Task objects are not JSON."""
+    if isinstance(tasks, Mapping):
+        return {name: type(task).__name__ for name, task in tasks.items()}
+    return list(tasks) if tasks is not None else None
+
+
+def run_fingerprint(model: nn.Module, splits: Mapping[str, Any], built: Mapping[str, Any] | None = None,
+                    **trainer_kwargs: Any) -> str:
+    """The fingerprint of a run: what was built (``built``: registry name, task channels, options; always the model's
+    class and parameter shapes), the data and the Trainer arguments that change the result."""
+    trainer = {k: v for k, v in trainer_kwargs.items() if k not in _NOT_FINGERPRINTED}
+    if "tasks" in trainer:
+        trainer["tasks"] = _describe_tasks(trainer["tasks"])
+    shapes = [(k, list(v.shape)) for k, v in model.state_dict().items()]
+    return fingerprint({
+        "built": dict(built or {}),
+        "model": type(model).__name__,
+        "shapes": fingerprint(shapes),
+        "trainer": trainer,
+        "data": {s: _describe_data(d) for s, d in splits.items() if d is not None},
+    })
+
+
 def train_or_load(run_name: str, model: nn.Module, splits: Mapping[str, Any], out_dir: str | os.PathLike,
-                  describe: Mapping[str, Any] | None = None, **trainer_kwargs: Any) -> dict[str, Any]:
+                  built: Mapping[str, Any] | None = None, **trainer_kwargs: Any) -> dict[str, Any]:
     """Train ``model`` with the Trainer into ``out_dir/run_name``, or load that run if it already finished.
 
-    ``describe`` is whatever distinguishes this run beyond the Trainer's own arguments (model name and options);
-    together they form the fingerprint that decides whether an existing run can be reused. Returns the run's
-    ``metrics.json`` content; afterwards ``model`` holds the best epoch's weights either way.
-
-    What is in ``out_dir/run_name`` decides:
+    ``built`` is what :func:`run` gave ``build()`` (registry name, task channels, options); with the model's class
+    and parameter shapes, the data and the Trainer's arguments it forms the fingerprint (:func:`run_fingerprint`)
+    that decides, from what is in ``out_dir/run_name``:
 
     * a finished run with the same fingerprint: its ``best.pt`` is loaded, nothing is trained;
     * an unfinished run with the same fingerprint (the kernel died): the Trainer resumes it from ``last.pt``;
-    * anything else (another fingerprint, a corrupt ``metrics.json`` or ``best.pt``): trained afresh, and the old
-      files are replaced -- never resumed, since they belong to another run.
+    * anything else (another fingerprint, a corrupt ``metrics.json`` or ``best.pt``): trained afresh.
 
-    A finished run keeps ``best.pt`` and ``metrics.json`` only (the Trainer's ``keep_last=False``, unless passed):
-    a changed schedule is another run, so its optimiser state would never be resumed.
+    Returns the run's ``metrics.json`` content; ``model`` holds the best epoch's weights either way. A finished run
+    keeps ``best.pt`` and ``metrics.json`` only (``keep_last=False`` unless passed).
     """
     from mtlkit.checkpoint import CheckpointError, load_checkpoint
     from mtlkit.train import Trainer
 
     run_dir = Path(out_dir) / run_name
-    key = fingerprint({
-        "describe": describe or {},
-        "trainer": {k: v for k, v in trainer_kwargs.items() if k not in _NOT_FINGERPRINTED},
-        "model": type(model).__name__,
-        "data": {s: _describe_data(d) for s, d in splits.items() if d is not None},
-    })
+    key = run_fingerprint(model, splits, built, **trainer_kwargs)
     metrics = _read_metrics(run_dir / "metrics.json")
     same_run = metrics is not None and (metrics.get("config") or {}).get("fingerprint") == key
     if same_run and metrics.get("finished") and (run_dir / "best.pt").exists():
@@ -250,57 +170,8 @@ def train_or_load(run_name: str, model: nn.Module, splits: Mapping[str, Any], ou
     resume = bool(trainer_kwargs.pop("resume", True)) and same_run
     trainer_kwargs.setdefault("keep_last", False)
     trainer = Trainer(model, splits["train"], splits.get("val"), splits.get("test"), out_dir=run_dir,
-                      config={"fingerprint": key, "describe": dict(describe or {})}, resume=resume,
-                      **trainer_kwargs)
+                      config={"fingerprint": key, "built": _json_safe(dict(built or {}))}, resume=resume, **trainer_kwargs)
     return trainer.fit()
-
-
-def summarize(metrics: Mapping[str, Any], split: str = "test") -> dict[str, float]:
-    """A flat row of one run: ``task/metric`` values on ``split``, the grader score where it applies, parameters."""
-    from mtlkit.metrics import grader_score
-
-    row: dict[str, float] = {}
-    if split == "test":
-        results = metrics.get("test") or {}
-    else:
-        best = (metrics.get("best") or {}).get("epoch", -1)
-        results = next((e.get(split) or {} for e in metrics.get("epochs", []) if e["epoch"] == best), {})
-    for task, values in results.items():
-        for key, value in values.items():
-            row[f"{task}/{key}"] = value
-    if "semseg/miou" in row and "depth/si_log_rmse" in row:
-        row["grader_score"] = grader_score(row["semseg/miou"], row["depth/si_log_rmse"])
-    row["parameters_M"] = metrics.get("parameters", {}).get("total", math.nan) / 1e6
-    row["train_seconds"] = sum(metrics.get("timings", {}).get("train_seconds", []))
-    return row
-
-
-def write_notebook_results(out_dir: str | os.PathLike, notebook: str, preset: str, runs: Mapping[str, Mapping],
-                           extra: Mapping[str, Any] | None = None) -> Path:
-    """Write ``OUT_DIR/metrics.json`` of a notebook: one summary row per run (see :func:`summarize`)."""
-    from mtlkit.atomic import atomic_write_json
-
-    path = Path(out_dir) / "metrics.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {"notebook": notebook, "preset": preset, "runs": {k: dict(v) for k, v in runs.items()},
-                             **dict(extra or {})})
-    return path
-
-
-def course_table(out_dir: str | os.PathLike, preset: str | None = None):
-    """Every finished notebook's runs next to ``out_dir`` (its siblings), as a DataFrame indexed by notebook/run."""
-    import pandas as pd
-
-    rows = []
-    for path in sorted(Path(out_dir).resolve().parent.glob("*/metrics.json")):
-        data = _read_metrics(path)
-        if data is None or not isinstance(data.get("runs"), dict) or (preset and data.get("preset") != preset):
-            continue
-        for run, values in data["runs"].items():
-            rows.append({"notebook": data.get("notebook", path.parent.name), "run": run, **values})
-    if not rows:
-        return pd.DataFrame()
-    return pd.DataFrame(rows).set_index(["notebook", "run"])
 
 
 def relative_error(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -314,108 +185,218 @@ def relative_error(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(((x - y).abs() / (x.abs() + y.abs()).clamp_min(1e-8)).max())
 
 
-# ------------------------------------------------------------------------------------------------ the comparison
-def results_table(folder: str | os.PathLike, preset: str | None = None):
-    """Every run of every ``folder/*/metrics.json`` (a notebook's ``write_notebook_results``) as one DataFrame.
 
-    Reads both layouts: ``runs/notebooks/<notebook>/`` (notebooks run by hand or under nbval) and
-    ``runs/<preset>/<notebook>[__KEY=value...]/`` (``mtlkit reproduce``). One row per (folder, model) with columns
-    ``folder`` (the subfolder: one notebook run with one parameter set), ``notebook``, ``preset``, ``model`` and every
-    numeric value the notebook wrote (``task/metric``, ``parameters_M``, ``delta_m``, ...). Unreadable files and
-    files of another ``preset`` are skipped; an empty or missing folder gives an empty DataFrame.
+
+# ------------------------------------------------------------------------------------------------ setup and run
+#: Schedule keys that are Trainer arguments (each family's schedule holds the ones it uses).
+TRAINER_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "scheduler", "step_size",
+                "gamma", "power", "param_groups", "drop_last")
+
+
+@dataclass
+class Setup:
+    """Everything a notebook needs before it trains: made by ``course.<family>.setup(preset, ...)``."""
+
+    preset: str
+    data: str  # dataset id
+    schedule: dict[str, Any]  # the preset's schedule with the notebook's overrides applied
+    splits: dict[str, Any]  # train / val / test, cut to the schedule's first images; val may be None
+    tasks: dict[str, Any]  # {name: Task}
+    task_channels: dict[str, int]  # {name: output channels}
+    model_options: dict[str, Any]  # build(name, task_channels, **model_options) for the family's models
+    trainer_options: dict[str, Any]  # Trainer arguments: the schedule's, device, seed, max_steps
+    out_dir: Path  # where run() writes (or finds) each run's folder
+    loss_weights: dict[str, float] | None = None  # static task weights, None: run()'s weighting decides
+    notes: list[str] = field(default_factory=list)  # what the setup changed and why (e.g. an unlabelled split)
+
+    def describe(self) -> str:
+        """A few lines for the notebook's first output: data, splits, tasks, model, schedule, notes."""
+        sizes = "/".join(str(len(self.splits[s])) if self.splits.get(s) is not None else "-"
+                         for s in ("train", "val", "test"))
+        size = getattr(self.splits["train"], "image_size", None)
+        lines = [f"data: {self.data} ({self.schedule.get('data_preset', self.preset)}), images {size}, "
+                 f"train/val/test = {sizes}",
+                 f"tasks and output channels: {self.task_channels}",
+                 "model options: " + ", ".join(f"{k}={_short(v)}" for k, v in self.model_options.items()),
+                 "trainer: " + ", ".join(f"{k}={v}" for k, v in self.trainer_options.items() if k != "device")]
+        if self.loss_weights:
+            lines.append(f"loss weights: {self.loss_weights}")
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 5] + " ...)"
+
+
+def labelled_tasks(dataset: Any) -> tuple[str, ...] | None:
+    """The tasks ``dataset`` labels when it says (a withheld split labels none), else None (every task it has)."""
+    labelled = getattr(dataset, "labelled", None)
+    return None if labelled is None else tuple(labelled)
+
+
+def labelled_splits(splits: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``splits`` with an unlabelled test split replaced, and one sentence per change or unlabelled split.
+
+    A test split without labels (MiniScapes withholds them, as the course does) cannot be scored: the validation
+    split becomes the test split and the last training images (as many as the validation split had, at most a fifth
+    of the training split) become the validation split, so the best epoch is never selected on the reported split.
     """
-    import pandas as pd
+    out, notes = dict(splits), []
+    tasks = tuple((getattr(out["train"], "task_info", None) or {}).keys())
+    for split in ("val", "test"):
+        labelled = labelled_tasks(out[split]) if out.get(split) is not None else None
+        if labelled is not None and set(tasks) - set(labelled):
+            missing = [t for t in tasks if t not in labelled]
+            notes.append(f"the {split} split of {getattr(out[split], 'name', 'the data')} has no labels for "
+                         f"{', '.join(missing)}: its metrics for them would be NaN")
+    test_labels = labelled_tasks(out["test"]) if out.get("test") is not None else None
+    val_labels = labelled_tasks(out["val"]) if out.get("val") is not None else None
+    if test_labels is not None and not test_labels and out.get("val") is not None and val_labels != ():
+        n, k = len(out["train"]), min(len(out["val"]), len(out["train"]) // 5)
+        notes.append(f"so the course's validation split ({len(out['val'])} images) is evaluated as the test split, "
+                     f"and the last {k} training images select the best epoch")
+        out = {"train": subset(out["train"], range(n - k)), "val": subset(out["train"], range(n - k, n)),
+               "test": out["val"]}
+    return out, notes
 
-    rows = []
-    for path in sorted(Path(folder).glob("*/metrics.json")):
-        data = _read_metrics(path)
-        if data is None or not isinstance(data.get("runs"), dict) or (preset and data.get("preset") != preset):
-            continue
-        for model, values in data["runs"].items():
-            numbers = {k: v for k, v in (values or {}).items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            rows.append({"folder": path.parent.name, "notebook": data.get("notebook", path.parent.name),
-                         "preset": data.get("preset"), "model": model, **numbers})
-    return pd.DataFrame(rows, columns=None if rows else ["folder", "notebook", "preset", "model"])
+
+def make_setup(preset: str, data: str, schedule: Mapping[str, Any], splits: Mapping[str, Any],
+               tasks: Mapping[str, Any], model_keys: Iterable[str], *, out_dir: str | os.PathLike,
+               device: str = "auto", seed: int = 0, max_steps: int | None = None,
+               loss_weights: Mapping[str, float] | None = None, cut: bool = True) -> Setup:
+    """The :class:`Setup` of a family's ``setup()``: replaces an unlabelled test split (:func:`labelled_splits`),
+    cuts the schedule's first images (:func:`first_images`; ``cut=False`` where the family's splits did), picks
+    the model and Trainer options."""
+    schedule = dict(schedule)
+    splits, notes = labelled_splits(splits)
+    if cut:
+        splits = first_images(splits, schedule.get("train_images"), schedule.get("val_images"))
+    trainer = {k: schedule[k] for k in TRAINER_KEYS if k in schedule and (schedule[k] is not None or k == "scheduler")}
+    trainer.update(device=device, seed=seed)
+    if max_steps is not None:  # a dry run: every training epoch and evaluation stops after max_steps batches
+        trainer["max_steps"] = int(max_steps)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return Setup(preset, data, schedule, splits, dict(tasks), {t: task.out_channels for t, task in tasks.items()},
+                 {k: schedule[k] for k in model_keys if k in schedule}, trainer, out,
+                 dict(loss_weights) if loss_weights else None, notes)
 
 
-def find_results(*candidates: str | os.PathLike | None, preset: str | None = None) -> tuple[Path | None, Any]:
-    """The first of ``candidates`` (folders; None is skipped) that holds runs of ``preset``, and its results_table.
+def apply_overrides(table: Mapping[str, Mapping[str, Any]], preset: str, overrides: Mapping[str, Any],
+                    who: str) -> dict[str, Any]:
+    """``table[preset]`` (a copy) with the notebook's ``overrides`` applied; None values keep the preset's; an unknown
+    key is an error (a typo would otherwise silently train the preset's schedule)."""
+    schedule = dict(table[check_preset(preset)])
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(overrides) - set(schedule))
+    if unknown:
+        raise ValueError(f"{who}: unknown schedule key(s) {unknown}; valid keys: {', '.join(sorted(schedule))}")
+    schedule.update(overrides)
+    return schedule
 
-    Notebook 10 passes the folder ``mtlkit reproduce`` wrote (``runs/smoke``) first and the notebooks' own
-    ``runs/notebooks`` last. Returns ``(None, empty table)`` when none holds runs.
+
+@dataclass
+class Run:
+    """One trained (or loaded) model: ``model`` holds the best epoch's weights, ``metrics`` its metrics.json."""
+
+    name: str
+    model: nn.Module
+    metrics: dict[str, Any]
+    dir: Path
+
+    @property
+    def test(self) -> dict[str, dict[str, float]]:
+        """Test metrics ``{task: {metric: value}}`` of the best epoch."""
+        return self.metrics.get("test") or {}
+
+    def summary(self, split: str = "test") -> dict[str, float]:
+        from mtlkit.course.results import summarize
+
+        return summarize(self.metrics, split=split)
+
+
+def select_tasks(tasks: Mapping[str, Any], chosen: str | Iterable[str] | None) -> dict[str, Any]:
+    """``{name: Task}`` of ``chosen`` (a name, names, or None for all) among ``tasks``."""
+    names = list(tasks) if chosen is None else [chosen] if isinstance(chosen, str) else list(chosen)
+    unknown = [t for t in names if t not in tasks]
+    if unknown or not names:
+        raise ValueError(f"run: unknown or no tasks {unknown or names}; the setup's tasks are {', '.join(tasks)}")
+    return {t: tasks[t] for t in names}
+
+
+def state_digest(model: nn.Module) -> str:
+    """A hash of every parameter and buffer value: identifies weights set after build() (e.g. copied from runs)."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _json_safe(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: type(o).__name__))
+
+
+def run(setup: Setup, name: str, model: str, tasks: str | Iterable[str] | None = None, *,
+        weighting: str | None = None, loss_weights: Mapping[str, float] | None = None,
+        init: Callable[[nn.Module], Any] | None = None, splits: Mapping[str, Any] | None = None,
+        train: Mapping[str, Any] | None = None, callbacks: Sequence[Any] = (), progress: bool | None = None,
+        **options: Any) -> Run:
+    """Train model ``model`` (a registry name) as run ``name`` of ``setup``, or load it when it already finished.
+
+    Seeds, builds ``model`` for ``tasks`` (None: all of the setup's) with ``setup.model_options`` updated by
+    ``options``, calls ``init(model)`` (e.g. copying trained weights in; the weights it sets join the fingerprint),
+    then :func:`train_or_load` into ``setup.out_dir / name``. Loss weighting: ``weighting`` if given; otherwise
+    static weights (``loss_weights``, else the setup's, 1 for a task they do not name) where there are any, else the
+    Trainer's default. ``train`` overrides Trainer arguments for this run (e.g. ``{"epochs": 1, "aux_weight": 0.1}``);
+    ``splits`` replaces the setup's data (e.g. a few images for a quick grid).
     """
-    import pandas as pd
+    from mtlkit.models import build
+    from mtlkit.train import seed_everything
 
-    for candidate in candidates:
-        if candidate is not None and Path(candidate).is_dir():
-            table = results_table(candidate, preset=preset)
-            if not table.empty:
-                return Path(candidate), table
-    return None, pd.DataFrame(columns=["folder", "notebook", "preset", "model"])
+    chosen = select_tasks(setup.tasks, tasks)
+    channels = {t: int(setup.task_channels[t]) for t in chosen}
+    build_options = {**setup.model_options, **options}
+    trainer = {**setup.trainer_options, **dict(train or {})}
+    if trainer.get("max_steps") is None:
+        trainer.pop("max_steps", None)  # the Trainer before max_steps does not know the argument
+    weights = loss_weights if loss_weights is not None else setup.loss_weights
+    if weighting is not None and weighting != "static":
+        trainer["weighting"] = weighting
+    elif weights and "weighting" not in trainer:
+        trainer.update(weighting="static", weighting_options={"weights": {t: float(weights.get(t, 1.0))
+                                                                           for t in chosen}})
+    seed_everything(int(trainer.get("seed", 0)))
+    net = build(model, channels, **build_options)
+    built = {"model": model, "task_channels": channels, "options": _json_safe(build_options)}
+    if init is not None:
+        init(net)
+        built["init"] = state_digest(net)
+    metrics = train_or_load(name, net, dict(splits or setup.splits), setup.out_dir, built=built, tasks=chosen,
+                            callbacks=list(callbacks), progress=progress, **trainer)
+    return Run(name, net.eval(), metrics, Path(setup.out_dir) / name)
 
 
-def task_metric_columns(table) -> dict[str, str]:
-    """``task -> "task/<delta metric>"`` for every registered task whose Δm metric is a column of ``table``."""
-    from mtlkit.tasks import TASK_SPECS
-
-    return {t: f"{t}/{s.delta_metric}" for t, s in TASK_SPECS.items() if f"{t}/{s.delta_metric}" in table}
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the Trainer leaves a trained model on its device, e.g. a GPU)."""
+    return next(iter(model.parameters()), torch.empty(0)).device
 
 
-def relative_to_single(table):
-    """Per-task relative change (percent, positive = better) of each multi-task row against its single-task run.
+def predict(model: nn.Module, images: torch.Tensor) -> Any:
+    """``model(images)`` in eval mode without gradients, ``images`` moved to the model's device; the outputs (a
+    tensor, or a dict / tuple of them) come back on the CPU, ready for figures and metrics."""
+    model.eval()
+    with torch.no_grad():
+        out = model(images.to(model_device(model)))
+    return _to_cpu(out)
 
-    The single-task baseline of task ``t`` is the row ``single-t`` of the same ``folder`` (one notebook run: the same
-    data, schedule and model width), so ``mean over the row's tasks`` is the survey Δm of
-    :func:`mtlkit.metrics.delta_m`. Returns a DataFrame indexed like ``table`` (single-task rows and tasks without a
-    baseline are NaN), one column per task.
-    """
-    import pandas as pd
 
-    from mtlkit.tasks import TASK_SPECS
-
-    columns = task_metric_columns(table)
-    out = pd.DataFrame(index=table.index, columns=list(columns), dtype=float)
-    for folder, rows in table.groupby("folder"):
-        for task, col in columns.items():
-            base = rows.loc[rows["model"] == f"single-{task}", col].dropna()
-            if base.empty or float(base.iloc[0]) == 0:
-                continue
-            sign = 1.0 if TASK_SPECS[task].higher_is_better else -1.0
-            multi = rows[~rows["model"].astype(str).str.startswith("single-")]
-            out.loc[multi.index, task] = 100.0 * sign * (multi[col] - float(base.iloc[0])) / float(base.iloc[0])
+def _to_cpu(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.cpu()
+    if isinstance(out, Mapping):
+        return {k: _to_cpu(v) for k, v in out.items()}
+    if isinstance(out, (tuple, list)):
+        return type(out)(_to_cpu(v) for v in out)
     return out
-
-
-def reference_table():
-    """The papers' and courses' numbers (REFERENCE.md) the kit knows, as rows ``source, model, metric, value``.
-
-    Collected from :data:`REFERENCE_RESULTS` and every ``*_REFERENCE`` dict of the ``mtlkit.course_*`` modules
-    (``{model: {metric: value}}``, or a flat ``{metric: value}`` for one model). For display beside the kit's results,
-    always labelled as references: they come from other datasets, resolutions and schedules.
-    """
-    import importlib
-    import pkgutil
-
-    import pandas as pd
-
-    import mtlkit
-
-    rows = [{"source": "mtlkit.course", "model": model, "metric": title, "value": float(value)}
-            for title, models in REFERENCE_RESULTS.items() for model, value in models.items()]
-    for info in pkgutil.iter_modules(mtlkit.__path__):
-        if not info.name.startswith("course_"):
-            continue
-        module = importlib.import_module(f"mtlkit.{info.name}")
-        for attr in sorted(a for a in vars(module) if a.endswith("_REFERENCE")):
-            table = getattr(module, attr)
-            if not isinstance(table, Mapping):
-                continue
-            label = f"mtlkit.{info.name}.{attr}"
-            for key, value in table.items():
-                if isinstance(value, Mapping):  # {model: {metric: value}}
-                    rows += [{"source": label, "model": key, "metric": m, "value": float(v)} for m, v in value.items()]
-                else:  # {metric: value}: one model, named by the table
-                    rows.append({"source": label, "model": attr.removesuffix("_REFERENCE").lower() + " (paper)",
-                                 "metric": key, "value": float(value)})
-    return pd.DataFrame(rows, columns=["source", "model", "metric", "value"])

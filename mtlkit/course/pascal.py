@@ -8,11 +8,12 @@ one or a few epochs, switching per epoch would leave tasks untrained and let the
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from mtlkit.course import check_preset, first_images, load_splits, subset
+from mtlkit.course.common import Setup, check_preset, first_images, load_splits, make_setup, subset
 
-__all__ = ["TSN_SCHEDULES", "TSN_REFERENCE", "PASCAL_TASK_CHANNELS", "tsn_schedule", "pascal_splits"]
+__all__ = ["TSN_SCHEDULES", "TSN_REFERENCE", "PASCAL_TASK_CHANNELS", "tsn_schedule", "pascal_splits", "setup"]
 
 #: PASCAL-Context's five tasks with the paper's output channels (21 classes, 7 human parts incl. background).
 PASCAL_TASK_CHANNELS: dict[str, int] = {"edge": 1, "semseg": 21, "parts": 7, "normals": 3, "saliency": 1}
@@ -92,3 +93,28 @@ def pascal_splits(schedule: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     else:
         splits = load_splits(name, preset, seed=seed, **options)
     return first_images(splits, schedule.get("train_images"), schedule.get("val_images"))
+
+
+#: The schedule keys that are build() options of ``tsn`` and ``unet``.
+MODEL_KEYS = ("encoder", "pretrained", "decoder_channels")
+
+
+def setup(preset: str, *, data: str = "auto", seed: int = 0, device: str = "auto",
+          out_dir: str | Path = "runs/notebooks/pascal", pretrained: bool | None = None,
+          max_steps: int | None = None, **overrides: Any) -> Setup:
+    """The :class:`~mtlkit.course.common.Setup` of notebook 09: PASCAL-Context-like data, five tasks, TSN's loss
+    weights. The task switching (``task_schedule``) is a Trainer option of the TSN runs only."""
+    from mtlkit.models.tsn import TSN_LOSS_WEIGHTS
+    from mtlkit.tasks import tasks_for
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if data != "auto":
+        overrides["data"] = data
+    if pretrained is not None:
+        overrides["pretrained"] = bool(pretrained)
+    schedule = tsn_schedule(preset, **overrides)
+    splits = pascal_splits(schedule, seed=seed)  # the real dataset says how to prepare it when it is missing
+    tasks = tasks_for(splits["train"].task_info)
+    return make_setup(preset, schedule["data"], schedule, splits, tasks, MODEL_KEYS, out_dir=out_dir,
+                      device=device, seed=seed, max_steps=max_steps, cut=False,
+                      loss_weights={t: TSN_LOSS_WEIGHTS.get(t, 1.0) for t in tasks})
