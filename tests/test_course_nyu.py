@@ -135,15 +135,15 @@ def test_unit_segnet_rows_and_faithful_cross_stitch_start():
 
 def test_unit_resnet_path_trains(tmp_path):
     """The resnet50 backbone's rows in the unit preset (ResNet-18, narrow heads): build, train one epoch, masks."""
-    schedule = nyu_schedule("unit", "resnet50", train_images=4)
-    splits = nyu_splits(schedule)
-    model = nyu_model("mtan", NYU_TASK_CHANNELS, schedule)
+    setup = course.nyu.setup("unit", "resnet50", device="cpu", out_dir=tmp_path, train_images=4)
+    assert len(setup.splits["train"]) == 4
+    name, options = course.nyu.run_options("mtan", setup.schedule)
+    result = course.run(setup, "resnet50-mtan-equal", name, weighting="equal", progress=False, **options)
+    model, metrics = result.model, result.metrics
     assert type(model).__name__ == "ResNetMTAN" and model.encoder.output_stride == 8
-    metrics = course.train_or_load("resnet50-mtan-equal", model, splits, tmp_path, weighting="equal",
-                                   describe={"row": "mtan"}, device="cpu", progress=False,
-                                   **nyu_trainer_kwargs(schedule))
     assert metrics["finished"] and set(metrics["test"]) == set(NYU_TASK_CHANNELS)
+    assert metrics["config"]["built"]["options"]["encoder"] == "resnet18"
     _, masks = model.eval().forward_with_masks(torch.rand(1, 3, 32, 32))
     assert set(masks) == set(NYU_TASK_CHANNELS) and len(masks["semseg"]) == 4
-    single = nyu_model("single", {"depth": 1}, schedule)
+    single = nyu_model("single", {"depth": 1}, setup.schedule)
     assert type(single).__name__ == "ResNetShared" and single.tasks == ("depth",)

@@ -174,7 +174,8 @@ def test_an_unlabelled_test_split_is_replaced_by_the_validation_split_and_said()
     assert any("test split of fake has no labels" in n for n in notes)
     assert any("evaluated as the test split" in n for n in notes)
     # a labelled test split (or one that does not say) is left alone
-    same, none = labelled_splits({"train": Withheld(50, ("semseg",)), "val": None, "test": Withheld(5, ("semseg",))})
+    both = ("semseg", "depth")
+    same, none = labelled_splits({"train": Withheld(50, both), "val": None, "test": Withheld(5, both)})
     assert none == [] and same["test"].n == 5
 
 

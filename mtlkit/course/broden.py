@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mtlkit.course.common import Setup, check_preset, first_images, load_splits, make_setup, subset
+from mtlkit.course.common import Setup, apply_overrides, first_images, load_splits, make_setup, subset
 from mtlkit.tasks import Task
 
 __all__ = ["UPERNET_SCHEDULES", "UPERNET_REFERENCE", "upernet_schedule", "broden_splits", "part_owners_for",
@@ -59,12 +59,7 @@ BRODEN_HELD_OUT = 1000
 
 def upernet_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
     """Notebook 08's schedule for ``preset`` (a copy), with ``overrides`` applied (unknown keys are an error)."""
-    schedule = dict(UPERNET_SCHEDULES[check_preset(preset)])
-    unknown = set(overrides) - set(schedule)
-    if unknown:
-        raise ValueError(f"unknown schedule key(s) {sorted(unknown)}; valid keys: {', '.join(schedule)}")
-    schedule.update(overrides)
-    return schedule
+    return apply_overrides(UPERNET_SCHEDULES, preset, overrides, "upernet_schedule")
 
 
 def broden_splits(schedule: Mapping[str, Any], seed: int = 0, held_out: int | None = None) -> dict[str, Any]:

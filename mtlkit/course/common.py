@@ -291,7 +291,8 @@ def apply_overrides(table: Mapping[str, Mapping[str, Any]], preset: str, overrid
     overrides = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(overrides) - set(schedule))
     if unknown:
-        raise ValueError(f"{who}: unknown schedule key(s) {unknown}; valid keys: {', '.join(sorted(schedule))}")
+        raise ValueError(f"{who}: unknown schedule key(s) given (unknown keys {unknown}); valid keys: "
+                         f"{', '.join(sorted(schedule))}")
     schedule.update(overrides)
     return schedule
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mtlkit.course.common import Setup, check_preset, first_images, load_splits, make_setup, subset
+from mtlkit.course.common import Setup, apply_overrides, first_images, load_splits, make_setup, subset
 
 __all__ = ["TSN_SCHEDULES", "TSN_REFERENCE", "PASCAL_TASK_CHANNELS", "tsn_schedule", "pascal_splits", "setup"]
 
@@ -63,12 +63,7 @@ PASCAL_MT_HELD_OUT = 500
 
 def tsn_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
     """Notebook 09's schedule for ``preset`` (a copy), with ``overrides`` applied (unknown keys are an error)."""
-    schedule = dict(TSN_SCHEDULES[check_preset(preset)])
-    unknown = set(overrides) - set(schedule)
-    if unknown:
-        raise ValueError(f"unknown schedule key(s) {sorted(unknown)}; valid keys: {', '.join(schedule)}")
-    schedule.update(overrides)
-    return schedule
+    return apply_overrides(TSN_SCHEDULES, preset, overrides, "tsn_schedule")
 
 
 def pascal_splits(schedule: dict[str, Any], seed: int = 0) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mtlkit.atomic import atomic_write_json
-from mtlkit.course.common import Setup, check_preset, load_splits, make_setup
+from mtlkit.course.common import Setup, apply_overrides, load_splits, make_setup
 
 __all__ = ["PET_TASKS", "PET_SCHEDULES", "PET_REFERENCE", "pet_schedule", "pet_tasks", "CrossStitchRecorder",
            "load_alphas", "setup"]
@@ -69,12 +69,7 @@ TRAINER_KEYS = ("batch_size", "optimizer", "lr", "weight_decay", "scheduler")
 
 def pet_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
     """Notebook 06's schedule for ``preset`` (a copy) with ``overrides`` applied (unknown keys are an error)."""
-    schedule = dict(PET_SCHEDULES[check_preset(preset)])
-    unknown = sorted(set(overrides) - set(schedule))
-    if unknown:
-        raise ValueError(f"pet_schedule: unknown keys {unknown}; valid keys: {', '.join(sorted(schedule))}")
-    schedule.update(overrides)
-    return schedule
+    return apply_overrides(PET_SCHEDULES, preset, overrides, "pet_schedule")
 
 
 def pet_tasks(task_info: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
