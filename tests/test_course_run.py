@@ -146,9 +146,9 @@ def test_the_notebooks_pass_model_inputs_through_predict_or_the_model_device():
         text = path.read_text()
         after = text[text.index("course.run("):]  # everything after the first training call
         # a trained model called directly: models[...](x) / model(x) / trained(x) without .to(<its device>)
-        calls = re.findall(r"\b(?:models\[[^\]]+\]|model|trained)\((?!\s*\))([^()\n]*(?:\([^()\n]*\))?[^()\n]*)\)",
-                           after)
-        bad = [c for c in calls if c.strip() and ".to(" not in c and "images" in c.lower()]
+        calls = re.findall(r"\b(?:models\[[^\]]+\]|model|trained)(?:\.eval\(\))?\((?!\s*\))"
+                           r"([^()\n]*(?:\([^()\n]*\))?[^()\n]*)\)", after)
+        bad = [c for c in calls if c.strip() and ".to(" not in c and "image" in c.lower()]
         assert not bad, f"{path.name}: trained model called on CPU tensors {bad[:3]}: use course.predict"
 
 
