@@ -13,7 +13,7 @@
 #     name: python3
 # ---
 
-# %% [markdown] papermill={"duration": 0.035046, "end_time": "2026-12-07T21:49:59.631190+00:00", "exception": false, "start_time": "2026-12-07T21:49:59.596144+00:00", "status": "completed"}
+# %% [markdown]
 # # 01 · The joint baseline: one DeepLabV3+ for segmentation and depth
 #
 # **Learning goals.** After this notebook you can
@@ -29,7 +29,7 @@
 # This is the DLAD course's starting point (Cityscapes-like street scenes: 19 semantic classes + metric depth).
 # Notebooks 02–05 change one thing at a time (branches, distillation, ...) and compare with the baseline built here.
 
-# %% papermill={"duration": 0.048559, "end_time": "2026-12-07T21:49:59.700231+00:00", "exception": false, "start_time": "2026-12-07T21:49:59.651672+00:00", "status": "completed"} tags=["parameters"]
+# %% tags=["parameters"]
 import os
 
 PRESET = os.environ.get("MTLKIT_PRESET", "smoke")  # unit | smoke | lesson | paper
@@ -49,7 +49,7 @@ MINI_GRID_IMAGES = 32  # training (and validation) images per mini-grid run: the
 MINI_GRID_EPOCHS = 1
 N_SHOW = 3  # test images in the prediction figure
 
-# %% papermill={"duration": 12.556315, "end_time": "2026-12-07T21:50:12.288148+00:00", "exception": false, "start_time": "2026-12-07T21:49:59.731833+00:00", "status": "completed"}
+# %%
 import json
 import math
 from pathlib import Path
@@ -63,7 +63,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlkit import course, viz
-from mtlkit.course import REFERENCE_RESULTS, course_table, relative_error, subset, summarize, write_notebook_results
+from mtlkit.course import REFERENCE_RESULTS, print_course_table, relative_error, subset, summarize, write_notebook_results
 from mtlkit.data import collate
 from mtlkit.metrics import grader_score
 from mtlkit.models import build, count_parameters
@@ -91,12 +91,12 @@ train_set = splits["train"]
 TASKS, TASK_CHANNELS = setup.tasks, setup.task_channels  # {"semseg": Task, "depth": Task}, {"semseg": 19, "depth": 1}
 MODEL_OPTIONS = setup.model_options
 
-# %% papermill={"duration": 0.071239, "end_time": "2026-12-07T21:50:12.390948+00:00", "exception": false, "start_time": "2026-12-07T21:50:12.319709+00:00", "status": "completed"}
+# %%
 # NBVAL_CHECK_OUTPUT
 print(setup.describe())  # a note says so where the preset's test split has no labels (MiniScapes withholds them)
 print(f"model: deeplab-joint; schedule: {HPARAMS}")
 
-# %% [markdown] papermill={"duration": 0.039545, "end_time": "2026-12-07T21:50:12.463181+00:00", "exception": false, "start_time": "2026-12-07T21:50:12.423636+00:00", "status": "completed"}
+# %% [markdown]
 # ## 1 · The idea: share everything, split only the last layer
 #
 # A **joint** model is the cheapest multi-task network: every parameter but the last few is shared, so the tasks
@@ -124,14 +124,14 @@ print(f"model: deeplab-joint; schedule: {HPARAMS}")
 # $\text{SI-log} = 100\sqrt{\overline{\delta^2} - \bar\delta^{\,2}}$ with $\delta = \log d - \log \hat d$ over valid
 # pixels (both clamped at 0.01 m), averaged over images. A model below 50 % mIoU *and* above 50 SI-log scores 0.
 
-# %% [markdown] papermill={"duration": 0.036052, "end_time": "2026-12-07T21:50:12.531523+00:00", "exception": false, "start_time": "2026-12-07T21:50:12.495471+00:00", "status": "completed"}
+# %% [markdown]
 # ## 2 · The key module, written out: the joint decoder head
 #
 # Below is the decoder in full. It uses the library's parameter names (`skip`, `fuse`, `classifier`), so the
 # library decoder's weights load into it with `load_state_dict(strict=True)` — which already checks that every
 # layer has the right shape.
 
-# %% papermill={"duration": 10.622898, "end_time": "2026-12-07T21:50:23.182346+00:00", "exception": false, "start_time": "2026-12-07T21:50:12.559448+00:00", "status": "completed"}
+# %%
 class JointDecoder(nn.Module):
     """DeepLabV3+ decoder of the joint model, with the task split.
 
@@ -191,7 +191,7 @@ errors = {t: relative_error(got[t], expected[t]) for t in TASK_CHANNELS}
 for t, err in errors.items():
     print(f"{t}: relative error: {err:.1e}")
 
-# %% papermill={"duration": 0.084137, "end_time": "2026-12-07T21:50:23.335780+00:00", "exception": false, "start_time": "2026-12-07T21:50:23.251643+00:00", "status": "completed"}
+# %%
 # NBVAL_CHECK_OUTPUT
 print(f"image {tuple(images.shape)} -> skip {tuple(skip.shape)}, encoder features {tuple(features.shape)}, "
       f"ASPP {tuple(aspp.shape)}")
@@ -202,14 +202,14 @@ for t, err in errors.items():
     print(f"{t}: relative error < 1e-6: {err < 1e-6}")
 assert all(err < 1e-6 for err in errors.values())
 
-# %% [markdown] papermill={"duration": 0.048076, "end_time": "2026-12-07T21:50:23.427619+00:00", "exception": false, "start_time": "2026-12-07T21:50:23.379543+00:00", "status": "completed"}
+# %% [markdown]
 # ### Where the parameters are
 #
 # The smoke preset trains a narrow model (ResNet-18, 64-channel ASPP and decoder) because the full one is too slow
 # for a CPU. The parameter count is checked on the **full-size** model of the course (ResNet-34, 256 channels),
 # built without running it. The DLAD reference is 26.72 M.
 
-# %% papermill={"duration": 2.214279, "end_time": "2026-12-07T21:50:25.689994+00:00", "exception": false, "start_time": "2026-12-07T21:50:23.475715+00:00", "status": "completed"}
+# %%
 # NBVAL_CHECK_OUTPUT
 full = build("deeplab-joint", {"semseg": 19, "depth": 1}, encoder="resnet34")
 counts = count_parameters(full)
@@ -224,13 +224,13 @@ small = count_parameters(build("deeplab-joint", TASK_CHANNELS, **{**MODEL_OPTION
 print(f"the {PRESET} model trained below: {small['total']:,} parameters")
 del full
 
-# %% [markdown] papermill={"duration": 0.135987, "end_time": "2026-12-07T21:50:25.988192+00:00", "exception": false, "start_time": "2026-12-07T21:50:25.852205+00:00", "status": "completed"}
+# %% [markdown]
 # ## 3 · The multi-task loss, written out
 #
 # Each task's loss masks what is not labelled; the total is the weighted sum. Written out and compared with the
 # task registry's losses (what the Trainer uses, through the `static` weighting):
 
-# %% papermill={"duration": 0.577053, "end_time": "2026-12-07T21:50:26.620779+00:00", "exception": false, "start_time": "2026-12-07T21:50:26.043726+00:00", "status": "completed"}
+# %%
 def joint_loss(out: dict[str, torch.Tensor], batch: dict, weights: dict[str, float]) -> torch.Tensor:
     """w_seg * CE (ignore -1) + w_depth * L1 (valid depth > 0), each a mean over its valid pixels."""
     labels = batch["semseg"]  # [B, H, W], -1 = ignore
@@ -249,12 +249,12 @@ loss_error = relative_error(ours_loss, library_loss)
 print(f"loss {float(ours_loss):.4f} vs {float(library_loss):.4f}: relative error: {loss_error:.1e}")
 print(f"invalid depth pixels in this batch: {100 * float((batch['depth'] <= 0).float().mean()):.1f} %")
 
-# %% papermill={"duration": 0.104637, "end_time": "2026-12-07T21:50:26.801046+00:00", "exception": false, "start_time": "2026-12-07T21:50:26.696409+00:00", "status": "completed"}
+# %%
 # NBVAL_CHECK_OUTPUT
 print(f"multi-task loss: relative error < 1e-6: {loss_error < 1e-6}")
 assert loss_error < 1e-6
 
-# %% [markdown] papermill={"duration": 0.059945, "end_time": "2026-12-07T21:50:26.935830+00:00", "exception": false, "start_time": "2026-12-07T21:50:26.875885+00:00", "status": "completed"}
+# %% [markdown]
 # ## 4 · Training through the Trainer
 #
 # `course.run` seeds, builds the model and hands it to the Trainer (checkpoints every epoch, best epoch chosen on
@@ -262,7 +262,7 @@ assert loss_error < 1e-6
 # run with the same fingerprint (the model and options built, tasks, data, Trainer options), loads it. A small
 # callback records the per-step losses for the curves below.
 
-# %% papermill={"duration": 96.890839, "end_time": "2026-12-07T21:52:03.890652+00:00", "exception": false, "start_time": "2026-12-07T21:50:26.999813+00:00", "status": "completed"}
+# %%
 class StepLosses(Callback):
     """Per-step training losses of every task, written to ``<run>/step_losses.json`` when training ends."""
 
@@ -288,7 +288,7 @@ model, metrics, steps = joint.model, joint.metrics, read_steps(joint)
 joint_row = summarize(metrics, name="joint")  # test split, best epoch (chosen on val)
 joint_val = summarize(metrics, split="val")
 
-# %% papermill={"duration": 0.100245, "end_time": "2026-12-07T21:52:04.055814+00:00", "exception": false, "start_time": "2026-12-07T21:52:03.955569+00:00", "status": "completed"}
+# %%
 best_epoch = metrics["best"]["epoch"]
 print(f"best epoch {best_epoch + 1}/{len(metrics['epochs'])} (selected on {metrics['best']['selected_on']}); "
       f"training took {joint_row['train_seconds']:.0f} s")
@@ -296,13 +296,13 @@ print(f"test: mIoU {joint_row['semseg/miou']:.1f} %, pixel acc {joint_row['semse
       f"SI-log {joint_row['depth/si_log_rmse']:.1f}, abs err {joint_row['depth/abs_err']:.2f} m -> "
       f"grader score {joint_row['grader_score']:.1f}")
 
-# %% [markdown] papermill={"duration": 0.049827, "end_time": "2026-12-07T21:52:04.161437+00:00", "exception": false, "start_time": "2026-12-07T21:52:04.111610+00:00", "status": "completed"}
+# %% [markdown]
 # ## 5 · Training curves
 #
 # Left: the per-step training losses (each task's own loss, before weighting). Right: validation mIoU and SI-log
 # per epoch from `metrics.json`; the best epoch is marked.
 
-# %% papermill={"duration": 5.893154, "end_time": "2026-12-07T21:52:10.108376+00:00", "exception": false, "start_time": "2026-12-07T21:52:04.215222+00:00", "status": "completed"}
+# %%
 epochs = pd.DataFrame([{"epoch": e["epoch"] + 1, "val mIoU (%)": e["val"]["semseg"]["miou"],
                         "val SI-log": e["val"]["depth"]["si_log_rmse"],
                         **{f"train loss {t}": e["train_loss"][t] for t in TASKS},
@@ -328,13 +328,13 @@ for ax in axes[1:]:
 plt.tight_layout()
 plt.show()
 
-# %% [markdown] papermill={"duration": 0.116433, "end_time": "2026-12-07T21:52:10.400222+00:00", "exception": false, "start_time": "2026-12-07T21:52:10.283789+00:00", "status": "completed"}
+# %% [markdown]
 # ## 6 · Predictions
 #
 # Test images with their ground truth and the model's predictions (best epoch). Black in the labels = ignored;
 # depth shares one colour scale per row, and invalid depth (sky) is left blank in the ground truth.
 
-# %% papermill={"duration": 4.815843, "end_time": "2026-12-07T21:52:15.459842+00:00", "exception": false, "start_time": "2026-12-07T21:52:10.643999+00:00", "status": "completed"}
+# %%
 test_set = splits["test"]
 show = collate([test_set[i] for i in range(min(N_SHOW, len(test_set)))])
 pred = course.predict(model, show["image"])  # on the model's device (a GPU after training there), back on the CPU
@@ -357,7 +357,7 @@ for row in range(len(show["image"])):
 plt.tight_layout()
 plt.show()
 
-# %% [markdown] papermill={"duration": 0.12397, "end_time": "2026-12-07T21:52:15.732378+00:00", "exception": false, "start_time": "2026-12-07T21:52:15.608408+00:00", "status": "completed"}
+# %% [markdown]
 # ## 7 · The hyper-parameter study: optimiser × learning rate, then the task weight
 #
 # The course's first exercise: with everything else fixed, which optimiser and learning rate train this model
@@ -382,7 +382,7 @@ plt.show()
 # each run sees only the first `MINI_GRID_IMAGES` training images for `MINI_GRID_EPOCHS` epoch(s) — enough to see
 # which settings learn at all, not to rank close ones.
 
-# %% papermill={"duration": 0.241708, "end_time": "2026-12-07T21:52:16.113025+00:00", "exception": false, "start_time": "2026-12-07T21:52:15.871317+00:00", "status": "completed"}
+# %%
 def unclipped(row: dict) -> float:
     """mIoU - SI-log: the grader score before its max(., 0) clips (ranks models that both clip to 0)."""
     return row.get("semseg/miou", math.nan) - row.get("depth/si_log_rmse", math.nan)
@@ -415,7 +415,7 @@ run_mini = MINI_GRID is True or (MINI_GRID == "auto" and len(grid) < 2 and not i
 source = "papermill grid" if not run_mini else "reduced in-notebook grid"
 print(f"grid runs found: {len(grid)}; showing: {source}")
 
-# %% papermill={"duration": 89.515617, "end_time": "2026-12-07T21:53:45.699828+00:00", "exception": false, "start_time": "2026-12-07T21:52:16.184211+00:00", "status": "completed"}
+# %%
 mini_rows, mini_steps = [], []
 if run_mini:
     few = {split: subset(splits[split], min(MINI_GRID_IMAGES, len(splits[split]))) for split in ("train", "val")}
@@ -443,7 +443,7 @@ if run_mini:
 elif grid.empty:  # MINI_GRID = False and no grid runs yet: the study has this run only
     grid = pd.DataFrame([{"run": NOTEBOOK, **HPARAMS, **joint_val}])
 
-# %% papermill={"duration": 0.177307, "end_time": "2026-12-07T21:53:45.988488+00:00", "exception": false, "start_time": "2026-12-07T21:53:45.811181+00:00", "status": "completed"}
+# %%
 grid["mIoU - SI-log"] = [unclipped(r) for r in grid.to_dict("records")]
 shown = ["run", "OPTIMIZER", "LR", "BATCH_SIZE", "SEMSEG_WEIGHT", "semseg/miou", "depth/si_log_rmse",
          "grader_score", "mIoU - SI-log"]
@@ -451,7 +451,7 @@ print(f"{source}, validation split:")
 metric_columns = ["semseg/miou", "depth/si_log_rmse", "grader_score", "mIoU - SI-log"]
 print(grid[[c for c in shown if c in grid]].round({c: 2 for c in metric_columns}).to_string(index=False))
 
-# %% papermill={"duration": 2.236397, "end_time": "2026-12-07T21:53:48.308184+00:00", "exception": false, "start_time": "2026-12-07T21:53:46.071787+00:00", "status": "completed"}
+# %%
 # optimiser x lr at the default task weight (other axes, e.g. batch size, averaged)
 at_weight = grid[np.isclose(grid["SEMSEG_WEIGHT"], w_seg)] if "SEMSEG_WEIGHT" in grid else grid
 panels = [("grader_score", "grader score (val)", "viridis"), ("semseg/miou", "mIoU % (val)", "viridis"),
@@ -464,7 +464,7 @@ for ax, (column, title, cmap) in zip(axes, panels):
 fig.suptitle(f"{source}: optimiser x learning rate (w_seg = {w_seg:g})", y=1.04)
 plt.show()
 
-# %% papermill={"duration": 1.44281, "end_time": "2026-12-07T21:53:49.859197+00:00", "exception": false, "start_time": "2026-12-07T21:53:48.416387+00:00", "status": "completed"}
+# %%
 if mini_steps:
     curves = pd.concat(mini_steps)
     curves["weighted total"] = curves["total"]
@@ -488,7 +488,7 @@ else:  # papermill grid runs: validation curves per epoch from each run's Traine
         plt.tight_layout()
         plt.show()
 
-# %% papermill={"duration": 1.042556, "end_time": "2026-12-07T21:53:50.993366+00:00", "exception": false, "start_time": "2026-12-07T21:53:49.950810+00:00", "status": "completed"}
+# %%
 # the task weight: the trade-off between the two tasks
 by_weight = grid.groupby("SEMSEG_WEIGHT")[["semseg/miou", "depth/si_log_rmse"]].mean().reset_index()
 if len(by_weight) > 1:
@@ -506,7 +506,7 @@ best_setting = max(grid.to_dict("records"), key=unclipped)
 print(f"best setting on validation ({source}): {best_setting['OPTIMIZER']}, lr {best_setting['LR']:g}, "
       f"w_seg {best_setting['SEMSEG_WEIGHT']:g}")
 
-# %% [markdown] papermill={"duration": 0.069195, "end_time": "2026-12-07T21:53:51.128266+00:00", "exception": false, "start_time": "2026-12-07T21:53:51.059071+00:00", "status": "completed"}
+# %% [markdown]
 # **What to look for.** In the smoke preset depth learns slowly: the depth channel starts near 0 m while the
 # scenes are tens of metres deep, and Adam moves each weight by about the learning rate per step, so a few epochs
 # leave a blurry, nearly flat depth map (SI-log far above 50). The lesson and paper presets train long enough.
@@ -522,19 +522,14 @@ print(f"best setting on validation ({source}): {best_setting['OPTIMIZER']}, lr {
 # notebook's rows found next to `OUT_DIR` for this preset. The DLAD numbers below are **references** from the
 # course (MiniScapes, ResNet-34, GPU, the paper preset), not results of this run.
 
-# %% papermill={"duration": 0.238508, "end_time": "2026-12-07T21:53:51.427500+00:00", "exception": false, "start_time": "2026-12-07T21:53:51.188992+00:00", "status": "completed"}
+# %%
 # the course table holds test results only; the reduced grid (validation results of short runs) is kept apart
 path = write_notebook_results(out_dir, out_dir.resolve().name if in_grid else NOTEBOOK, PRESET, {"joint": joint_row},
                               extra={"hparams": HPARAMS, "val": joint_val, "seed": SEED, "data": DATA_NAME,
                                      "model_options": MODEL_OPTIONS, "reduced_grid": mini_rows})
 print(f"wrote {path.relative_to(out_dir.parent)}")
-table = course_table(out_dir, preset=PRESET)
-columns = [c for c in ("semseg/miou", "depth/si_log_rmse", "grader_score", "parameters_M", "train_seconds")
-           if c in table]
-print(table[columns].round(2).to_string())
+print_course_table(out_dir, PRESET, ("semseg/miou", "depth/si_log_rmse", "grader_score", "parameters_M",
+                                     "train_seconds"))
 
-# %% papermill={"duration": 0.151911, "end_time": "2026-12-07T21:53:51.675025+00:00", "exception": false, "start_time": "2026-12-07T21:53:51.523114+00:00", "status": "completed"}
-for title, values in REFERENCE_RESULTS.items():
-    print(f"REFERENCE — {title}")
-    for name, value in values.items():
-        print(f"    {name:<45} {value}")
+# %%
+course.deeplab.print_references()  # the DLAD course's paper-preset numbers

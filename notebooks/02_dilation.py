@@ -13,7 +13,7 @@
 #     name: python3
 # ---
 
-# %% [markdown] papermill={"duration": 0.162549, "end_time": "2026-12-07T21:55:59.810148+00:00", "exception": false, "start_time": "2026-12-07T21:55:59.647599+00:00", "status": "completed"}
+# %% [markdown]
 # # 02 · Dilation: output stride 32, 16 and 8
 #
 # **Learning goals.** After this notebook you can
@@ -28,7 +28,7 @@
 # dense prediction has to be painted back from that coarse grid. *Dilation* removes the last downsamplings without
 # shrinking what each unit sees: the convolutions after the removed stride spread their taps apart instead.
 
-# %% papermill={"duration": 0.222529, "end_time": "2026-12-07T21:56:00.216467+00:00", "exception": false, "start_time": "2026-12-07T21:55:59.993938+00:00", "status": "completed"} tags=["parameters"]
+# %% tags=["parameters"]
 import os
 
 PRESET = os.environ.get("MTLKIT_PRESET", "smoke")  # unit | smoke | lesson | paper
@@ -43,7 +43,7 @@ PRETRAINED = None  # ImageNet initialisation of the encoder; None -> the preset'
 MAX_STEPS = None  # a dry run: stop each training epoch and evaluation after this many batches (None: whole epochs)
 N_SHOW = 2  # test images in the prediction figure
 
-# %% papermill={"duration": 31.39611, "end_time": "2026-12-07T21:56:31.791226+00:00", "exception": false, "start_time": "2026-12-07T21:56:00.395116+00:00", "status": "completed"}
+# %%
 import time
 from pathlib import Path
 
@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlkit import course, viz
-from mtlkit.course import REFERENCE_RESULTS, course_table, relative_error, write_notebook_results
+from mtlkit.course import print_course_table, relative_error, write_notebook_results
 from mtlkit.models import build, count_parameters
 from mtlkit.models.encoders import DILATION_TO_OUTPUT_STRIDE, create_encoder
 from mtlkit.train import seed_everything
@@ -71,7 +71,7 @@ setup = course.deeplab.setup(PRESET, data=DATA, seed=SEED, device=DEVICE, out_di
                              train_images=TRAIN_IMAGES, pretrained=PRETRAINED, max_steps=MAX_STEPS)
 schedule, data_name = setup.schedule, setup.data
 
-# %% [markdown] papermill={"duration": 0.090618, "end_time": "2026-12-07T21:56:31.963066+00:00", "exception": false, "start_time": "2026-12-07T21:56:31.872448+00:00", "status": "completed"}
+# %% [markdown]
 # ## 1 · Dilated convolution
 #
 # A $k\times k$ convolution with dilation (rate) $r$ reads its taps $r$ pixels apart:
@@ -83,7 +83,7 @@ schedule, data_name = setup.schedule, setup.data
 # convolution is a sum of $k^2$ shifted copies of the (padded) input, each mixed over channels by one tap's
 # weights — the same thing `F.unfold` + a matrix product (im2col) computes in one go:
 
-# %% papermill={"duration": 0.128179, "end_time": "2026-12-07T21:56:32.176597+00:00", "exception": false, "start_time": "2026-12-07T21:56:32.048418+00:00", "status": "completed"}
+# %%
 class DilatedConv2d(nn.Module):
     """k x k convolution with dilation ``r``, stride 1, "same" zero padding, no bias: [B,C,H,W] -> [B,O,H,W]."""
 
@@ -104,13 +104,13 @@ class DilatedConv2d(nn.Module):
         return y
 
 
-# %% [markdown] papermill={"duration": 0.120007, "end_time": "2026-12-07T21:56:32.459752+00:00", "exception": false, "start_time": "2026-12-07T21:56:32.339745+00:00", "status": "completed"}
+# %% [markdown]
 # Check it against PyTorch's `nn.Conv2d(dilation=r)` — the very layer inside the library's ASPP atrous branches
 # (`model.aspp.branches[1..3]`, rates 6/12/18 at output stride 16). We copy the library layer's weights into our
 # module and run both on the same input, in float64 (float32 sums of 4,608 products leave ~1e-4 relative
 # differences wherever an output is close to zero, so a float32 check could not tell a bug from rounding):
 
-# %% papermill={"duration": 1.312014, "end_time": "2026-12-07T21:56:33.948112+00:00", "exception": false, "start_time": "2026-12-07T21:56:32.636098+00:00", "status": "completed"}
+# %%
 torch.manual_seed(SEED)
 library = build("deeplab-joint", {"semseg": 19, "depth": 1}, encoder="resnet18", aspp_channels=16)
 x = torch.randn(2, 512, 9, 14, dtype=torch.float64)  # encoder features of a 144x224 crop at output stride 16
@@ -124,13 +124,13 @@ for branch in library.aspp.branches[1:4]:
 for r, err in errors.items():
     print(f"rate {r:2d}: relative error: {err:.1e}")
 
-# %% papermill={"duration": 0.180677, "end_time": "2026-12-07T21:56:34.257199+00:00", "exception": false, "start_time": "2026-12-07T21:56:34.076522+00:00", "status": "completed"}
+# %%
 # NBVAL_CHECK_OUTPUT
 for r, err in errors.items():
     print(f"rate {r:2d}: effective kernel {3 + 2 * (r - 1)}x{3 + 2 * (r - 1)}, relative error < 1e-6: {err < 1e-6}")
 assert all(err < 1e-6 for err in errors.values())
 
-# %% [markdown] papermill={"duration": 0.12142, "end_time": "2026-12-07T21:56:34.488694+00:00", "exception": false, "start_time": "2026-12-07T21:56:34.367274+00:00", "status": "completed"}
+# %% [markdown]
 # ## 2 · Output stride: trading stride for dilation
 #
 # A ResNet has five stride-2 steps (stem conv, max-pool, first conv of stages 2–4). Setting the course's flags
@@ -138,7 +138,7 @@ assert all(err < 1e-6 for err in errors.values())
 # 3×3 convolution by the factor the stride would have contributed (2, then 4). timm implements this for the
 # BasicBlock ResNets too (torchvision refuses). The flags the library accepts:
 
-# %% papermill={"duration": 1.676296, "end_time": "2026-12-07T21:56:36.296024+00:00", "exception": false, "start_time": "2026-12-07T21:56:34.619728+00:00", "status": "completed"}
+# %%
 # NBVAL_CHECK_OUTPUT
 for flags, stride in DILATION_TO_OUTPUT_STRIDE.items():
     enc = create_encoder("resnet18", dilation=flags)
@@ -148,12 +148,12 @@ for flags, stride in DILATION_TO_OUTPUT_STRIDE.items():
     s4 = sorted({v for k, v in convs.items() if k.startswith("layer4")})
     print(f"dilation={flags}: output stride {stride:2d}; (stride, dilation) of 3x3 convs: layer3 {s3}, layer4 {s4}")
 
-# %% [markdown] papermill={"duration": 0.120147, "end_time": "2026-12-07T21:56:36.560034+00:00", "exception": false, "start_time": "2026-12-07T21:56:36.439887+00:00", "status": "completed"}
+# %% [markdown]
 # The DeepLabV3+ skip always comes from stage 1 (stride 4); only the last features change. Shapes need no
 # arithmetic at all: on PyTorch's `meta` device a forward pass propagates shapes only, so even the full-size
 # ResNet-34 on a 256×512 crop at output stride 8 costs nothing:
 
-# %% papermill={"duration": 4.80421, "end_time": "2026-12-07T21:56:41.495994+00:00", "exception": false, "start_time": "2026-12-07T21:56:36.691784+00:00", "status": "completed"}
+# %%
 # NBVAL_CHECK_OUTPUT
 rows = []
 with torch.device("meta"):
@@ -165,7 +165,7 @@ with torch.device("meta"):
                          "skip (stride 4)": tuple(skip.shape[1:]), "last features": tuple(feats.shape[1:])})
 print(pd.DataFrame(rows).to_string(index=False))
 
-# %% [markdown] papermill={"duration": 0.08058, "end_time": "2026-12-07T21:56:41.639758+00:00", "exception": false, "start_time": "2026-12-07T21:56:41.559178+00:00", "status": "completed"}
+# %% [markdown]
 # ## 3 · Receptive field
 #
 # Walking the layers in order, with $j$ the distance in input pixels between neighbouring units (the *jump*, the
@@ -175,7 +175,7 @@ print(pd.DataFrame(rows).to_string(index=False))
 # the product — the receptive field — is unchanged. We record the layers of the main path with forward hooks
 # (the 1×1 shortcut convolutions add nothing) and apply the recursion:
 
-# %% papermill={"duration": 0.121347, "end_time": "2026-12-07T21:56:41.820397+00:00", "exception": false, "start_time": "2026-12-07T21:56:41.699050+00:00", "status": "completed"}
+# %%
 def receptive_field(encoder: nn.Module, size=(64, 128)) -> tuple[int, int]:
     """(receptive field in pixels, jump = output stride) of the encoder's last features, by the recursion above."""
     layers = []
@@ -195,7 +195,7 @@ def receptive_field(encoder: nn.Module, size=(64, 128)) -> tuple[int, int]:
     return rf, jump
 
 
-# %% papermill={"duration": 6.541694, "end_time": "2026-12-07T21:56:48.460771+00:00", "exception": false, "start_time": "2026-12-07T21:56:41.919077+00:00", "status": "completed"}
+# %%
 # NBVAL_CHECK_OUTPUT
 for stride in STRIDES:
     rf, jump = receptive_field(create_encoder("resnet34", stride))
@@ -204,7 +204,7 @@ for stride in STRIDES:
     print(f"OS {stride:2d}: jump {jump:2d} px, receptive field {rf} px; with the widest ASPP branch "
           f"(rate {max(rates)}): {with_aspp} px")
 
-# %% [markdown] papermill={"duration": 0.163175, "end_time": "2026-12-07T21:56:48.748110+00:00", "exception": false, "start_time": "2026-12-07T21:56:48.584935+00:00", "status": "completed"}
+# %% [markdown]
 # Every unit sees the same 899 px (ResNet-34) at every output stride — far more than a 64×128 smoke image, so at
 # smoke scale all three strides see the whole image and differ only in *how many* units there are. The ASPP rates
 # scale with $1/\text{OS}$ (6/12/18 at 16, 12/24/36 at 8) for the same reason: to keep the context in pixels.
@@ -213,7 +213,7 @@ for stride in STRIDES:
 # centre unit's output actually depends on each input pixel, $|\partial y_\text{centre} / \partial x|$ — is much
 # smaller and concentrated. At initialisation (ResNet-18, 128×256 inputs):
 
-# %% papermill={"duration": 5.289223, "end_time": "2026-12-07T21:56:54.193267+00:00", "exception": false, "start_time": "2026-12-07T21:56:48.904044+00:00", "status": "completed"}
+# %%
 fig, axes = plt.subplots(1, len(STRIDES), figsize=(3.6 * len(STRIDES), 2.2))
 torch.manual_seed(SEED)
 probe = torch.rand(2, 3, 128, 256, requires_grad=True)
@@ -230,7 +230,7 @@ for ax, stride in zip(np.atleast_1d(axes), STRIDES):
 fig.suptitle("effective receptive field of the centre unit (cyan: its cell)", y=1.04)
 plt.show()
 
-# %% [markdown] papermill={"duration": 0.112268, "end_time": "2026-12-07T21:56:54.388145+00:00", "exception": false, "start_time": "2026-12-07T21:56:54.275877+00:00", "status": "completed"}
+# %% [markdown]
 # ## 4 · What resolution costs
 #
 # A convolution costs $H_\text{out} W_\text{out}\cdot C_\text{out}\cdot (C_\text{in}/g)\cdot k^2$ multiply-adds,
@@ -238,7 +238,7 @@ plt.show()
 # positions at OS 16; stages 3 and 4 on 4× and 16× at OS 8), and the ASPP runs on the larger map too; the decoder
 # works at stride 4 whatever the output stride. Counted with hooks on the `meta` device (no arithmetic performed):
 
-# %% papermill={"duration": 6.773082, "end_time": "2026-12-07T21:57:01.296778+00:00", "exception": false, "start_time": "2026-12-07T21:56:54.523696+00:00", "status": "completed"}
+# %%
 def conv_macs(model: nn.Module, size) -> dict[str, float]:
     """Multiply-adds (G) of every convolution per top-level component for one image of ``size`` (H, W)."""
     counts: dict[str, float] = {}
@@ -270,16 +270,16 @@ for stride in STRIDES:
                  "  aspp": round(full["aspp"], 1), "  decoder": round(full["decoder"], 1)})
 macs = pd.DataFrame(rows).set_index("output stride")
 
-# %% papermill={"duration": 0.04426, "end_time": "2026-12-07T21:57:01.387941+00:00", "exception": false, "start_time": "2026-12-07T21:57:01.343681+00:00", "status": "completed"}
+# %%
 # NBVAL_CHECK_OUTPUT
 print("multiply-adds per image (G)")
 print(macs.to_string())
 
-# %% [markdown] papermill={"duration": 0.050753, "end_time": "2026-12-07T21:57:01.471633+00:00", "exception": false, "start_time": "2026-12-07T21:57:01.420880+00:00", "status": "completed"}
+# %% [markdown]
 # The full-size encoder costs about 1.5× at OS 16 and about 5× at OS 8 what it costs at OS 32. Multiply-adds are a
 # proxy; the time on *this* machine (forward pass of the model we train, batch 8, 64×128):
 
-# %% papermill={"duration": 6.858016, "end_time": "2026-12-07T21:57:08.361696+00:00", "exception": false, "start_time": "2026-12-07T21:57:01.503680+00:00", "status": "completed"}
+# %%
 x = torch.rand(8, 3, 64, 128)
 forward_ms = {}
 for stride in STRIDES:
@@ -292,7 +292,7 @@ for stride in STRIDES:
     forward_ms[stride] = (time.perf_counter() - start) / 3 * 1000
     print(f"OS {stride:2d}: {forward_ms[stride]:.0f} ms per forward pass of 8 images")
 
-# %% [markdown] papermill={"duration": 0.060619, "end_time": "2026-12-07T21:57:08.463755+00:00", "exception": false, "start_time": "2026-12-07T21:57:08.403136+00:00", "status": "completed"}
+# %% [markdown]
 # ## 5 · Training at each output stride
 #
 # The same joint DeepLabV3+ (semseg + depth), schedule and seed; only the dilation flags differ. In `smoke` the
@@ -303,15 +303,15 @@ for stride in STRIDES:
 # their full schedules and all images. A finished run in
 # `OUT_DIR` is loaded instead of retrained.
 
-# %% papermill={"duration": 0.106416, "end_time": "2026-12-07T21:57:08.627869+00:00", "exception": false, "start_time": "2026-12-07T21:57:08.521453+00:00", "status": "completed"}
+# %%
 splits = setup.splits
 print(setup.describe())
 
-# %% papermill={"duration": 204.447495, "end_time": "2026-12-07T22:00:33.151596+00:00", "exception": false, "start_time": "2026-12-07T21:57:08.704101+00:00", "status": "completed"}
+# %%
 results = {stride: course.run(setup, f"os{stride}", "deeplab-joint", output_stride=stride) for stride in STRIDES}
 models = {stride: r.model for stride, r in results.items()}
 
-# %% papermill={"duration": 0.11325, "end_time": "2026-12-07T22:00:33.336128+00:00", "exception": false, "start_time": "2026-12-07T22:00:33.222878+00:00", "status": "completed"}
+# %%
 runs = {f"os{stride}": r.summary() for stride, r in results.items()}
 table = pd.DataFrame(runs).T
 table["GMACs / image"] = macs[f"{PRESET} model @64x128"].values
@@ -321,11 +321,11 @@ show = [c for c in ("semseg/miou", "semseg/pixel_acc", "depth/si_log_rmse", "dep
 print(f"test split, best epoch on val ({PRESET} preset: a short run on small images, not a paper number)")
 print(table[show].round(2).to_string())
 
-# %% [markdown] papermill={"duration": 0.076016, "end_time": "2026-12-07T22:00:33.475842+00:00", "exception": false, "start_time": "2026-12-07T22:00:33.399826+00:00", "status": "completed"}
+# %% [markdown]
 # Parameters are identical (dilation adds no weights); only compute and resolution change. Quality against cost
 # (multiply-adds, which unlike seconds do not depend on what else the machine is doing):
 
-# %% papermill={"duration": 1.639923, "end_time": "2026-12-07T22:00:35.187742+00:00", "exception": false, "start_time": "2026-12-07T22:00:33.547819+00:00", "status": "completed"}
+# %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3))
 for ax, metric, label in zip(axes, ("semseg/miou", "depth/si_log_rmse"), ("mIoU (%) ↑", "SI-log RMSE ↓")):
     ax.plot(table["GMACs / image"], table[metric], "o-")
@@ -337,11 +337,11 @@ plt.tight_layout()
 plt.show()
 
 
-# %% [markdown] papermill={"duration": 0.081701, "end_time": "2026-12-07T22:00:35.358003+00:00", "exception": false, "start_time": "2026-12-07T22:00:35.276302+00:00", "status": "completed"}
+# %% [markdown]
 # Predictions on test images, one column per output stride. At OS 32 the 64×128 smoke image leaves a 2×4 grid
 # of features: the decoder's stride-4 skip has to supply all the spatial detail.
 
-# %% papermill={"duration": 3.253461, "end_time": "2026-12-07T22:00:38.740596+00:00", "exception": false, "start_time": "2026-12-07T22:00:35.487135+00:00", "status": "completed"}
+# %%
 def show_predictions(models: dict, dataset, indices, title=str):
     cols = 2 + 2 * len(models)
     fig, axes = plt.subplots(len(indices), cols, figsize=(1.9 * cols, 1.1 * len(indices) + 0.4), squeeze=False)
@@ -366,7 +366,7 @@ def show_predictions(models: dict, dataset, indices, title=str):
 
 show_predictions(models, splits["test"], range(N_SHOW), title=lambda s: f"OS {s}")
 
-# %% [markdown] papermill={"duration": 0.069186, "end_time": "2026-12-07T22:00:38.880292+00:00", "exception": false, "start_time": "2026-12-07T22:00:38.811106+00:00", "status": "completed"}
+# %% [markdown]
 # ## 6 · The course so far
 #
 # Every notebook writes `OUT_DIR/metrics.json` with one summary row per trained run; the table below reads all of
@@ -374,16 +374,12 @@ show_predictions(models, splits["test"], range(N_SHOW), title=lambda s: f"OS {s}
 # data are shown for context — **references from the course, not results of this kit**; the smoke rows come
 # from a few minutes of CPU training on small synthetic images.
 
-# %% papermill={"duration": 0.131779, "end_time": "2026-12-07T22:00:39.078877+00:00", "exception": false, "start_time": "2026-12-07T22:00:38.947098+00:00", "status": "completed"}
+# %%
 path = write_notebook_results(OUT_DIR, "02_dilation", PRESET, runs,
                               extra={"macs_G": macs.reset_index().to_dict(orient="records"),
                                      "forward_ms": {str(k): v for k, v in forward_ms.items()}})
 print(f"wrote {path.name} in OUT_DIR")
-so_far = course_table(OUT_DIR, preset=PRESET)
-cols = [c for c in ("semseg/miou", "depth/si_log_rmse", "grader_score", "parameters_M") if c in so_far]
-print(so_far[cols].round(2).to_string() if len(so_far) else "no finished notebooks yet")
+print_course_table(OUT_DIR, PRESET, ("semseg/miou", "depth/si_log_rmse", "grader_score", "parameters_M"))
 
-# %% papermill={"duration": 0.101152, "end_time": "2026-12-07T22:00:39.263568+00:00", "exception": false, "start_time": "2026-12-07T22:00:39.162416+00:00", "status": "completed"}
-for title, values in REFERENCE_RESULTS.items():
-    print(f"reference — {title}")
-    print(pd.Series(values).to_string(), "\n")
+# %%
+course.deeplab.print_references()  # the DLAD course's paper-preset numbers

@@ -13,7 +13,7 @@
 #     name: python3
 # ---
 
-# %% [markdown] papermill={"duration": 0.083781, "end_time": "2026-12-07T22:01:55.661748+00:00", "exception": false, "start_time": "2026-12-07T22:01:55.577967+00:00", "status": "completed"}
+# %% [markdown]
 # # 03 · ASPP and the skip decoder, each ablated
 #
 # **Learning goals.** After this notebook you can
@@ -29,7 +29,7 @@
 # the ASPP output with early, high-resolution features. We write ASPP out, check it against the library, then
 # switch ASPP and the skip off (`aspp=False`, `skip=False`) and train each variant.
 
-# %% papermill={"duration": 0.150044, "end_time": "2026-12-07T22:01:55.880160+00:00", "exception": false, "start_time": "2026-12-07T22:01:55.730116+00:00", "status": "completed"} tags=["parameters"]
+# %% tags=["parameters"]
 import os
 
 PRESET = os.environ.get("MTLKIT_PRESET", "smoke")  # unit | smoke | lesson | paper
@@ -46,7 +46,7 @@ MAX_STEPS = None  # a dry run: stop each training epoch and evaluation after thi
 BOUNDARY_BAND = 2  # pixels around label boundaries counted as "boundary" in the boundary accuracy
 N_SHOW = 3  # test images in the prediction figure
 
-# %% papermill={"duration": 18.018218, "end_time": "2026-12-07T22:02:13.984853+00:00", "exception": false, "start_time": "2026-12-07T22:01:55.966635+00:00", "status": "completed"}
+# %%
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlkit import course, viz
-from mtlkit.course import REFERENCE_RESULTS, course_table, relative_error, write_notebook_results
+from mtlkit.course import print_course_table, relative_error, write_notebook_results
 from mtlkit.models import build, count_parameters
 from mtlkit.models.blocks import ASPP
 from mtlkit.train import seed_everything
@@ -75,7 +75,7 @@ unknown = [v for v in VARIANTS if v not in ABLATIONS]
 if unknown:
     raise ValueError(f"unknown VARIANTS {unknown}; valid variants: {', '.join(ABLATIONS)}")
 
-# %% [markdown] papermill={"duration": 0.135798, "end_time": "2026-12-07T22:02:14.283752+00:00", "exception": false, "start_time": "2026-12-07T22:02:14.147954+00:00", "status": "completed"}
+# %% [markdown]
 # ## 1 · ASPP
 #
 # On the encoder features $x \in \mathbb{R}^{C\times h\times w}$, ASPP runs five branches in parallel, each
@@ -87,7 +87,7 @@ if unknown:
 # reach ±96, ±192, ±288 input pixels); image pooling adds one global descriptor of the whole image — useful when
 # the largest rate's taps fall mostly into the zero padding of a small feature map. Written out:
 
-# %% papermill={"duration": 0.224742, "end_time": "2026-12-07T22:02:14.660381+00:00", "exception": false, "start_time": "2026-12-07T22:02:14.435639+00:00", "status": "completed"}
+# %%
 def cbr(in_channels: int, out_channels: int, kernel_size: int, rate: int = 1) -> nn.Sequential:
     """conv (no bias, "same" padding, dilation ``rate``) -> BatchNorm -> ReLU."""
     pad = rate * (kernel_size - 1) // 2
@@ -124,11 +124,11 @@ class OurASPP(nn.Module):
         return self.project(torch.cat(local + [pooled], dim=1))  # [B, 5C', h, w] -> [B, C', h, w]
 
 
-# %% [markdown] papermill={"duration": 0.124463, "end_time": "2026-12-07T22:02:14.960117+00:00", "exception": false, "start_time": "2026-12-07T22:02:14.835654+00:00", "status": "completed"}
+# %% [markdown]
 # Checked against the library's `ASPP` (`mtlkit.models.blocks`): copy its weights (and BatchNorm statistics, set
 # to random values so they matter) into ours and compare the outputs in float64, in eval and in train mode:
 
-# %% papermill={"duration": 1.064623, "end_time": "2026-12-07T22:02:16.195715+00:00", "exception": false, "start_time": "2026-12-07T22:02:15.131092+00:00", "status": "completed"}
+# %%
 torch.manual_seed(SEED)
 library = ASPP(512, 64, rates=(6, 12, 18)).double()
 for m in library.modules():
@@ -147,14 +147,14 @@ for mode in ("eval", "train"):
         aspp_errors[mode] = relative_error(ours(x), library(x))
     print(f"ASPP, {mode} mode: relative error: {aspp_errors[mode]:.1e}")
 
-# %% papermill={"duration": 0.351842, "end_time": "2026-12-07T22:02:16.659556+00:00", "exception": false, "start_time": "2026-12-07T22:02:16.307714+00:00", "status": "completed"}
+# %%
 # NBVAL_CHECK_OUTPUT
 print(f"output {tuple(ours(x).shape)}; image pooling normalised by GroupNorm({groups}, 64)")
 for mode, err in aspp_errors.items():
     print(f"ASPP, {mode} mode: relative error < 1e-6: {err < 1e-6}")
 assert all(err < 1e-6 for err in aspp_errors.values())
 
-# %% [markdown] papermill={"duration": 0.124146, "end_time": "2026-12-07T22:02:16.915786+00:00", "exception": false, "start_time": "2026-12-07T22:02:16.791640+00:00", "status": "completed"}
+# %% [markdown]
 # ## 2 · Image pooling at batch size 1
 #
 # After global pooling each image contributes **one** value per channel. BatchNorm in train mode normalises each
@@ -165,7 +165,7 @@ assert all(err < 1e-6 for err in aspp_errors.values())
 # frozen BN); the library normalises the pooled vector with **GroupNorm** instead: per image, over groups of
 # channels, the same in train and eval mode, same parameter count.
 
-# %% papermill={"duration": 0.18395, "end_time": "2026-12-07T22:02:17.227707+00:00", "exception": false, "start_time": "2026-12-07T22:02:17.043757+00:00", "status": "completed"}
+# %%
 torch.manual_seed(SEED)
 pooled = torch.randn(2, 8, 1, 1)  # image-pooling outputs of two images, 8 channels, before normalisation
 bn = nn.BatchNorm2d(8).train()
@@ -181,7 +181,7 @@ gn = nn.GroupNorm(4, 8).train()
 library_pool = ASPP(16, 8, rates=(1, 2, 3)).branches[4].train()
 single = library_pool(torch.randn(1, 16, 3, 5)).detach()
 
-# %% papermill={"duration": 0.127032, "end_time": "2026-12-07T22:02:17.484076+00:00", "exception": false, "start_time": "2026-12-07T22:02:17.357044+00:00", "status": "completed"}
+# %%
 # NBVAL_CHECK_OUTPUT
 print(f"BatchNorm at batch size 1 in train mode raises: {bn_error is not None}")
 print(f"BatchNorm at batch size 2 gives +-1 in every channel: "
@@ -189,7 +189,7 @@ print(f"BatchNorm at batch size 2 gives +-1 in every channel: "
 print(f"GroupNorm at batch size 1: output {tuple(gn(pooled[:1]).shape)}, finite: {bool(gn(pooled[:1]).isfinite().all())}")
 print(f"library image pooling ({type(library_pool.norm).__name__}) at batch size 1: {tuple(single.shape)}")
 
-# %% [markdown] papermill={"duration": 0.156145, "end_time": "2026-12-07T22:02:17.783762+00:00", "exception": false, "start_time": "2026-12-07T22:02:17.627617+00:00", "status": "completed"}
+# %% [markdown]
 # ## 3 · The skip decoder
 #
 # At output stride 16 the ASPP output of a 256×512 crop is 16×32; upsampled 16× it cannot place a boundary more
@@ -202,7 +202,7 @@ print(f"library image pooling ({type(library_pool.norm).__name__}) at batch size
 # no image pooling: every position sees only its own encoder feature); `skip=False` keeps the decoder but fuses
 # the upsampled ASPP output alone. Parameter counts at full size (ResNet-34, 256 channels, 19 classes + depth):
 
-# %% papermill={"duration": 18.000089, "end_time": "2026-12-07T22:02:35.947699+00:00", "exception": false, "start_time": "2026-12-07T22:02:17.947610+00:00", "status": "completed"}
+# %%
 # NBVAL_CHECK_OUTPUT
 param_rows = {}
 for variant, switches in ABLATIONS.items():
@@ -212,19 +212,19 @@ params = pd.DataFrame(param_rows).T
 params["vs full"] = params["total"] - params.loc["full", "total"]
 print(params.to_string())
 
-# %% [markdown] papermill={"duration": 0.116503, "end_time": "2026-12-07T22:02:36.199694+00:00", "exception": false, "start_time": "2026-12-07T22:02:36.083191+00:00", "status": "completed"}
+# %% [markdown]
 # Check the differences by hand: ASPP has $512\cdot256\,(1 + 3\cdot 9 + 1) + 5\cdot256\cdot256 + 6\cdot 2\cdot256
 # = 4{,}131{,}840$ parameters, its replacement $512\cdot256 + 2\cdot256 = 131{,}584$; the skip costs its projection
 # $64\cdot48 + 2\cdot48$ plus the first fusion conv's 48 extra input channels, $9\cdot48\cdot256$: 113,760.
 
-# %% papermill={"duration": 0.195039, "end_time": "2026-12-07T22:02:36.538104+00:00", "exception": false, "start_time": "2026-12-07T22:02:36.343065+00:00", "status": "completed"}
+# %%
 # NBVAL_CHECK_OUTPUT
 aspp_params = 512 * 256 * (1 + 3 * 9 + 1) + 5 * 256 * 256 + 6 * 2 * 256
 skip_params = 64 * 48 + 2 * 48 + 9 * 48 * 256
 print("no-aspp saves", aspp_params - (512 * 256 + 2 * 256), "=", -params.loc["no-aspp", "vs full"])
 print("no-skip saves", skip_params, "=", -params.loc["no-skip", "vs full"])
 
-# %% [markdown] papermill={"duration": 0.135803, "end_time": "2026-12-07T22:02:36.809956+00:00", "exception": false, "start_time": "2026-12-07T22:02:36.674153+00:00", "status": "completed"}
+# %% [markdown]
 # ## 4 · Training the ablations
 #
 # Same data, schedule, seed and output stride; only the switches differ. In `smoke` the model is the narrow one
@@ -233,24 +233,24 @@ print("no-skip saves", skip_params, "=", -params.loc["no-skip", "vs full"])
 # `TRAIN_IMAGES` override; `lesson` and `paper` use their full schedules and all images). A finished run in
 # `OUT_DIR` is loaded instead of retrained.
 
-# %% papermill={"duration": 0.182183, "end_time": "2026-12-07T22:02:37.151038+00:00", "exception": false, "start_time": "2026-12-07T22:02:36.968855+00:00", "status": "completed"}
+# %%
 splits = setup.splits
 print(setup.describe())
 print(f"output stride {OUTPUT_STRIDE}, variants {list(VARIANTS)}")
 
-# %% papermill={"duration": 166.232991, "end_time": "2026-12-07T22:05:23.508311+00:00", "exception": false, "start_time": "2026-12-07T22:02:37.275320+00:00", "status": "completed"}
+# %%
 results = {variant: course.run(setup, variant, "deeplab-joint", output_stride=OUTPUT_STRIDE, **ABLATIONS[variant])
            for variant in VARIANTS}
 models = {variant: r.model for variant, r in results.items()}
 
-# %% [markdown] papermill={"duration": 0.077956, "end_time": "2026-12-07T22:05:23.649610+00:00", "exception": false, "start_time": "2026-12-07T22:05:23.571654+00:00", "status": "completed"}
+# %% [markdown]
 # ## 5 · Evaluation: overall and at boundaries
 #
 # mIoU weighs whole regions; a skip connection should matter most near boundaries. The **boundary accuracy**
 # counts pixel accuracy only within `BOUNDARY_BAND` pixels of a label change (the band is found with a max-pool
 # over the "label differs from a neighbour" map); the interior accuracy counts the rest.
 
-# %% papermill={"duration": 16.245991, "end_time": "2026-12-07T22:05:39.997776+00:00", "exception": false, "start_time": "2026-12-07T22:05:23.751785+00:00", "status": "completed"}
+# %%
 def boundary_band(labels: torch.Tensor, width: int) -> torch.Tensor:
     """[B,H,W] int labels -> [B,H,W] bool: within ``width`` pixels (Chebyshev) of a label change."""
     edge = torch.zeros_like(labels, dtype=torch.bool)
@@ -290,7 +290,7 @@ print(f"test split, best epoch on val ({PRESET} preset: a short run on small ima
       f"boundary band ±{BOUNDARY_BAND} px = {table['semseg/boundary_share'].iloc[0]:.0f}% of labelled pixels")
 print(table[show].round(2).to_string())
 
-# %% papermill={"duration": 2.04056, "end_time": "2026-12-07T22:05:42.100308+00:00", "exception": false, "start_time": "2026-12-07T22:05:40.059748+00:00", "status": "completed"}
+# %%
 long = table[["semseg/miou", "semseg/boundary_acc", "semseg/interior_acc"]].rename(
     columns=lambda c: c.split("/")[1]).reset_index(names="variant").melt(id_vars="variant")
 fig, axes = plt.subplots(1, 2, figsize=(10, 2.8), gridspec_kw={"width_ratios": [2, 1]})
@@ -302,12 +302,12 @@ plt.tight_layout()
 plt.show()
 
 
-# %% [markdown] papermill={"duration": 0.071965, "end_time": "2026-12-07T22:05:42.267964+00:00", "exception": false, "start_time": "2026-12-07T22:05:42.195999+00:00", "status": "completed"}
+# %% [markdown]
 # Predictions of each variant on test images, with the boundary band of the ground truth (white) for reference.
 # Look at thin structures (poles, signs) and the outlines of cars and people: without the skip the outlines come
 # from a 16× upsampling and are blobs.
 
-# %% papermill={"duration": 3.183805, "end_time": "2026-12-07T22:05:45.551968+00:00", "exception": false, "start_time": "2026-12-07T22:05:42.368163+00:00", "status": "completed"}
+# %%
 def show_predictions(models: dict, dataset, indices) -> None:
     info = dataset.task_info["semseg"]
     cols = 3 + len(models)
@@ -332,23 +332,19 @@ def show_predictions(models: dict, dataset, indices) -> None:
 
 show_predictions(models, splits["test"], range(N_SHOW))
 
-# %% [markdown] papermill={"duration": 0.080029, "end_time": "2026-12-07T22:05:45.715814+00:00", "exception": false, "start_time": "2026-12-07T22:05:45.635785+00:00", "status": "completed"}
+# %% [markdown]
 # ## 6 · The course so far
 #
 # Rows of every notebook run in this preset (each writes `OUT_DIR/metrics.json`), then the DLAD course's scores on
 # the real MiniScapes data — **references from the course, not results of this kit**. The course's recipe for its
 # joint model is exactly the full variant here (dilation (F,F,T) + ASPP + skip, with ImageNet weights).
 
-# %% papermill={"duration": 0.112951, "end_time": "2026-12-07T22:05:45.905097+00:00", "exception": false, "start_time": "2026-12-07T22:05:45.792146+00:00", "status": "completed"}
+# %%
 path = write_notebook_results(OUT_DIR, "03_aspp_skip", PRESET, runs,
                               extra={"parameters_full_size": params["total"].to_dict(),
                                      "boundary_band_px": BOUNDARY_BAND, "output_stride": OUTPUT_STRIDE})
 print(f"wrote {path.name} in OUT_DIR")
-so_far = course_table(OUT_DIR, preset=PRESET)
-cols = [c for c in ("semseg/miou", "depth/si_log_rmse", "grader_score", "parameters_M") if c in so_far]
-print(so_far[cols].round(2).to_string() if len(so_far) else "no finished notebooks yet")
+print_course_table(OUT_DIR, PRESET, ("semseg/miou", "depth/si_log_rmse", "grader_score", "parameters_M"))
 
-# %% papermill={"duration": 0.081419, "end_time": "2026-12-07T22:05:46.073253+00:00", "exception": false, "start_time": "2026-12-07T22:05:45.991834+00:00", "status": "completed"}
-for title, values in REFERENCE_RESULTS.items():
-    print(f"reference — {title}")
-    print(pd.Series(values).to_string(), "\n")
+# %%
+course.deeplab.print_references()  # the DLAD course's paper-preset numbers

@@ -220,6 +220,10 @@ def test_tables_survive_zero_baselines_and_nan_rows(tmp_path, capsys):
     assert changes.isna().all().all()
     assert "baseline's semseg/miou is 0" in capsys.readouterr().out
     assert len(course.course_table(tmp_path / "05_y", preset="smoke")) == 3
+    shown = course.print_course_table(tmp_path / "05_y", "smoke", ("semseg/miou", "no/such"), notebook="04_x")
+    assert len(shown) == 3 and "course results, smoke preset (notebook 04_x's rows)" in capsys.readouterr().out
+    assert course.print_course_table(tmp_path / "05_y", "paper", ("semseg/miou",)).empty
+    assert "no finished notebooks of the paper preset" in capsys.readouterr().out
 
 
 def test_subset_keeps_the_labelled_attribute():

@@ -11,12 +11,13 @@ from mtlkit.course.common import (PRESETS, TRAINER_KEYS, Run, Setup, TaskSubset,
                                   model_device, predict, relative_error, run, run_fingerprint, state_digest, subset,
                                   train_or_load)
 from mtlkit.course.deeplab import DEEPLAB_SCHEDULES, REFERENCE_RESULTS, deeplab_schedule
-from mtlkit.course.results import (course_table, delta_m_or_nan, find_results, reference_table, relative_to_single,
-                                   results_table, summarize, task_metric_columns, write_notebook_results)
+from mtlkit.course.results import (course_table, delta_m_or_nan, find_results, print_course_table, reference_table,
+                                   relative_to_single, results_table, summarize, task_metric_columns,
+                                   write_notebook_results)
 
 __all__ = ["PRESETS", "TRAINER_KEYS", "Run", "Setup", "TaskSubset", "check_preset", "first_images", "fingerprint",
            "labelled_splits", "labelled_tasks", "load_splits", "make_setup", "model_device", "predict",
            "relative_error", "run", "run_fingerprint", "state_digest", "subset", "train_or_load",
            "DEEPLAB_SCHEDULES", "REFERENCE_RESULTS", "deeplab_schedule", "course_table", "delta_m_or_nan",
-           "find_results", "reference_table", "relative_to_single", "results_table", "summarize",
+           "find_results", "print_course_table", "reference_table", "relative_to_single", "results_table", "summarize",
            "task_metric_columns", "write_notebook_results", "broden", "deeplab", "nyu", "pascal", "pet"]

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mtlkit.course.common import Setup, apply_overrides, first_images, load_splits, make_setup, subset
+from mtlkit.course.common import (Setup, apply_overrides, first_images, knob_overrides, load_splits, make_setup,
+                                  subset)
 from mtlkit.tasks import Task
 
 __all__ = ["UPERNET_SCHEDULES", "UPERNET_REFERENCE", "upernet_schedule", "broden_splits", "part_owners_for",
@@ -186,12 +187,7 @@ def setup(preset: str, *, data: str = "auto", seed: int = 0, device: str = "auto
     loss weights; ``model_options`` holds ``part_owners`` (None where the data does not say)."""
     from mtlkit.models.upernet import UPERNET_LOSS_WEIGHTS
 
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if data != "auto":
-        overrides["data"] = data
-    if pretrained is not None:
-        overrides["pretrained"] = bool(pretrained)
-    schedule = upernet_schedule(preset, **overrides)
+    schedule = upernet_schedule(preset, **knob_overrides(overrides, data, pretrained))
     splits = broden_splits(schedule, seed=seed)  # the real dataset says how to prepare it when it is missing
     info = splits["train"].task_info
     tasks = upernet_tasks(info)

@@ -170,7 +170,8 @@ def train_or_load(run_name: str, model: nn.Module, splits: Mapping[str, Any], ou
     resume = bool(trainer_kwargs.pop("resume", True)) and same_run
     trainer_kwargs.setdefault("keep_last", False)
     trainer = Trainer(model, splits["train"], splits.get("val"), splits.get("test"), out_dir=run_dir,
-                      config={"fingerprint": key, "built": _json_safe(dict(built or {}))}, resume=resume, **trainer_kwargs)
+                      config={"fingerprint": key, "built": _json_safe(dict(built or {}))}, resume=resume,
+                      **trainer_kwargs)
     return trainer.fit()
 
 
@@ -295,6 +296,18 @@ def apply_overrides(table: Mapping[str, Mapping[str, Any]], preset: str, overrid
                          f"{', '.join(sorted(schedule))}")
     schedule.update(overrides)
     return schedule
+
+
+def knob_overrides(overrides: Mapping[str, Any], data: str = "auto", pretrained: bool | None = None,
+                   has_pretrained: bool = True) -> dict[str, Any]:
+    """A family schedule's overrides from a notebook's knobs: None keeps the preset's value, ``data`` "auto" the
+    preset's dataset, ``pretrained`` only where the family's models load ImageNet weights (``has_pretrained``)."""
+    out = {k: v for k, v in overrides.items() if v is not None}
+    if data != "auto":
+        out["data"] = data
+    if pretrained is not None and has_pretrained:
+        out["pretrained"] = bool(pretrained)
+    return out
 
 
 @dataclass

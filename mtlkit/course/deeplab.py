@@ -6,7 +6,7 @@ from typing import Any
 
 from mtlkit.course.common import Setup, apply_overrides, check_preset, load_splits, make_setup
 
-__all__ = ["DEEPLAB_SCHEDULES", "REFERENCE_RESULTS", "MODEL_KEYS", "deeplab_schedule", "setup"]
+__all__ = ["DEEPLAB_SCHEDULES", "REFERENCE_RESULTS", "MODEL_KEYS", "deeplab_schedule", "print_references", "setup"]
 
 # Schedules per preset for the DeepLab notebooks (01-05). smoke/unit shrink the model (ResNet-18, narrow ASPP and
 # decoder) because a full-width DeepLabV3+ takes ~0.7 s per step at 64x128 on 2 cores; cells that check parameter
@@ -83,3 +83,11 @@ def setup(preset: str, *, data: str = "auto", seed: int = 0, device: str = "auto
     return make_setup(preset, name, schedule, splits, tasks_for(splits["train"].task_info), MODEL_KEYS,
                       out_dir=out_dir, device=device, seed=seed, max_steps=max_steps,
                       loss_weights=schedule["loss_weights"])
+
+
+def print_references() -> None:
+    """The DLAD course's numbers (:data:`REFERENCE_RESULTS`), labelled as references: not results of this kit."""
+    for title, values in REFERENCE_RESULTS.items():
+        print(f"REFERENCE (DLAD course, not produced here): {title}")
+        for name, value in values.items():
+            print(f"    {name:<45} {value}")

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 import torch.nn as nn
 
-from mtlkit.course.common import Setup, check_preset, first_images, make_setup
+from mtlkit.course.common import Setup, check_preset, first_images, knob_overrides, make_setup
 
 __all__ = ["NYU_TASK_CHANNELS", "BACKBONES", "NYU_WEIGHTINGS", "AUGMENT_SCALES", "SEGNET_ROWS", "RESNET_ROWS",
            "SINGLE_TASK_ROWS", "NYU_SCHEDULES", "MTAN_NYUV2_REFERENCE", "LIBMTL_NYUV2_REFERENCE",
@@ -287,12 +287,8 @@ def setup(preset: str, backbone: str = "segnet", *, data: str = "auto", seed: in
     come from :func:`nyu_model_spec`. ``overrides`` change schedule entries (None keeps the preset's)."""
     from mtlkit.tasks import tasks_for
 
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if data != "auto":
-        overrides["data"] = data
-    if pretrained is not None and backbone != "segnet":  # the SegNet has no ImageNet weights to load
-        overrides["pretrained"] = bool(pretrained)
-    schedule = nyu_schedule(preset, backbone, **overrides)
+    # the SegNet has no ImageNet weights to load: PRETRAINED applies to the ResNet backbone only
+    schedule = nyu_schedule(preset, backbone, **knob_overrides(overrides, data, pretrained, backbone != "segnet"))
     splits = nyu_splits(schedule, seed=seed)  # nyuv2: val is the test split (what the papers report), no val split
     return make_setup(preset, schedule["data"], schedule, splits, tasks_for(splits["train"].task_info),
                       MODEL_KEYS[backbone], out_dir=out_dir, device=device, seed=seed, max_steps=max_steps,

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mtlkit.course.common import Setup, apply_overrides, first_images, load_splits, make_setup, subset
+from mtlkit.course.common import (Setup, apply_overrides, first_images, knob_overrides, load_splits, make_setup,
+                                  subset)
 
 __all__ = ["TSN_SCHEDULES", "TSN_REFERENCE", "PASCAL_TASK_CHANNELS", "tsn_schedule", "pascal_splits", "setup"]
 
@@ -102,12 +103,7 @@ def setup(preset: str, *, data: str = "auto", seed: int = 0, device: str = "auto
     from mtlkit.models.tsn import TSN_LOSS_WEIGHTS
     from mtlkit.tasks import tasks_for
 
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if data != "auto":
-        overrides["data"] = data
-    if pretrained is not None:
-        overrides["pretrained"] = bool(pretrained)
-    schedule = tsn_schedule(preset, **overrides)
+    schedule = tsn_schedule(preset, **knob_overrides(overrides, data, pretrained))
     splits = pascal_splits(schedule, seed=seed)  # the real dataset says how to prepare it when it is missing
     tasks = tasks_for(splits["train"].task_info)
     return make_setup(preset, schedule["data"], schedule, splits, tasks, MODEL_KEYS, out_dir=out_dir,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from mtlkit.course.common import _read_metrics
 
@@ -81,6 +81,21 @@ def course_table(out_dir: str | os.PathLike, preset: str | None = None):
 
 
 # ------------------------------------------------------------------------------------------------ the comparison
+def print_course_table(out_dir: str | os.PathLike, preset: str, columns: Sequence[str],
+                       notebook: str | None = None, digits: int = 2):
+    """Print the course table so far (:func:`course_table`: every notebook next to ``out_dir`` in ``preset``), its
+    ``columns`` that exist, only ``notebook``'s rows when given; returns the whole table."""
+    table = course_table(out_dir, preset=preset)
+    shown = [c for c in columns if c in table.columns]
+    if table.empty:
+        print(f"no finished notebooks of the {preset} preset next to {Path(out_dir).name} yet")
+        return table
+    rows = table.loc[[notebook]] if notebook is not None and notebook in table.index else table
+    print(f"course results, {preset} preset" + (f" (notebook {notebook}'s rows)" if notebook else "") + ":")
+    print(rows[shown].round(digits).to_string(na_rep="-"))
+    return table
+
+
 def results_table(folder: str | os.PathLike, preset: str | None = None):
     """Every run of every ``folder/*/metrics.json`` (a notebook's ``write_notebook_results``) as one DataFrame.
 
