@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Subset
 
-PRESETS = ("unit", "smoke", "lesson", "paper")
+from mtlkit.data.datasets import PRESETS  # defined once, where the data presets are
+
 
 def check_preset(preset: str) -> str:
     if preset not in PRESETS:
