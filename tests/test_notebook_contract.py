@@ -85,3 +85,9 @@ def test_training_notebooks_set_up_and_train_through_the_course_api(path):
     for banned in ("train_or_load(", "describe=", "def train_run", "def run(", "def train_distill", "def train_single",
                    "def train_stitched", "trainer_kwargs", "Trainer("):
         assert banned not in code, f"{banned!r}: train through course.run"
+
+
+def test_09_builds_its_check_input_at_a_fixed_size():
+    """pascal-mt reports its image size as (None, None) (sizes vary per image): 09 must not build tensors from it."""
+    (path,) = [p for p in NOTEBOOKS if p.name.startswith("09_")]
+    assert "image_size" not in _code(path)
