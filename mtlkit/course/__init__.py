@@ -6,7 +6,7 @@ returns a :class:`Setup`; ``course.run(setup, name, model, tasks, ...)`` trains 
 build the summary rows, Δm and the course table.
 """
 from mtlkit.course import broden, deeplab, nyu, pascal, pet
-from mtlkit.course.common import (PRESETS, TRAINER_KEYS, Run, Setup, TaskSubset, check_preset, first_images,
+from mtlkit.course.common import (PRESETS, TRAINER_KEYS, Run, Setup, TaskSubset, check_preset, draw_row, first_images,
                                   fingerprint, labelled_splits, labelled_tasks, load_splits, make_setup,
                                   model_device, predict, relative_error, run, run_fingerprint, state_digest, subset,
                                   train_or_load)
@@ -15,8 +15,8 @@ from mtlkit.course.results import (course_table, delta_m_or_nan, find_results, p
                                    relative_to_single, results_table, summarize, task_metric_columns,
                                    write_notebook_results)
 
-__all__ = ["PRESETS", "TRAINER_KEYS", "Run", "Setup", "TaskSubset", "check_preset", "first_images", "fingerprint",
-           "labelled_splits", "labelled_tasks", "load_splits", "make_setup", "model_device", "predict",
+__all__ = ["PRESETS", "TRAINER_KEYS", "Run", "Setup", "TaskSubset", "check_preset", "draw_row", "first_images",
+           "fingerprint", "labelled_splits", "labelled_tasks", "load_splits", "make_setup", "model_device", "predict",
            "relative_error", "run", "run_fingerprint", "state_digest", "subset", "train_or_load",
            "DEEPLAB_SCHEDULES", "REFERENCE_RESULTS", "deeplab_schedule", "course_table", "delta_m_or_nan",
            "find_results", "print_course_table", "reference_table", "relative_to_single", "results_table", "summarize",

@@ -415,3 +415,14 @@ def _to_cpu(out: Any) -> Any:
     if isinstance(out, (tuple, list)):
         return type(out)(_to_cpu(v) for v in out)
     return out
+
+
+def draw_row(axes: Sequence[Any], panels: Sequence[tuple[str, Any, Mapping[str, Any]]], titles: bool = True,
+             fontsize: int = 8) -> None:
+    """One row of a prediction figure: ``panels`` of ``(title, image, imshow kwargs)`` on ``axes``, without axes;
+    the titles only where ``titles`` (the first row)."""
+    for ax, (title, image, kw) in zip(axes, panels):
+        ax.imshow(image, **kw)
+        ax.set_axis_off()
+        if titles:
+            ax.set_title(title, fontsize=fontsize)
