@@ -355,11 +355,7 @@ def show_predictions(models: dict, dataset, indices, title=str):
             panels.append((f"{title(key)}", *viz.label_to_rgb("semseg", pred["semseg"][0].argmax(0),
                                                                   info["semseg"])))
             panels.append((f"{title(key)} depth", *viz.label_to_rgb("depth", pred["depth"][0].clamp_min(0.1))))
-        for ax, (name, img, kw) in zip(axes[row], panels):
-            ax.imshow(img, **kw)
-            ax.set_axis_off()
-            if row == 0:
-                ax.set_title(name, fontsize=8)
+        course.draw_row(axes[row], panels, titles=row == 0)
     plt.tight_layout()
     plt.show()
 

@@ -321,11 +321,7 @@ def show_predictions(models: dict, dataset, indices) -> None:
         for name, model in models.items():
             pred = course.predict(model, s["image"][None])["semseg"][0].argmax(0)
             panels.append((name, *viz.label_to_rgb("semseg", pred, info)))
-        for ax, (title, img, kw) in zip(axes[row], panels):
-            ax.imshow(img, **kw)
-            ax.set_axis_off()
-            if row == 0:
-                ax.set_title(title, fontsize=8)
+        course.draw_row(axes[row], panels, titles=row == 0)
     plt.tight_layout()
     plt.show()
 

@@ -316,11 +316,7 @@ for row in range(len(batch["image"])):
     gt_depth, kw = viz.label_to_rgb("depth", batch["depth"][row])
     panels.append((gt_depth, kw))
     panels += [(preds[n]["depth"][row, 0].numpy(), kw) for n in shown if "depth" in preds[n]]
-    for ax, (img, kw), title in zip(axes[row], panels, cols):
-        ax.imshow(img, **kw)
-        ax.set_axis_off()
-        if row == 0:
-            ax.set_title(title, fontsize=7)
+    course.draw_row(axes[row], [(title, img, kw) for (img, kw), title in zip(panels, cols)], row == 0, fontsize=7)
 plt.tight_layout()
 plt.show()
 
