@@ -229,3 +229,17 @@ def test_tables_survive_zero_baselines_and_nan_rows(tmp_path, capsys):
 def test_subset_keeps_the_labelled_attribute():
     part = subset(Withheld(6, ()), 3)
     assert part.labelled == () and course.labelled_tasks(part) == ()
+
+
+def test_deeplab_setup_on_the_miniscapes_twin_scores_a_labelled_split(tmp_path, monkeypatch):
+    """The MiniScapes twin withholds its test labels (as the course does): the setup says so and evaluates val."""
+    from mtlkit.data.real.twins import write_twin
+
+    write_twin("miniscapes", tmp_path / "prepared" / "miniscapes", n=6)
+    monkeypatch.setenv("MTLKIT_DATA_DIR", str(tmp_path))
+    setup = course.deeplab.setup("paper", device="cpu", out_dir=tmp_path / "runs", pretrained=False)
+    assert course.labelled_tasks(setup.splits["test"]) == ("semseg", "depth")  # the course's val split
+    assert len(setup.splits["test"]) == 6 and len(setup.splits["train"]) + len(setup.splits["val"]) == 6
+    assert "evaluated as the test split" in setup.describe()
+    sample = setup.splits["test"][0]
+    assert (sample["semseg"] >= 0).any()  # labels present where the metrics are computed
