@@ -38,6 +38,7 @@ SEED = 0
 DATA = "auto"  # "auto": the preset's dataset (synthetic-city; the paper preset uses the real MiniScapes data)
 OUT_DIR = "../runs/notebooks/01_joint_baseline"
 PRETRAINED = None  # ImageNet initialisation of the encoder; None -> the preset's (paper: True, needs the HF hub)
+MAX_STEPS = None  # a dry run: stop each training epoch and evaluation after this many batches (None: whole epochs)
 EPOCHS = None  # None -> the preset's (smoke: 3, on the first 96 training images)
 OPTIMIZER = None  # "sgd" | "adam" | "adamw"; None -> the preset's (smoke: adam, paper: sgd)
 LR = None  # None -> the preset's (smoke: 1e-3, paper: 0.01)
@@ -61,9 +62,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mtlkit import viz
-from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_setup, relative_error, subset, summarize,
-                           train_or_load, write_notebook_results)
+from mtlkit import course, viz
+from mtlkit.course import REFERENCE_RESULTS, print_course_table, relative_error, subset, summarize, write_notebook_results
 from mtlkit.data import collate
 from mtlkit.metrics import grader_score
 from mtlkit.models import build, count_parameters
@@ -75,17 +75,17 @@ out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
 
 # The preset's schedule with every knob that is not None applied on top, its data (smoke: the first 96 training
-# and 32 validation images), tasks and model options.
-overrides = {k: v for k, v in dict(optimizer=OPTIMIZER, lr=LR, batch_size=BATCH_SIZE, pretrained=PRETRAINED).items()
-             if v is not None}
-setup = deeplab_setup(PRESET, data=DATA, seed=SEED, device=DEVICE, study=False, epochs=EPOCHS, **overrides)
+# and 32 validation images), tasks, model and Trainer options: one call.
+setup = course.deeplab.setup(PRESET, data=DATA, seed=SEED, device=DEVICE, out_dir=OUT_DIR, study=False,
+                             epochs=EPOCHS, pretrained=PRETRAINED, max_steps=MAX_STEPS, optimizer=OPTIMIZER, lr=LR,
+                             batch_size=BATCH_SIZE)
 schedule, DATA_NAME, splits = setup.schedule, setup.data, setup.splits
 w_seg = schedule["loss_weights"]["semseg"] if SEMSEG_WEIGHT is None else float(SEMSEG_WEIGHT)
 if not 0.0 <= w_seg <= 1.0:
     raise ValueError(f"SEMSEG_WEIGHT must be in [0, 1] (depth gets 1 - SEMSEG_WEIGHT); got {SEMSEG_WEIGHT}")
 LOSS_WEIGHTS = {"semseg": w_seg, "depth": 1.0 - w_seg}
 HPARAMS = {"OPTIMIZER": schedule["optimizer"], "LR": float(schedule["lr"]), "BATCH_SIZE": int(schedule["batch_size"]),
-           "SEMSEG_WEIGHT": w_seg, "EPOCHS": int(schedule["epochs"]), "PRETRAINED": bool(schedule.get("pretrained"))}
+           "SEMSEG_WEIGHT": w_seg, "EPOCHS": int(schedule["epochs"]), "PRETRAINED": bool(schedule["pretrained"])}
 
 train_set = splits["train"]
 TASKS, TASK_CHANNELS = setup.tasks, setup.task_channels  # {"semseg": Task, "depth": Task}, {"semseg": 19, "depth": 1}
@@ -93,11 +93,8 @@ MODEL_OPTIONS = setup.model_options
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"data: {DATA_NAME} ({schedule['data_preset']}), images {'x'.join(map(str, train_set.image_size))}, "
-      f"train/val/test = {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])}")
-print(f"tasks and output channels: {TASK_CHANNELS}")
-print(f"model: deeplab-joint, {MODEL_OPTIONS}")
-print(f"schedule: {HPARAMS}, scheduler={schedule['scheduler']}, weight_decay={schedule['weight_decay']}")
+print(setup.describe())  # a note says so where the preset's test split has no labels (MiniScapes withholds them)
+print(f"model: deeplab-joint; schedule: {HPARAMS}")
 
 # %% [markdown]
 # ## 1 · The idea: share everything, split only the last layer
@@ -260,8 +257,9 @@ assert loss_error < 1e-6
 # %% [markdown]
 # ## 4 · Training through the Trainer
 #
-# `train_or_load` hands the model to the Trainer (checkpoints every epoch, best epoch chosen on **validation**, test
-# metrics computed once with the best weights) — or, when `OUT_DIR` already holds this exact run, loads it. A small
+# `course.run` seeds, builds the model and hands it to the Trainer (checkpoints every epoch, best epoch chosen on
+# **validation**, test metrics computed once with the best weights) — or, when `OUT_DIR` already holds a finished
+# run with the same fingerprint (the model and options built, tasks, data, Trainer options), loads it. A small
 # callback records the per-step losses for the curves below.
 
 # %%
@@ -278,34 +276,16 @@ class StepLosses(Callback):
         (trainer.out_dir / "step_losses.json").write_text(json.dumps(self.rows))
 
 
-def trainer_options(epochs: int, optimizer: str, lr: float, batch_size: int, weights: dict[str, float]) -> dict:
-    """The Trainer's arguments for one run of the study (everything else from the preset's schedule)."""
-    options = dict(epochs=int(epochs), batch_size=int(batch_size), optimizer=optimizer, lr=float(lr),
-                   weight_decay=schedule["weight_decay"], scheduler=schedule["scheduler"],
-                   weighting="static", weighting_options={"weights": dict(weights)}, device=DEVICE, seed=SEED)
-    if optimizer == "sgd":
-        options["momentum"] = schedule.get("momentum", 0.9)
-    if schedule["scheduler"] == "poly":
-        options["power"] = schedule.get("power", 0.9)
-    return options
+def read_steps(result: course.Run) -> pd.DataFrame:
+    """The per-step losses StepLosses wrote next to a run (empty when the run was loaded from an older folder)."""
+    path = result.dir / "step_losses.json"
+    return pd.DataFrame(json.loads(path.read_text())) if path.exists() else pd.DataFrame()
 
 
-def run(name: str, data: dict, epochs: int, optimizer: str, lr: float, batch_size: int,
-        weights: dict[str, float], progress: bool | None = None) -> tuple[nn.Module, dict, pd.DataFrame]:
-    """Train (or load) one joint model; returns it (best epoch's weights), its metrics.json and per-step losses."""
-    seed_everything(SEED)
-    model = build("deeplab-joint", TASK_CHANNELS, **MODEL_OPTIONS)
-    metrics = train_or_load(name, model, data, out_dir, describe={"model": "deeplab-joint", **MODEL_OPTIONS},
-                            callbacks=[StepLosses()], progress=progress,
-                            **trainer_options(epochs, optimizer, lr, batch_size, weights))
-    steps_path = out_dir / name / "step_losses.json"
-    steps = pd.DataFrame(json.loads(steps_path.read_text())) if steps_path.exists() else pd.DataFrame()
-    return model, metrics, steps
-
-
-model, metrics, steps = run("joint", splits, schedule["epochs"], schedule["optimizer"], schedule["lr"],
-                            schedule["batch_size"], LOSS_WEIGHTS)
-joint_row = summarize(metrics)  # test split, best epoch (chosen on val)
+# seed -> build -> fingerprint of what was built -> train (or load the finished run) -> best epoch's weights
+joint = course.run(setup, "joint", "deeplab-joint", loss_weights=LOSS_WEIGHTS, callbacks=[StepLosses()])
+model, metrics, steps = joint.model, joint.metrics, read_steps(joint)
+joint_row = summarize(metrics, name="joint")  # test split, best epoch (chosen on val)
 joint_val = summarize(metrics, split="val")
 
 # %%
@@ -356,11 +336,8 @@ plt.show()
 
 # %%
 test_set = splits["test"]
-device = next(model.parameters()).device
-model.eval()
 show = collate([test_set[i] for i in range(min(N_SHOW, len(test_set)))])
-with torch.no_grad():
-    pred = model(show["image"].to(device))
+pred = course.predict(model, show["image"])  # on the model's device (a GPU after training there), back on the CPU
 info = test_set.task_info["semseg"]
 fig, axes = plt.subplots(len(show["image"]), 5, figsize=(13, 1.6 * len(show["image"])), dpi=70, squeeze=False)
 for row in range(len(show["image"])):
@@ -368,9 +345,9 @@ for row in range(len(show["image"])):
     vmax = float(gt_depth[gt_depth > 0].max()) if (gt_depth > 0).any() else 1.0
     panels = [("image", show["image"][row].permute(1, 2, 0).numpy(), {}),
               ("semseg: ground truth", viz.label_to_rgb("semseg", show["semseg"][row], info)[0], {}),
-              ("semseg: prediction", viz.label_to_rgb("semseg", pred["semseg"][row].argmax(0).cpu(), info)[0], {}),
+              ("semseg: prediction", viz.label_to_rgb("semseg", pred["semseg"][row].argmax(0), info)[0], {}),
               ("depth: ground truth", np.where(gt_depth > 0, gt_depth, np.nan), {"cmap": "magma_r"}),
-              ("depth: prediction", pred["depth"][row, 0].cpu().numpy(), {"cmap": "magma_r"})]
+              ("depth: prediction", pred["depth"][row, 0].numpy(), {"cmap": "magma_r"})]
     for ax, (title, img, kw) in zip(axes[row], panels):
         if "cmap" in kw:
             kw = {**kw, "vmin": 0, "vmax": vmax}
@@ -448,17 +425,20 @@ if run_mini:
     for optimizer in ("sgd", "adam"):
         for lr in (0.01, 0.001):
             name = f"grid_{optimizer}_lr{lr:g}"
-            _, m, s = run(name, few, MINI_GRID_EPOCHS, optimizer, lr, bs, LOSS_WEIGHTS, progress=False)
+            r = course.run(setup, name, "deeplab-joint", loss_weights=LOSS_WEIGHTS, splits=few, progress=False,
+                           callbacks=[StepLosses()],
+                           train=dict(epochs=MINI_GRID_EPOCHS, optimizer=optimizer, lr=lr, batch_size=bs))
             mini_rows.append({"run": name, "OPTIMIZER": optimizer, "LR": lr, "BATCH_SIZE": bs,
-                              "SEMSEG_WEIGHT": w_seg, **summarize(m, split="val")})
-            mini_steps.append(s.assign(run=f"{optimizer}, lr {lr:g}"))
+                              "SEMSEG_WEIGHT": w_seg, **r.summary(split="val")})
+            mini_steps.append(read_steps(r).assign(run=f"{optimizer}, lr {lr:g}"))
     best_mini = max(mini_rows, key=unclipped)
     for w in (0.25, 0.75):  # then the task weight, with the best optimiser and lr (0.5 is already in the grid)
         name = f"grid_{best_mini['OPTIMIZER']}_lr{best_mini['LR']:g}_w{w:g}"
-        _, m, _ = run(name, few, MINI_GRID_EPOCHS, best_mini["OPTIMIZER"], best_mini["LR"], bs,
-                      {"semseg": w, "depth": 1.0 - w}, progress=False)
+        r = course.run(setup, name, "deeplab-joint", loss_weights={"semseg": w, "depth": 1.0 - w}, splits=few,
+                       progress=False, train=dict(epochs=MINI_GRID_EPOCHS, optimizer=best_mini["OPTIMIZER"],
+                                                  lr=best_mini["LR"], batch_size=bs))
         mini_rows.append({"run": name, "OPTIMIZER": best_mini["OPTIMIZER"], "LR": best_mini["LR"],
-                          "BATCH_SIZE": bs, "SEMSEG_WEIGHT": w, **summarize(m, split="val")})
+                          "BATCH_SIZE": bs, "SEMSEG_WEIGHT": w, **r.summary(split="val")})
     grid = pd.DataFrame(mini_rows)
 elif grid.empty:  # MINI_GRID = False and no grid runs yet: the study has this run only
     grid = pd.DataFrame([{"run": NOTEBOOK, **HPARAMS, **joint_val}])
@@ -548,13 +528,8 @@ path = write_notebook_results(out_dir, out_dir.resolve().name if in_grid else NO
                               extra={"hparams": HPARAMS, "val": joint_val, "seed": SEED, "data": DATA_NAME,
                                      "model_options": MODEL_OPTIONS, "reduced_grid": mini_rows})
 print(f"wrote {path.relative_to(out_dir.parent)}")
-table = course_table(out_dir, preset=PRESET)
-columns = [c for c in ("semseg/miou", "depth/si_log_rmse", "grader_score", "parameters_M", "train_seconds")
-           if c in table]
-print(table[columns].round(2).to_string())
+print_course_table(out_dir, PRESET, ("semseg/miou", "depth/si_log_rmse", "grader_score", "parameters_M",
+                                     "train_seconds"))
 
 # %%
-for title, values in REFERENCE_RESULTS.items():
-    print(f"REFERENCE — {title}")
-    for name, value in values.items():
-        print(f"    {name:<45} {value}")
+course.deeplab.print_references()  # the DLAD course's paper-preset numbers

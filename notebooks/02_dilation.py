@@ -39,6 +39,8 @@ OUT_DIR = "../runs/notebooks/02_dilation"
 STRIDES = (32, 16, 8)  # output strides to train and compare
 EPOCHS = None  # None -> the preset's study schedule (smoke: 2 epochs; lesson and paper: their full schedules)
 TRAIN_IMAGES = None  # None -> the preset's study schedule (smoke: the first 64 of the 192 training images)
+PRETRAINED = None  # ImageNet initialisation of the encoder; None -> the preset's (paper: True, needs the HF hub)
+MAX_STEPS = None  # a dry run: stop each training epoch and evaluation after this many batches (None: whole epochs)
 N_SHOW = 2  # test images in the prediction figure
 
 # %%
@@ -53,9 +55,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mtlkit import viz
-from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_setup, relative_error, summarize, train_or_load,
-                           write_notebook_results)
+from mtlkit import course, viz
+from mtlkit.course import print_course_table, relative_error, write_notebook_results
 from mtlkit.models import build, count_parameters
 from mtlkit.models.encoders import DILATION_TO_OUTPUT_STRIDE, create_encoder
 from mtlkit.train import seed_everything
@@ -66,7 +67,8 @@ seed_everything(SEED)
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
 # schedule, data (train/val cut to the study's images), tasks, model and Trainer options: one call for 02-05
-setup = deeplab_setup(PRESET, data=DATA, seed=SEED, device=DEVICE, epochs=EPOCHS, train_images=TRAIN_IMAGES)
+setup = course.deeplab.setup(PRESET, data=DATA, seed=SEED, device=DEVICE, out_dir=OUT_DIR, epochs=EPOCHS,
+                             train_images=TRAIN_IMAGES, pretrained=PRETRAINED, max_steps=MAX_STEPS)
 schedule, data_name = setup.schedule, setup.data
 
 # %% [markdown]
@@ -257,7 +259,7 @@ def conv_macs(model: nn.Module, size) -> dict[str, float]:
     return counts
 
 
-model_options = {k: schedule[k] for k in ("encoder", "aspp_channels", "decoder_channels", "skip_channels")}
+model_options = {**setup.model_options, "pretrained": False}  # counted, not trained: no download needed
 rows = []
 for stride in STRIDES:
     smoke_model = build("deeplab-joint", {"semseg": 19, "depth": 1}, output_stride=stride, **model_options)
@@ -302,23 +304,15 @@ for stride in STRIDES:
 # `OUT_DIR` is loaded instead of retrained.
 
 # %%
-splits, tasks = setup.splits, setup.task_channels
-trainer_options = dict(setup.trainer_options, weighting="static", weighting_options={"weights": setup.loss_weights})
-model_options["pretrained"] = setup.model_options["pretrained"]
-print(f"{data_name}/{schedule['data_preset']}: tasks {tasks}, {len(splits['train'])} training images, "
-      f"{trainer_options['epochs']} epochs, {model_options['encoder']}")
+splits = setup.splits
+print(setup.describe())
 
 # %%
-models, metrics = {}, {}
-for stride in STRIDES:
-    seed_everything(SEED)
-    options = dict(output_stride=stride, **model_options)
-    models[stride] = build("deeplab-joint", tasks, **options)
-    metrics[stride] = train_or_load(f"os{stride}", models[stride], splits, OUT_DIR,
-                                    describe={"model": "deeplab-joint", **options}, **trainer_options)
+results = {stride: course.run(setup, f"os{stride}", "deeplab-joint", output_stride=stride) for stride in STRIDES}
+models = {stride: r.model for stride, r in results.items()}
 
 # %%
-runs = {f"os{stride}": summarize(metrics[stride]) for stride in STRIDES}
+runs = {f"os{stride}": r.summary() for stride, r in results.items()}
 table = pd.DataFrame(runs).T
 table["GMACs / image"] = macs[f"{PRESET} model @64x128"].values
 table["ms / forward (8 imgs)"] = [forward_ms[s] for s in STRIDES]
@@ -357,16 +351,11 @@ def show_predictions(models: dict, dataset, indices, title=str):
         panels = [("image", sample["image"].permute(1, 2, 0).numpy(), {}),
                   ("semseg gt", *viz.label_to_rgb("semseg", sample["semseg"], info["semseg"]))]
         for key, model in models.items():
-            with torch.no_grad():
-                pred = model.eval()(sample["image"][None])
+            pred = course.predict(model, sample["image"][None])  # on the model's device, back on the CPU
             panels.append((f"{title(key)}", *viz.label_to_rgb("semseg", pred["semseg"][0].argmax(0),
                                                                   info["semseg"])))
             panels.append((f"{title(key)} depth", *viz.label_to_rgb("depth", pred["depth"][0].clamp_min(0.1))))
-        for ax, (name, img, kw) in zip(axes[row], panels):
-            ax.imshow(img, **kw)
-            ax.set_axis_off()
-            if row == 0:
-                ax.set_title(name, fontsize=8)
+        course.draw_row(axes[row], panels, titles=row == 0)
     plt.tight_layout()
     plt.show()
 
@@ -386,11 +375,7 @@ path = write_notebook_results(OUT_DIR, "02_dilation", PRESET, runs,
                               extra={"macs_G": macs.reset_index().to_dict(orient="records"),
                                      "forward_ms": {str(k): v for k, v in forward_ms.items()}})
 print(f"wrote {path.name} in OUT_DIR")
-course = course_table(OUT_DIR, preset=PRESET)
-cols = [c for c in ("semseg/miou", "depth/si_log_rmse", "grader_score", "parameters_M") if c in course]
-print(course[cols].round(2).to_string() if len(course) else "no finished notebooks yet")
+print_course_table(OUT_DIR, PRESET, ("semseg/miou", "depth/si_log_rmse", "grader_score", "parameters_M"))
 
 # %%
-for title, values in REFERENCE_RESULTS.items():
-    print(f"reference — {title}")
-    print(pd.Series(values).to_string(), "\n")
+course.deeplab.print_references()  # the DLAD course's paper-preset numbers

@@ -41,12 +41,12 @@ OUTPUT_STRIDE = 16  # the course's dilation (False, False, True)
 VARIANTS = ("full", "no-aspp", "no-skip")  # trained ablations; add "neither" for both switches off
 EPOCHS = None  # None -> the preset's study schedule (smoke: 2 epochs; lesson and paper: their full schedules)
 TRAIN_IMAGES = None  # None -> the preset's study schedule (smoke: the first 64 of the 192 training images)
+PRETRAINED = None  # ImageNet initialisation of the encoder; None -> the preset's (paper: True, needs the HF hub)
+MAX_STEPS = None  # a dry run: stop each training epoch and evaluation after this many batches (None: whole epochs)
 BOUNDARY_BAND = 2  # pixels around label boundaries counted as "boundary" in the boundary accuracy
 N_SHOW = 3  # test images in the prediction figure
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -55,9 +55,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mtlkit import viz
-from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_setup, relative_error, summarize, train_or_load,
-                           write_notebook_results)
+from mtlkit import course, viz
+from mtlkit.course import print_course_table, relative_error, write_notebook_results
 from mtlkit.models import build, count_parameters
 from mtlkit.models.blocks import ASPP
 from mtlkit.train import seed_everything
@@ -65,10 +64,10 @@ from mtlkit.train import seed_everything
 sns.set_theme(style="whitegrid", context="notebook")
 plt.rcParams["figure.dpi"] = 70
 seed_everything(SEED)
-out_dir = Path(OUT_DIR)
-out_dir.mkdir(parents=True, exist_ok=True)
 # schedule, data (train/val cut to the study's images), tasks, model and Trainer options: one call for 02-05
-setup = deeplab_setup(PRESET, data=DATA, seed=SEED, device=DEVICE, epochs=EPOCHS, train_images=TRAIN_IMAGES)
+setup = course.deeplab.setup(PRESET, data=DATA, seed=SEED, device=DEVICE, out_dir=OUT_DIR, epochs=EPOCHS,
+                             train_images=TRAIN_IMAGES, pretrained=PRETRAINED, max_steps=MAX_STEPS)
+out_dir = setup.out_dir  # OUT_DIR, created
 schedule, data_name = setup.schedule, setup.data
 ABLATIONS = {"full": dict(aspp=True, skip=True), "no-aspp": dict(aspp=False, skip=True),
              "no-skip": dict(aspp=True, skip=False), "neither": dict(aspp=False, skip=False)}
@@ -235,20 +234,14 @@ print("no-skip saves", skip_params, "=", -params.loc["no-skip", "vs full"])
 # `OUT_DIR` is loaded instead of retrained.
 
 # %%
-splits, tasks = setup.splits, setup.task_channels
-trainer_options = dict(setup.trainer_options, weighting="static", weighting_options={"weights": setup.loss_weights})
-model_options = dict(setup.model_options, output_stride=OUTPUT_STRIDE)
-print(f"{data_name}/{schedule['data_preset']}: tasks {tasks}, {len(splits['train'])} training images, "
-      f"{trainer_options['epochs']} epochs, {model_options['encoder']}, variants {list(VARIANTS)}")
+splits = setup.splits
+print(setup.describe())
+print(f"output stride {OUTPUT_STRIDE}, variants {list(VARIANTS)}")
 
 # %%
-models, metrics = {}, {}
-for variant in VARIANTS:
-    seed_everything(SEED)
-    options = {**model_options, **ABLATIONS[variant]}
-    models[variant] = build("deeplab-joint", tasks, **options)
-    metrics[variant] = train_or_load(variant, models[variant], splits, OUT_DIR,
-                                     describe={"model": "deeplab-joint", **options}, **trainer_options)
+results = {variant: course.run(setup, variant, "deeplab-joint", output_stride=OUTPUT_STRIDE, **ABLATIONS[variant])
+           for variant in VARIANTS}
+models = {variant: r.model for variant, r in results.items()}
 
 # %% [markdown]
 # ## 5 · Evaluation: overall and at boundaries
@@ -274,19 +267,19 @@ def boundary_accuracy(model: nn.Module, dataset, width: int) -> dict[str, float]
     for start in range(0, len(dataset), 16):
         batch = [dataset[i] for i in range(start, min(start + 16, len(dataset)))]
         images, labels = torch.stack([s["image"] for s in batch]), torch.stack([s["semseg"] for s in batch])
-        with torch.no_grad():
-            correct = model(images)["semseg"].argmax(1) == labels
+        correct = course.predict(model, images)["semseg"].argmax(1) == labels
         band, valid = boundary_band(labels, width), labels >= 0
         for k, region in enumerate((band & valid, ~band & valid)):
             hits[k] += int((correct & region).sum())
             totals[k] += int(region.sum())
-    return {"boundary_acc": 100 * hits[0] / totals[0], "interior_acc": 100 * hits[1] / totals[1],
-            "boundary_share": 100 * totals[0] / totals.sum()}
+    share = np.divide(100 * hits, totals, out=np.full(2, np.nan), where=totals > 0)  # NaN: no such pixel
+    return {"boundary_acc": share[0], "interior_acc": share[1],
+            "boundary_share": 100 * totals[0] / totals.sum() if totals.sum() else np.nan}
 
 
 runs = {}
 for variant in VARIANTS:
-    runs[variant] = {**summarize(metrics[variant]), **{f"semseg/{k}": v for k, v in
+    runs[variant] = {**results[variant].summary(), **{f"semseg/{k}": v for k, v in
                                                        boundary_accuracy(models[variant], splits["test"],
                                                                          BOUNDARY_BAND).items()}}
 table = pd.DataFrame(runs).T
@@ -326,14 +319,9 @@ def show_predictions(models: dict, dataset, indices) -> None:
                   (f"boundary band ±{BOUNDARY_BAND}px", boundary_band(s["semseg"][None], BOUNDARY_BAND)[0].numpy(),
                    {"cmap": "gray"})]
         for name, model in models.items():
-            with torch.no_grad():
-                pred = model.eval()(s["image"][None])["semseg"][0].argmax(0)
+            pred = course.predict(model, s["image"][None])["semseg"][0].argmax(0)
             panels.append((name, *viz.label_to_rgb("semseg", pred, info)))
-        for ax, (title, img, kw) in zip(axes[row], panels):
-            ax.imshow(img, **kw)
-            ax.set_axis_off()
-            if row == 0:
-                ax.set_title(title, fontsize=8)
+        course.draw_row(axes[row], panels, titles=row == 0)
     plt.tight_layout()
     plt.show()
 
@@ -352,11 +340,7 @@ path = write_notebook_results(OUT_DIR, "03_aspp_skip", PRESET, runs,
                               extra={"parameters_full_size": params["total"].to_dict(),
                                      "boundary_band_px": BOUNDARY_BAND, "output_stride": OUTPUT_STRIDE})
 print(f"wrote {path.name} in OUT_DIR")
-course = course_table(OUT_DIR, preset=PRESET)
-cols = [c for c in ("semseg/miou", "depth/si_log_rmse", "grader_score", "parameters_M") if c in course]
-print(course[cols].round(2).to_string() if len(course) else "no finished notebooks yet")
+print_course_table(OUT_DIR, PRESET, ("semseg/miou", "depth/si_log_rmse", "grader_score", "parameters_M"))
 
 # %%
-for title, values in REFERENCE_RESULTS.items():
-    print(f"reference — {title}")
-    print(pd.Series(values).to_string(), "\n")
+course.deeplab.print_references()  # the DLAD course's paper-preset numbers

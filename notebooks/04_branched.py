@@ -38,12 +38,12 @@ DATA = "auto"  # "auto": the preset's dataset (synthetic-city; the paper preset 
 OUT_DIR = "../runs/notebooks/04_branched"
 EPOCHS = None  # None: the preset's study schedule (smoke: 2 epochs; lesson and paper: their full schedules)
 TRAIN_IMAGES = None  # None: the preset's study schedule (smoke: the first 64 of the 192 training images)
+PRETRAINED = None  # ImageNet initialisation of the encoder; None -> the preset's (paper: True, needs the HF hub)
+MAX_STEPS = None  # a dry run: stop each training epoch and evaluation after this many batches (None: whole epochs)
 SINGLE_TASK_BASELINES = True  # train one deeplab-single per task (the Δm baselines): two more trainings
 N_SHOW = 2  # test images in the prediction figure
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -52,33 +52,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mtlkit import viz
-from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_setup, relative_error, summarize, train_or_load,
-                           write_notebook_results)
+from mtlkit import course, viz
+from mtlkit.course import REFERENCE_RESULTS, delta_m_or_nan, print_course_table, relative_error, write_notebook_results
 from mtlkit.data import collate
-from mtlkit.metrics import delta_m
 from mtlkit.models import build, count_parameters
 from mtlkit.models.blocks import ASPP, DeepLabV3PlusDecoder
 from mtlkit.models.encoders import create_encoder
 from mtlkit.train import seed_everything
 
 sns.set_theme(style="whitegrid", context="notebook")
-out_dir = Path(OUT_DIR)
-out_dir.mkdir(parents=True, exist_ok=True)
 
 # schedule, data (train/val cut to the study's images), tasks, model and Trainer options: one call for 02-05
-setup = deeplab_setup(PRESET, data=DATA, seed=SEED, device=DEVICE, epochs=EPOCHS, train_images=TRAIN_IMAGES)
-schedule, data_name = setup.schedule, setup.data
+setup = course.deeplab.setup(PRESET, data=DATA, seed=SEED, device=DEVICE, out_dir=OUT_DIR, epochs=EPOCHS,
+                             train_images=TRAIN_IMAGES, pretrained=PRETRAINED, max_steps=MAX_STEPS)
 tasks, task_channels = setup.tasks, setup.task_channels  # {"semseg": Task, "depth": Task}, {"semseg": 19, "depth": 1}
 
 # The smoke preset shrinks the model (ResNet-18, narrow ASPP/decoder) and follows the preset's short study
 # schedule: four trainings (joint, branched and two single-task baselines) of 2 epochs on the first 64 training
 # images, validated on the first 32 validation images. Every run here sees the same images and steps, so the
 # comparison is fair (notebook 01 trained longer, on 96 images).
-splits = train_splits = setup.splits
-model_options, trainer_kwargs = setup.model_options, setup.trainer_options
-print(f"{data_name} ({schedule['data_preset']}): {len(train_splits['train'])} training images, "
-      f"tasks {task_channels}; model {model_options}")
+splits, model_options = setup.splits, setup.model_options
+print(setup.describe())
 
 # %% [markdown]
 # ## 1 · Hard parameter sharing at two depths
@@ -141,7 +135,7 @@ def make_branched(task_channels: dict, encoder: str, aspp_channels: int, skip_ch
 
 
 seed_everything(SEED)
-library_model = build("deeplab-branched", task_channels, **model_options).eval()
+library_model = build("deeplab-branched", task_channels, **{**model_options, "pretrained": False}).eval()
 ours = make_branched(task_channels, **model_options).eval()
 ours.load_state_dict(library_model.state_dict())  # strict: raises if any name or shape differed
 x = torch.rand(2, 3, *splits["train"].image_size)
@@ -232,29 +226,16 @@ del full  # free the full-size models
 #
 # The same schedule for every run (the preset's; see the first cell), the course's loss weights 0.5/0.5 for the
 # multi-task models, weight 1 for a single-task model (with Adam a constant factor on a loss barely changes the
-# steps). `train_or_load` reuses a finished run in `OUT_DIR` with the same settings, so re-running this notebook
+# steps). `course.run` reuses a finished run in `OUT_DIR` with the same settings, so re-running this notebook
 # shows the results at once; delete the run's folder to retrain.
 
 # %%
-def train_run(run_name: str, model_name: str, run_tasks: list[str]):
-    """Build ``model_name`` for ``run_tasks`` (seeded), train it (or load the finished run); (model, metrics)."""
-    seed_everything(SEED)
-    model = build(model_name, {t: task_channels[t] for t in run_tasks}, **model_options)
-    weights = ({t: schedule["loss_weights"].get(t, 1.0) for t in run_tasks} if len(run_tasks) > 1
-               else {run_tasks[0]: 1.0})
-    metrics = train_or_load(run_name, model, train_splits, out_dir, tasks=list(run_tasks), weighting="static",
-                            weighting_options={"weights": weights},
-                            describe={"model": model_name, "options": model_options, "tasks": list(run_tasks)},
-                            **trainer_kwargs)
-    return model.eval(), metrics
-
-
-models, metrics = {}, {}
-for run_name, model_name in (("joint", "deeplab-joint"), ("branched", "deeplab-branched")):
-    models[run_name], metrics[run_name] = train_run(run_name, model_name, list(task_channels))
-if SINGLE_TASK_BASELINES:
+results = {name: course.run(setup, name, f"deeplab-{name}") for name in ("joint", "branched")}
+if SINGLE_TASK_BASELINES:  # one network per task, its loss at weight 1
     for task in task_channels:
-        models[f"single-{task}"], metrics[f"single-{task}"] = train_run(f"single-{task}", "deeplab-single", [task])
+        results[f"single-{task}"] = course.run(setup, f"single-{task}", "deeplab-single", task,
+                                               loss_weights={task: 1.0})
+models, metrics = {name: r.model for name, r in results.items()}, {name: r.metrics for name, r in results.items()}
 
 # %% [markdown]
 # ## 5 · Evaluation
@@ -263,7 +244,7 @@ if SINGLE_TASK_BASELINES:
 # per run (`summarize`); a single-task model only has its own task's columns.
 
 # %%
-summary = pd.DataFrame({name: summarize(m) for name, m in metrics.items()}).T
+summary = pd.DataFrame({name: r.summary() for name, r in results.items()}).T
 columns = [c for c in ("semseg/miou", "semseg/pixel_acc", "depth/abs_err", "depth/si_log_rmse", "grader_score",
                        "parameters_M", "train_seconds") if c in summary.columns]
 print(summary[columns].round(3).to_string())
@@ -274,8 +255,9 @@ deltas = {}
 if all(f"single-{t}" in test for t in task_channels):
     single = {t: test[f"single-{t}"][t] for t in task_channels}
     for name in ("joint", "branched"):
-        deltas[name] = {"survey": delta_m(test[name], single, tasks=tasks),
-                        "libmtl": delta_m(test[name], single, form="libmtl", tasks=list(tasks))}
+        deltas[name] = {"survey": delta_m_or_nan(test[name], single, f"{name} Δm", tasks=tasks),
+                        "libmtl": delta_m_or_nan(test[name], single, f"{name} Δm (LibMTL form)", form="libmtl",
+                                                 tasks=list(tasks))}
         per_task = ", ".join(f"{t} {tasks[t].delta_metric} {test[name][t][tasks[t].delta_metric]:.3f} "
                              f"(single {single[t][tasks[t].delta_metric]:.3f})" for t in tasks)
         print(f"{name:9s} Δm = {deltas[name]['survey']:+.1f}% (LibMTL form {deltas[name]['libmtl']:+.1f}%): "
@@ -320,8 +302,7 @@ plt.show()
 test_set = splits["test"]
 batch = collate([test_set[i] for i in range(min(N_SHOW, len(test_set)))])
 shown = [n for n in ("joint", "branched", "single-semseg", "single-depth") if n in models]
-with torch.no_grad():
-    preds = {n: models[n](batch["image"]) for n in shown}
+preds = {n: course.predict(models[n], batch["image"]) for n in shown}  # on each model's device
 info = test_set.task_info
 cols = ["image", "semseg"] + [f"{n}\nsemseg" for n in shown if "semseg" in preds[n]] + ["depth"] + \
        [f"{n}\ndepth" for n in shown if "depth" in preds[n]]
@@ -335,11 +316,7 @@ for row in range(len(batch["image"])):
     gt_depth, kw = viz.label_to_rgb("depth", batch["depth"][row])
     panels.append((gt_depth, kw))
     panels += [(preds[n]["depth"][row, 0].numpy(), kw) for n in shown if "depth" in preds[n]]
-    for ax, (img, kw), title in zip(axes[row], panels, cols):
-        ax.imshow(img, **kw)
-        ax.set_axis_off()
-        if row == 0:
-            ax.set_title(title, fontsize=7)
+    course.draw_row(axes[row], [(title, img, kw) for (img, kw), title in zip(panels, cols)], row == 0, fontsize=7)
 plt.tight_layout()
 plt.show()
 
@@ -354,7 +331,7 @@ plt.show()
 # %%
 def gradient_cosines(model: nn.Module, batch: dict, groups: dict[str, str | tuple]) -> dict[str, float]:
     """cos(grad L_semseg, grad L_depth) over the parameters whose names start with each group's prefix(es)."""
-    out = model(batch["image"])
+    out = model(batch["image"].to(course.model_device(model)))  # the labels follow the predictions' device
     grads = {}
     for task in ("semseg", "depth"):
         model.zero_grad()
@@ -402,22 +379,17 @@ if len(cosines):
 # the paper preset (MiniScapes, ResNet-34, ImageNet, 16 epochs) and are **references, not results of this kit**.
 
 # %%
-runs = {name: {**summarize(m), "train_images": len(train_splits["train"]), "epochs": schedule["epochs"]}
-        for name, m in metrics.items()}
+runs = {name: {**r.summary(), "train_images": len(splits["train"]), "epochs": setup.schedule["epochs"]}
+        for name, r in results.items()}
 for name, d in deltas.items():
     runs[name]["delta_m"] = d["survey"]
-write_notebook_results(out_dir, "04_branched", PRESET, runs,
+write_notebook_results(OUT_DIR, "04_branched", PRESET, runs,
                        extra={"parameters_full_size": {k: v["total"] for k, v in full_counts.items()},
                               "branched_relative_error": branched_error,
                               "gradient_cosines": cosines.to_dict(orient="records")})
-table = course_table(out_dir, preset=PRESET)
-shown_cols = [c for c in ("semseg/miou", "depth/abs_err", "depth/si_log_rmse", "grader_score", "delta_m",
-                          "parameters_M", "train_images", "epochs") if c in table.columns]
-print(f"course results, {PRESET} preset:")
-print(table[shown_cols].round(3).to_string())
+print_course_table(OUT_DIR, PRESET, ("semseg/miou", "depth/abs_err", "depth/si_log_rmse", "grader_score", "delta_m",
+                                     "parameters_M", "train_images", "epochs"), digits=3)
+print(f"wrote {OUT_DIR}/metrics.json")
 
 # %%
-reference = pd.DataFrame({section: pd.Series(values) for section, values in REFERENCE_RESULTS.items()})
-print("REFERENCES (DLAD course, paper preset; not produced here):")
-print(reference.to_string(na_rep=""))
-print(f"wrote {OUT_DIR}/metrics.json")
+course.deeplab.print_references()  # the DLAD course's paper-preset numbers

@@ -40,12 +40,12 @@ DATA = "auto"  # "auto": the preset's dataset (synthetic-city; the paper preset 
 OUT_DIR = "../runs/notebooks/05_distillation"
 EPOCHS = None  # None: the preset's study schedule (smoke: 2 epochs; lesson and paper: their full schedules)
 TRAIN_IMAGES = None  # None: the preset's study schedule (smoke: the first 64 of the 192 training images)
+PRETRAINED = None  # ImageNet initialisation of the encoder; None -> the preset's (paper: True, needs the HF hub)
+MAX_STEPS = None  # a dry run: stop each training epoch and evaluation after this many batches (None: whole epochs)
 AUX_WEIGHTS = (1.0, 0.0)  # deep-supervision weights to train: with and without intermediate supervision
 SAMPLE = 0  # test image for the prediction and attention figures
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -54,28 +54,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mtlkit import viz
-from mtlkit.course import (REFERENCE_RESULTS, course_table, deeplab_setup, relative_error, summarize, train_or_load,
-                           write_notebook_results)
+from mtlkit import course, viz
+from mtlkit.course import REFERENCE_RESULTS, course_table, print_course_table, relative_error, write_notebook_results
 from mtlkit.data import collate
 from mtlkit.models import build, count_parameters
 from mtlkit.models.blocks import SelfAttentionGate
 from mtlkit.train import seed_everything
 
 sns.set_theme(style="whitegrid", context="notebook")
-out_dir = Path(OUT_DIR)
-out_dir.mkdir(parents=True, exist_ok=True)
 
 # schedule, data (train/val cut to the study's images), tasks, model and Trainer options: one call for 02-05
-setup = deeplab_setup(PRESET, data=DATA, seed=SEED, device=DEVICE, epochs=EPOCHS, train_images=TRAIN_IMAGES)
-schedule, data_name = setup.schedule, setup.data
+setup = course.deeplab.setup(PRESET, data=DATA, seed=SEED, device=DEVICE, out_dir=OUT_DIR, epochs=EPOCHS,
+                             train_images=TRAIN_IMAGES, pretrained=PRETRAINED, max_steps=MAX_STEPS)
 tasks, task_channels = setup.tasks, setup.task_channels  # {"semseg": Task, "depth": Task}, {"semseg": 19, "depth": 1}
 
 # smoke: the same study schedule and training images as notebook 04, so its branched run is a fair comparison
-splits = train_splits = setup.splits
-model_options, trainer_kwargs = setup.model_options, setup.trainer_options
-print(f"{data_name} ({schedule['data_preset']}): {len(train_splits['train'])} training images, "
-      f"tasks {task_channels}; model {model_options}")
+splits, model_options = setup.splits, setup.model_options
+print(setup.describe())
 
 # %% [markdown]
 # ## 1 · The idea
@@ -147,7 +142,7 @@ def distill_forward(model: nn.Module, images: torch.Tensor) -> tuple[dict, dict]
 
 
 seed_everything(SEED)
-library_model = build("deeplab-distill", task_channels, **model_options).eval()
+library_model = build("deeplab-distill", task_channels, **{**model_options, "pretrained": False}).eval()
 for gates in library_model.distill.values():  # randomise the zero-initialised attention convs (see above)
     for g in gates.values():
         nn.init.normal_(g.gate.weight, std=0.05)
@@ -214,20 +209,9 @@ del full_distill
 # epochs on the first 64 training images), exactly like notebook 04's runs.
 
 # %%
-def train_distill(aux_weight: float):
-    """deeplab-distill trained (or loaded) with the given deep-supervision weight; (model, metrics)."""
-    seed_everything(SEED)
-    model = build("deeplab-distill", task_channels, **model_options)
-    weights = {t: schedule["loss_weights"].get(t, 1.0) for t in task_channels}
-    metrics = train_or_load(f"distill-aux{aux_weight:g}", model, train_splits, out_dir, aux_weight=aux_weight,
-                            weighting="static", weighting_options={"weights": weights},
-                            describe={"model": "deeplab-distill", "options": model_options}, **trainer_kwargs)
-    return model.eval(), metrics
-
-
-models, metrics = {}, {}
-for aux in AUX_WEIGHTS:
-    models[f"distill-aux{aux:g}"], metrics[f"distill-aux{aux:g}"] = train_distill(aux)
+results = {f"distill-aux{aux:g}": course.run(setup, f"distill-aux{aux:g}", "deeplab-distill",
+                                             train={"aux_weight": aux}) for aux in AUX_WEIGHTS}
+models, metrics = {name: r.model for name, r in results.items()}, {name: r.metrics for name, r in results.items()}
 
 # %% [markdown]
 # ## 5 · Evaluation
@@ -236,7 +220,7 @@ for aux in AUX_WEIGHTS:
 # predictions: they score the final ones).
 
 # %%
-summary = pd.DataFrame({name: summarize(m) for name, m in metrics.items()}).T
+summary = pd.DataFrame({name: r.summary() for name, r in results.items()}).T
 columns = [c for c in ("semseg/miou", "semseg/pixel_acc", "depth/abs_err", "depth/si_log_rmse", "grader_score",
                        "parameters_M", "train_seconds") if c in summary.columns]
 print(summary[columns].round(3).to_string())
@@ -257,11 +241,11 @@ plt.show()
 # (positive = better, whichever direction the metric runs):
 
 # %%
-table = course_table(out_dir, preset=PRESET)
+table = course_table(OUT_DIR, preset=PRESET)
 branched = None
 if len(table) and ("04_branched", "branched") in table.index:
     row = table.loc[("04_branched", "branched")]
-    same_setup = row.get("train_images") == len(train_splits["train"]) and row.get("epochs") == schedule["epochs"]
+    same_setup = row.get("train_images") == len(splits["train"]) and row.get("epochs") == setup.schedule["epochs"]
     branched = row if same_setup else None
     if not same_setup:
         print("notebook 04's branched run used another training set or schedule: no like-for-like comparison")
@@ -275,7 +259,8 @@ if branched is not None:
         row = {"task": t, "metric": task.delta_metric, "branched (04)": branched[key]}
         for name in metrics:
             row[name] = summary.loc[name, key]
-            row[f"{name} gain (%)"] = 100 * sign * (summary.loc[name, key] - branched[key]) / abs(branched[key])
+            base = float(branched[key])  # 0 or NaN after a degenerate run: no relative gain (NaN)
+            row[f"{name} gain (%)"] = 100 * sign * (summary.loc[name, key] - base) / abs(base) if base else np.nan
         rows.append(row)
     gains = pd.DataFrame(rows).set_index("task")
     print(gains.round(3).to_string())
@@ -294,8 +279,7 @@ if branched is not None:
 test_set = splits["test"]
 sample = collate([test_set[SAMPLE]])
 info = test_set.task_info
-with torch.no_grad():
-    outputs = {name: model(sample["image"]) for name, model in models.items()}
+outputs = {name: course.predict(model, sample["image"]) for name, model in models.items()}
 
 
 def show(task: str, pred: torch.Tensor):
@@ -339,13 +323,13 @@ plt.show()
 name = f"distill-aux{AUX_WEIGHTS[0]:g}"
 model = models[name]
 with torch.no_grad():
-    skip, features = model.encoder(sample["image"])
+    skip, features = model.encoder(sample["image"].to(course.model_device(model)))
     feats = {t: model.decoders[t].features(model.aspp[t](features), skip) for t in model.tasks}
     maps = {}
     for t in model.tasks:
         for s, gate in model.distill[t].items():
-            maps[f"gate {s}→{t}\n(mean attention)"] = gate.attention(feats[s])[0].mean(0)
-            maps[f"message {s}→{t}\n(norm)"] = gate(feats[s])[0].norm(dim=0)
+            maps[f"gate {s}→{t}\n(mean attention)"] = gate.attention(feats[s])[0].mean(0).cpu()
+            maps[f"message {s}→{t}\n(norm)"] = gate(feats[s])[0].norm(dim=0).cpu()
 fig, axes = plt.subplots(1, 1 + len(maps), figsize=(2.2 * (1 + len(maps)), 1.5), dpi=70)
 axes[0].imshow(sample["image"][0].permute(1, 2, 0).numpy())
 axes[0].set_title("image", fontsize=7)
@@ -370,20 +354,15 @@ plt.show()
 # results of this kit**: distillation 67.3 ± 4 vs branched 65.3 ± 4 grader points.
 
 # %%
-runs = {name: {**summarize(m), "train_images": len(train_splits["train"]), "epochs": schedule["epochs"],
-               "aux_weight": float(name.removeprefix("distill-aux"))} for name, m in metrics.items()}
+runs = {name: {**r.summary(), "train_images": len(splits["train"]), "epochs": setup.schedule["epochs"],
+               "aux_weight": float(name.removeprefix("distill-aux"))} for name, r in results.items()}
 gains_records = gains.reset_index().to_dict(orient="records") if len(gains) else None
-write_notebook_results(out_dir, "05_distillation", PRESET, runs,
+write_notebook_results(OUT_DIR, "05_distillation", PRESET, runs,
                        extra={"parameters_full_size": full_counts["total"], "gate_relative_error": gate_error,
                               "forward_relative_error": forward_error, "gains_vs_branched": gains_records})
-table = course_table(out_dir, preset=PRESET)
-shown_cols = [c for c in ("semseg/miou", "depth/abs_err", "depth/si_log_rmse", "grader_score", "delta_m",
-                          "parameters_M", "train_images", "epochs") if c in table.columns]
-print(f"course results, {PRESET} preset:")
-print(table[shown_cols].round(3).to_string())
+print_course_table(OUT_DIR, PRESET, ("semseg/miou", "depth/abs_err", "depth/si_log_rmse", "grader_score", "delta_m",
+                                     "parameters_M", "train_images", "epochs"), digits=3)
+print(f"wrote {OUT_DIR}/metrics.json")
 
 # %%
-reference = pd.DataFrame({section: pd.Series(values) for section, values in REFERENCE_RESULTS.items()})
-print("REFERENCES (DLAD course, paper preset; not produced here):")
-print(reference.to_string(na_rep=""))
-print(f"wrote {OUT_DIR}/metrics.json")
+course.deeplab.print_references()  # the DLAD course's paper-preset numbers

@@ -47,11 +47,11 @@ UNITS_LR_MULT = None  # None: the preset's (10x the network's learning rate unde
 ABLATIONS = None  # auxiliary tasks to drop one at a time; None: the preset's (every preset: boxes, then binary)
 VARIANTS = None  # unit forms; None: the preset's (every preset: all three; channelwise is the main run)
 SEQUENTIAL = None  # None: the preset's (True): train the sequential variant (frozen auxiliary networks)
+PRETRAINED = None  # ImageNet initialisation of the branches; None -> the preset's (paper: True, needs the HF hub)
+MAX_STEPS = None  # a dry run: stop each training epoch and evaluation after this many batches (None: whole epochs)
 N_SHOW = 3  # test images in the prediction figure
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -60,45 +60,33 @@ import torch
 import torch.nn as nn
 
 from mtlkit import viz
-from mtlkit.course import course_table, load_splits, relative_error, subset, summarize, train_or_load
-from mtlkit.course import write_notebook_results
-from mtlkit.course_pet import (MODEL_KEYS, PET_REFERENCE, TRAINER_KEYS, CrossStitchRecorder, load_alphas,
-                               pet_schedule, pet_tasks)
+from mtlkit import course
+from mtlkit.course import delta_m_or_nan, print_course_table, relative_error, write_notebook_results
+from mtlkit.course.pet import PET_REFERENCE, CrossStitchRecorder, load_alphas
 from mtlkit.data import collate
-from mtlkit.metrics import delta_m
 from mtlkit.models import build, count_parameters
 from mtlkit.models.cross_stitch import CROSS_STITCH_MODES, CrossStitchUnit
 from mtlkit.train import seed_everything
 
 sns.set_theme(style="whitegrid", context="notebook")
-out_dir = Path(OUT_DIR)
-out_dir.mkdir(parents=True, exist_ok=True)
 
-overrides = {k: v for k, v in (("epochs", EPOCHS), ("single_epochs", SINGLE_EPOCHS), ("train_images", TRAIN_IMAGES),
-                               ("val_images", VAL_IMAGES), ("units_lr_mult", UNITS_LR_MULT), ("ablations", ABLATIONS),
-                               ("variants", VARIANTS), ("sequential", SEQUENTIAL)) if v is not None}
-schedule = pet_schedule(PRESET, **overrides)
-data_name = schedule["data"] if DATA == "auto" else DATA
-splits = load_splits(data_name, schedule["data_preset"], seed=SEED, **schedule["data_options"])
-tasks = pet_tasks(splits["train"].task_info)  # {"semseg": Task, "boxes": Task, "binary": Task}
-task_channels = {t: task.out_channels for t, task in tasks.items()}  # semseg 3 (trimap), boxes 4 (xyxy), binary 2
+# schedule, data (the preset's first training and validation images), tasks, model and Trainer options: one call
+setup = course.pet.setup(PRESET, data=DATA, seed=SEED, device=DEVICE, out_dir=OUT_DIR, pretrained=PRETRAINED,
+                         max_steps=MAX_STEPS, epochs=EPOCHS, single_epochs=SINGLE_EPOCHS, train_images=TRAIN_IMAGES,
+                         val_images=VAL_IMAGES, units_lr_mult=UNITS_LR_MULT, ablations=ABLATIONS, variants=VARIANTS,
+                         sequential=SEQUENTIAL)
+out_dir = setup.out_dir  # OUT_DIR, created
+schedule, data_name, splits = setup.schedule, setup.data, setup.splits
+tasks = setup.tasks  # {"semseg": Task, "boxes": Task, "binary": Task}
+task_channels = setup.task_channels  # semseg 3 (trimap), boxes 4 (xyxy), binary 2
 ablations, variants, sequential = list(schedule["ablations"]), list(schedule["variants"]), schedule["sequential"]
 
 # Every preset trains the full comparison: three single-task networks, the cross-stitch network, two ablations,
 # the two other unit forms and the sequential variant (9 trainings), all on the same data. The smoke preset pays for
 # it with small runs: ResNet-18 branches without ImageNet weights, narrow heads, 64 px images, the first 64
 # training and 16 validation images, one epoch (8 steps of 8 images) per run.
-run_splits = dict(splits)
-if schedule["train_images"]:
-    run_splits["train"] = subset(splits["train"], schedule["train_images"])
-if schedule["val_images"]:
-    run_splits["val"] = subset(splits["val"], schedule["val_images"])
-model_options = {k: schedule[k] for k in MODEL_KEYS}
-trainer_kwargs = {k: schedule[k] for k in TRAINER_KEYS}
-trainer_kwargs.update(device=DEVICE, seed=SEED)
-print(f"{data_name} ({schedule['data_preset']}, {splits['train'].image_size[0]} px): "
-      f"{len(run_splits['train'])} training / {len(run_splits['val'])} validation images; tasks {task_channels}")
-print(f"model {model_options}")
+model_options = setup.model_options
+print(setup.describe())
 print(f"single-task epochs {schedule['single_epochs']}, cross-stitch epochs {schedule['epochs']}, "
       f"{schedule['optimizer']} lr {schedule['lr']:g}, units lr x{schedule['units_lr_mult']:g}; ablations drop "
       f"{ablations}; unit forms {variants}; sequential {sequential}")
@@ -265,56 +253,32 @@ del full
 # the network. (An SGD step follows the gradient's size instead, and the three unit forms' α gradients differ by one
 # to two orders of magnitude, so under SGD no single multiplier would suit them all.)
 #
-# A `CrossStitchRecorder` callback stores α after every epoch next to the run (`alphas.json`). `train_or_load`
+# A `CrossStitchRecorder` callback stores α after every epoch next to the run (`alphas.json`). `course.run`
 # reuses a finished run in `OUT_DIR` with the same settings; delete the run's folder to retrain.
 
 # %%
-def train_single(task: str):
-    seed_everything(SEED)
-    model = build("resnet-single", {task: task_channels[task]}, **model_options)
-    metrics = train_or_load(f"single-{task}", model, run_splits, out_dir, tasks={task: tasks[task]},
-                            epochs=schedule["single_epochs"],
-                            describe={"model": "resnet-single", "options": model_options, "task": task},
-                            **trainer_kwargs)
-    return model.eval(), metrics
+results = {f"single-{t}": course.run(setup, f"single-{t}", "resnet-single", t,
+                                     train={"epochs": schedule["single_epochs"]}) for t in task_channels}
 
 
-def train_stitched(run_name: str, run_tasks: list[str], mode: str = "channelwise", sources: tuple = ()):
-    """A cross-stitch network for ``run_tasks`` (+ frozen ``sources``) started from the single-task networks."""
-    seed_everything(SEED)
-    model = build("resnet-cross-stitch", {t: task_channels[t] for t in run_tasks}, mode=mode, sources=sources,
-                  **model_options)
-    model.init_from_single({t: models[f"single-{t}"] for t in model.branch_names})
-    metrics = train_or_load(run_name, model, run_splits, out_dir, tasks={t: tasks[t] for t in run_tasks},
-                            epochs=schedule["epochs"],
-                            param_groups=[("cross_stitch", schedule["units_lr_mult"])],
-                            callbacks=[CrossStitchRecorder()],
-                            describe={"model": "resnet-cross-stitch", "options": model_options, "mode": mode,
-                                      "tasks": list(run_tasks), "sources": list(sources), "init": "single-task",
-                                      "single_epochs": schedule["single_epochs"]},
-                            **trainer_kwargs)
-    return model.eval(), metrics
+def from_single(model):  # step 2: each branch starts from its task's trained single-task network
+    model.init_from_single({t: results[f"single-{t}"].model for t in model.branch_names})
 
 
-models, metrics = {}, {}
-for task in task_channels:
-    models[f"single-{task}"], metrics[f"single-{task}"] = train_single(task)
-all_tasks = list(task_channels)
-models["cross-stitch"], metrics["cross-stitch"] = train_stitched("cross-stitch", all_tasks)
-for dropped in ablations:
-    name = f"cross-stitch without {dropped}"
-    models[name], metrics[name] = train_stitched(name, [t for t in all_tasks if t != dropped])
-for mode in variants:
-    if mode != "channelwise":  # the main run is the channel-wise form
-        models[f"cross-stitch {mode}"], metrics[f"cross-stitch {mode}"] = train_stitched(
-            f"cross-stitch {mode}", all_tasks, mode=mode)
+stitched = {"cross-stitch": dict(tasks=list(task_channels))}  # name -> the run's tasks, unit form, frozen sources
+stitched.update({f"cross-stitch without {d}": dict(tasks=[t for t in task_channels if t != d]) for d in ablations})
+stitched.update({f"cross-stitch {m}": dict(tasks=list(task_channels), mode=m) for m in variants if m != "channelwise"})
 if sequential:
-    models["sequential"], metrics["sequential"] = train_stitched("sequential", ["semseg"],
-                                                                 sources=("boxes", "binary"))
+    stitched["sequential"] = dict(tasks=["semseg"], sources=("boxes", "binary"))
+for name, spec in stitched.items():  # step 3: the units at UNITS_LR_MULT x the network's learning rate
+    results[name] = course.run(setup, name, "resnet-cross-stitch", spec.pop("tasks"), init=from_single,
+                               callbacks=[CrossStitchRecorder()], **spec,
+                               train={"param_groups": [("cross_stitch", schedule["units_lr_mult"])]})
+models, metrics = {name: r.model for name, r in results.items()}, {name: r.metrics for name, r in results.items()}
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"{len(metrics)} trainings, each on {len(run_splits['train'])} images:\n  " + "\n  ".join(metrics))
+print(f"{len(metrics)} trainings, each on {len(splits['train'])} images:\n  " + "\n  ".join(metrics))
 
 # %% [markdown]
 # ## 5 · Results and $\Delta_m$
@@ -333,8 +297,8 @@ deltas = {}
 for name, result in test.items():
     if not name.startswith("single-"):
         run_tasks = {t: tasks[t] for t in result}
-        deltas[name] = delta_m(result, {t: single[t] for t in run_tasks}, tasks=run_tasks)
-summary = pd.DataFrame({name: summarize(m) for name, m in metrics.items()}).T
+        deltas[name] = delta_m_or_nan(result, {t: single[t] for t in run_tasks}, f"{name} Δm", tasks=run_tasks)
+summary = pd.DataFrame({name: r.summary() for name, r in results.items()}).T
 summary["delta_m"] = pd.Series(deltas)
 columns = [c for c in ("semseg/miou", "boxes/mean_iou", "binary/accuracy", "delta_m", "parameters_M",
                        "train_seconds") if c in summary.columns]
@@ -453,9 +417,8 @@ for n in variant_names:
 # %%
 test_set = splits["test"]
 batch = collate([test_set[i] for i in range(min(N_SHOW, len(test_set)))])
-with torch.no_grad():
-    preds = {"cross-stitch": models["cross-stitch"](batch["image"])}
-    preds["single-task"] = {t: models[f"single-{t}"](batch["image"])[t] for t in task_channels}
+preds = {"cross-stitch": course.predict(models["cross-stitch"], batch["image"]),  # on the models' device
+         "single-task": {t: course.predict(models[f"single-{t}"], batch["image"])[t] for t in task_channels}}
 info = test_set.task_info
 species = info["binary"]["class_names"]
 gt_boxes = tasks["boxes"].target(batch)
@@ -506,9 +469,9 @@ plt.show()
 # synthetic pets.
 
 # %%
-runs = {name: {**summarize(m), "train_images": len(run_splits["train"]),
+runs = {name: {**r.summary(), "train_images": len(splits["train"]),
                "epochs": schedule["single_epochs"] if name.startswith("single-") else schedule["epochs"]}
-        for name, m in metrics.items()}
+        for name, r in results.items()}
 for name, d in deltas.items():
     runs[name]["delta_m"] = d
 write_notebook_results(out_dir, "06_cross_stitch", PRESET, runs, extra={
@@ -517,12 +480,8 @@ write_notebook_results(out_dir, "06_cross_stitch", PRESET, runs, extra={
     "reference_oxford_pet": PET_REFERENCE,
     "alphas_last": {n: load_alphas(out_dir / n)["alphas"][-1] for n in metrics
                     if not n.startswith("single-") and load_alphas(out_dir / n) is not None}})
-table = course_table(out_dir, preset=PRESET)
-ours = table.loc["06_cross_stitch"]
-shown_cols = [c for c in ("semseg/miou", "boxes/mean_iou", "binary/accuracy", "delta_m", "parameters_M",
-                          "train_images", "epochs") if c in ours.columns]
-print(f"course results, {PRESET} preset (notebook 06's rows):")
-print(ours[shown_cols].round(2).to_string(na_rep="-"))
+table = print_course_table(out_dir, PRESET, ("semseg/miou", "boxes/mean_iou", "binary/accuracy", "delta_m",
+                                             "parameters_M", "train_images", "epochs"), notebook="06_cross_stitch")
 others = sorted(set(table.index.get_level_values("notebook")) - {"06_cross_stitch"})
 print(f"other notebooks with {PRESET} results in the course table (not shown here): {', '.join(others) or 'none'}")
 

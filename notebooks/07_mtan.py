@@ -43,7 +43,7 @@ DATA = "auto"  # "auto": synthetic-nyu (paper preset: the real nyuv2, as preproc
 OUT_DIR = "../runs/notebooks/07_mtan"
 BACKBONE = "segnet"  # segnet: the MTAN paper's table; resnet50: LibMTL's dilated ResNet with per-task ASPP heads
 MODELS = None  # None: the preset's rows (paper: all six); e.g. ["mtan", "cross-stitch"]
-WEIGHTINGS = None  # None: the preset's grid (mtlkit.course_nyu.NYU_SCHEDULES); e.g. ["equal", "dwa", "uncertainty"]
+WEIGHTINGS = None  # None: the preset's grid (mtlkit.course.nyu.NYU_SCHEDULES); e.g. ["equal", "dwa", "uncertainty"]
 EPOCHS = None  # None: the preset's schedule
 TRAIN_IMAGES = None  # None: the preset's choice (smoke: 64 of the 192 training images)
 VAL_IMAGES = None  # None: the preset's choice (smoke: the first 32 of 64 validation images)
@@ -51,10 +51,10 @@ AUGMENT = None  # None: the preset's choice (lesson, paper: random scale-crop an
 WIDTH_MULT = None  # SegNet only. None: the preset's width multiplier (1.0: full size, as in the paper)
 CROSS_STITCH = None  # SegNet only. None: channelwise (faithful); "shared": the MTAN code's form
 CROSS_STITCH_INIT = None  # SegNet only. None: "single-task" (faithful); "scratch": random weights
+PRETRAINED = None  # ResNet only (SegNet has no ImageNet weights); None -> the preset's (paper: True, needs the HF hub)
+MAX_STEPS = None  # a dry run: stop each training epoch and evaluation after this many batches (None: whole epochs)
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -63,21 +63,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mtlkit.course import course_table, relative_error, train_or_load, write_notebook_results
-from mtlkit.course_nyu import (LIBMTL_NYUV2_REFERENCE, MTAN_NYUV2_REFERENCE, MTAN_PARAMETERS_REFERENCE,
+from mtlkit import course
+from mtlkit.course import delta_m_or_nan, print_course_table, relative_error, write_notebook_results
+from mtlkit.course.nyu import (LIBMTL_NYUV2_REFERENCE, MTAN_NYUV2_REFERENCE, MTAN_PARAMETERS_REFERENCE,
                                NYU_WEIGHTINGS, SINGLE_TASK_ROWS, nyu_model_spec, nyu_references, nyu_schedule,
-                               nyu_splits, nyu_trainer_kwargs)
+                               run_options)
 from mtlkit.data import collate
-from mtlkit.metrics import delta_m
 from mtlkit.models import build, count_parameters
-from mtlkit.tasks import tasks_for
 from mtlkit.train import seed_everything
 
 sns.set_theme(style="whitegrid", context="notebook")
-out_dir = Path(OUT_DIR)
-out_dir.mkdir(parents=True, exist_ok=True)
 
-# Preset = data + schedule + model width, per backbone: see mtlkit.course_nyu (NYU_SCHEDULES). paper is the MTAN
+# Preset = data + schedule + model width, per backbone: see mtlkit.course.nyu (NYU_SCHEDULES). paper is the MTAN
 # NYUv2 recipe of REFERENCE.md for SegNet (Adam 1e-4, halved every 100 epochs, 200 epochs, batch 2, full-size
 # SegNet) and LibMTL's for ResNet-50 (the same optimiser and schedule, batch 8), both with augmentation. smoke trains a
 # SegNet 1/8 as wide on the first 64 training and 32 validation images for 3 epochs (DWA changes its weights from
@@ -86,28 +83,25 @@ out_dir.mkdir(parents=True, exist_ok=True)
 overrides = {k: v for k, v in (("epochs", EPOCHS), ("train_images", TRAIN_IMAGES), ("val_images", VAL_IMAGES),
                                ("augment", AUGMENT), ("width_mult", WIDTH_MULT), ("cross_stitch", CROSS_STITCH),
                                ("cross_stitch_init", CROSS_STITCH_INIT)) if v is not None}
-if DATA != "auto":
-    overrides["data"] = DATA
 as_list = lambda v: [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else list(v)  # noqa: E731
-grid = nyu_schedule(PRESET, BACKBONE, **overrides)["grid"]
+grid = nyu_schedule(PRESET, BACKBONE, **overrides)["grid"]  # the preset's rows, narrowed by MODELS / WEIGHTINGS
 if MODELS is not None:  # a list, or one string "mtan,cross-stitch"
     grid = {m: grid.get(m, list(NYU_WEIGHTINGS)) for m in as_list(MODELS)}
 if WEIGHTINGS is not None:
     grid = {m: as_list(WEIGHTINGS) for m in grid}
-schedule = nyu_schedule(PRESET, BACKBONE, **overrides, grid=grid)  # checks every row and weighting
-
-splits = nyu_splits(schedule, seed=SEED)  # nyuv2: val is the test split (what the papers report), no val split
-tasks = tasks_for(splits["train"].task_info)  # {"semseg": Task, "depth": Task, "normals": Task}
-task_channels = {t: task.out_channels for t, task in tasks.items()}
-trainer_kwargs = {**nyu_trainer_kwargs(schedule), "device": DEVICE, "seed": SEED}
+# schedule (checks every row and weighting), data (nyuv2: val is the test split, what the papers report, and there
+# is no validation split), tasks, model and Trainer options: one call
+setup = course.nyu.setup(PRESET, BACKBONE, data=DATA, seed=SEED, device=DEVICE, out_dir=OUT_DIR,
+                         pretrained=PRETRAINED, max_steps=MAX_STEPS, **overrides, grid=grid)
+out_dir = setup.out_dir  # OUT_DIR, created
+schedule, splits = setup.schedule, setup.splits
+tasks, task_channels = setup.tasks, setup.task_channels  # {"semseg": Task, "depth": Task, "normals": Task}
 run_prefix = "" if BACKBONE == "segnet" else f"{BACKBONE}-"  # run folders in OUT_DIR, one set per backbone
 model_desc = (f"SegNet width x{schedule['width_mult']}" if BACKBONE == "segnet" else
               f"{schedule['encoder']} (OS {schedule['output_stride']}, ASPP {schedule['aspp_channels']}, "
               f"ImageNet {schedule['pretrained']})")
-n_val = len(splits["val"]) if splits["val"] is not None else 0
-print(f"{schedule['data']} ({schedule['data_preset']}, {splits['test'].image_size} px): {len(splits['train'])} "
-      f"training / {n_val} validation / {len(splits['test'])} test images, augmentation {schedule['augment']}; "
-      f"tasks {task_channels}")
+print(setup.describe())
+print(f"augmentation {schedule['augment']}")
 print(f"{model_desc}, {schedule['epochs']} epochs, batch {schedule['batch_size']}, Adam lr {schedule['lr']}, "
       f"scheduler {schedule['scheduler']}; grid {grid}")
 
@@ -249,48 +243,30 @@ for row, n in resnet_counts.items():
 # ## 4 · Training the grid
 #
 # Every run sees the same images, schedule and seed. Δm needs single-task baselines: one single-task network per
-# task (a one-task SegNet; with the ResNet backbone, `resnet-shared` with one head). `train_or_load` reuses a
+# task (a one-task SegNet; with the ResNet backbone, `resnet-shared` with one head). `course.run` reuses a
 # finished run in `OUT_DIR` with the same settings; delete its folder to retrain.
 #
 # **Cross-stitch, faithfully.** Misra et al. start each task's branch from that task's trained single-task network
 # and train the units with their own, larger learning rate. The single-task SegNets are already trained here (they
 # are the Δm baselines), so the Cross-stitch run (full grid, `MODELS`) loads them with
 # `load_single_task_branches` and puts the units in their own optimiser group (`param_groups`, ×10 the network's
-# learning rate under Adam; see `mtlkit.course_nyu` for why not the paper's SGD-era ×100). The MTAN authors'
+# learning rate under Adam; see `mtlkit.course.nyu` for why not the paper's SGD-era ×100). The MTAN authors'
 # public baseline instead trains one shared mixture per stage from scratch: `CROSS_STITCH = "shared"`,
 # `CROSS_STITCH_INIT = "scratch"` gives that form.
 
 # %%
-def train_run(run_name: str, row: str, run_tasks: list[str], weighting: str):
-    """Build the model of ``row`` for ``run_tasks`` (seeded) and train it under ``weighting`` (or load it)."""
-    name, options = nyu_model_spec(row, schedule)
-    seed_everything(SEED)
-    model = build(name, {t: task_channels[t] for t in run_tasks}, **options)
-    describe = {"model": name, "options": options, "tasks": list(run_tasks), "augment": schedule["augment"]}
-    extra = {}
-    if row == "cross-stitch":
-        if schedule["cross_stitch_init"] == "single-task":  # the branches start from the trained single-task nets
-            model.load_single_task_branches({t: models[f"single-{t}"] for t in run_tasks})
-            describe["init"] = {t: metrics[f"single-{t}"]["config"]["fingerprint"] for t in run_tasks}
-        if schedule["units_lr_mult"] != 1:
-            extra["param_groups"] = [("cross_stitch", schedule["units_lr_mult"])]
-    result = train_or_load(run_prefix + run_name, model, splits, out_dir, tasks=list(run_tasks),
-                           weighting=weighting, describe=describe, **trainer_kwargs, **extra)
-    return model.eval(), result
-
-
-models, metrics = {}, {}
-for task in task_channels:  # the Δm baselines
-    models[f"single-{task}"], metrics[f"single-{task}"] = train_run(f"single-{task}", "single", [task], "equal")
+runs_by_name = {f"single-{t}": ("single", [t], "equal") for t in task_channels}  # the Δm baselines first
 for row, weightings in grid.items():
     for weighting in weightings:
         if row in SINGLE_TASK_ROWS:  # STAN is single-task: one network per task, combined into one row below
-            for task in task_channels:
-                run = f"{row}-{task}-{weighting}"
-                models[run], metrics[run] = train_run(run, row, [task], weighting)
+            runs_by_name.update({f"{row}-{t}-{weighting}": (row, [t], weighting) for t in task_channels})
         else:
-            run = f"{row}-{weighting}"
-            models[run], metrics[run] = train_run(run, row, list(task_channels), weighting)
+            runs_by_name[f"{row}-{weighting}"] = (row, list(task_channels), weighting)
+models, metrics = {}, {}
+for run_name, (row, run_tasks, weighting) in runs_by_name.items():
+    model_name, options = run_options(row, schedule, trained=models)  # cross-stitch: init from the single nets
+    result = course.run(setup, run_prefix + run_name, model_name, run_tasks, weighting=weighting, **options)
+    models[run_name], metrics[run_name] = result.model, result.metrics
 
 # %% [markdown]
 # ## 5 · The MTAN table: every task metric and Δm
@@ -317,11 +293,8 @@ single = rows["single"]
 
 
 def delta(res, form):
-    """Δm in percent, or NaN where a baseline metric is 0 (e.g. no pixel within 11.25° after a very short run)."""
-    try:
-        return delta_m(res, single, form=form, tasks=tasks if form == "survey" else list(tasks))
-    except ValueError:
-        return float("nan")
+    """Δm in percent, or NaN (said why) where a baseline metric is 0 or NaN (e.g. no pixel within 11.25°)."""
+    return delta_m_or_nan(res, single, f"Δm ({form})", form=form, tasks=tasks if form == "survey" else list(tasks))
 
 
 COLUMNS = {"semseg": ("miou", "pixel_acc"), "depth": ("abs_err", "rel_err"),
@@ -384,7 +357,7 @@ plt.show()
 mtan_run = next((r for r in ("mtan-equal", "mtan-dwa", "mtan-uncertainty") if r in models), None)
 if mtan_run is not None:
     trained = models[mtan_run]
-    device = next(trained.parameters()).device
+    device = course.model_device(trained)
     image = collate([splits["test"][0]])["image"]
     with torch.no_grad():
         if BACKBONE == "segnet":
@@ -466,9 +439,6 @@ write_notebook_results(out_dir, "07_mtan", PRESET, runs,
                               "attention_relative_error": attention_error,
                               "references": {"mtan_nyuv2_segnet": MTAN_NYUV2_REFERENCE,
                                              "libmtl_nyuv2_resnet50": LIBMTL_NYUV2_REFERENCE}})
-course = course_table(out_dir, preset=PRESET)
-shown_cols = [c for c in ("semseg/miou", "depth/abs_err", "normals/mean", "delta_m", "parameters_M")
-              if c in course.columns]
-print(f"course results, {PRESET} preset:")
-print(course[shown_cols].round(3).to_string())
+print_course_table(out_dir, PRESET, ("semseg/miou", "depth/abs_err", "normals/mean", "delta_m", "parameters_M"),
+                   digits=3)
 print(f"wrote {OUT_DIR}/metrics.json")

@@ -44,12 +44,12 @@ TRAIN_IMAGES = None  # None: the preset's choice (smoke: the first 96 of the 192
 VAL_IMAGES = None  # None: the preset's choice (smoke: the first 32 of the 64 validation images; others: all)
 ULSAM_VARIANTS = ("fused", "pairs", "adjacent")  # which ULSAM placements to train (C(1), C(2), C(3))
 ULSAM_GROUPS = None  # None: the preset's g (4)
+PRETRAINED = None  # ImageNet initialisation of the encoder; None -> the preset's (paper: True, needs the HF hub)
+MAX_STEPS = None  # a dry run: stop each training epoch and evaluation after this many batches (None: whole epochs)
 N_SHOW = 2  # test images in the figures
 
 # %%
 import copy
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -59,42 +59,34 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlkit import viz
-from mtlkit.course import course_table, relative_error, summarize, train_or_load, write_notebook_results
-from mtlkit.course_broden import UPERNET_REFERENCE, broden_splits, part_owners_for, upernet_schedule, upernet_tasks
+from mtlkit import course
+from mtlkit.course import delta_m_or_nan, print_course_table, relative_error, write_notebook_results
+from mtlkit.course.broden import UPERNET_REFERENCE
 from mtlkit.data import collate
-from mtlkit.metrics import delta_m
 from mtlkit.models import build, count_parameters
 from mtlkit.models.ulsam import ULSAM
-from mtlkit.models.upernet import UPERNET_LOSS_WEIGHTS
 from mtlkit.train import seed_everything
 
 sns.set_theme(style="whitegrid", context="notebook")
-out_dir = Path(OUT_DIR)
-out_dir.mkdir(parents=True, exist_ok=True)
 
-overrides = {k: v for k, v in {"epochs": EPOCHS, "train_images": TRAIN_IMAGES, "val_images": VAL_IMAGES,
-                               "ulsam_groups": ULSAM_GROUPS}.items() if v is not None}
-if DATA != "auto":
-    overrides["data"] = DATA
-schedule = upernet_schedule(PRESET, **overrides)
-splits = broden_splits(schedule, seed=SEED)  # the real dataset says how to prepare it when it is missing
+# schedule, data (broden: a held-out part of train selects the epoch, val is the test split), tasks (parts trained
+# per owning object), model options (with the part owners the data gives) and Trainer options: one call
+setup = course.broden.setup(PRESET, data=DATA, seed=SEED, device=DEVICE, out_dir=OUT_DIR, pretrained=PRETRAINED,
+                            max_steps=MAX_STEPS, epochs=EPOCHS, train_images=TRAIN_IMAGES, val_images=VAL_IMAGES,
+                            ulsam_groups=ULSAM_GROUPS)
+out_dir = setup.out_dir  # OUT_DIR, created
+schedule, splits, tasks, task_channels = setup.schedule, setup.splits, setup.tasks, setup.task_channels
 info = splits["train"].task_info
-tasks = upernet_tasks(info)  # scene, semseg (= object), parts (trained per owning object), material, texture
-task_channels = {t: task.out_channels for t, task in tasks.items()}
-part_owners = part_owners_for(info)  # the object classes owning each part class (None: the part names do not say)
-model_options = {k: schedule[k] for k in ("encoder", "pretrained", "fpn_channels", "ppm_channels", "ulsam_groups")}
-trainer_kwargs = {k: schedule[k] for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "scheduler")}
-trainer_kwargs.update(device=DEVICE, seed=SEED, tasks=tasks, weighting="static",
-                      weighting_options={"weights": {t: UPERNET_LOSS_WEIGHTS.get(t, 1.0) for t in task_channels}})
+model_options = setup.model_options
+part_owners = model_options["part_owners"]  # the object classes owning each part class (None: names do not say)
 
 # What the preset decides (smoke: tiny data and models, one epoch each; enough to see the pipeline run on a CPU):
-print(f"data: {schedule['data']} ({schedule['data_preset']}), {len(splits['train'])} training and "
-      f"{len(splits['val'])} validation images of {splits['train'].image_size}, tasks {task_channels}")
+print(setup.describe().split("\nmodel options")[0])  # data, splits and tasks (the owners list is long)
 print(f"model: UPerNet on {model_options['encoder']} (ImageNet: {model_options['pretrained']}), F = "
       f"{model_options['fpn_channels']}, PPM branches {model_options['ppm_channels']}, ULSAM groups g = "
       f"{model_options['ulsam_groups']}; parts per owning object: {part_owners is not None}")
 print(f"schedule: {schedule['epochs']} epoch(s), batch {schedule['batch_size']}, {schedule['optimizer']} lr "
-      f"{schedule['lr']} ({schedule['scheduler'] or 'constant'}), loss weights {trainer_kwargs['weighting_options']}")
+      f"{schedule['lr']} ({schedule['scheduler'] or 'constant'}), loss weights {setup.loss_weights}")
 print(f"runs: upernet, upernet+context, " + ", ".join(f"ulsam-{v}" for v in ULSAM_VARIANTS))
 
 # %% [markdown]
@@ -178,10 +170,10 @@ plt.show()
 
 # %%
 seed_everything(SEED)
-probe = build("upernet", task_channels, **{**model_options, "pretrained": False}, part_owners=part_owners)
+probe = build("upernet", task_channels, **{**model_options, "pretrained": False})  # part_owners included
 preds = probe(batch["image"])
 losses = {t: tasks[t].loss(preds[t], batch) for t in task_channels}
-sum(UPERNET_LOSS_WEIGHTS.get(t, 1.0) * v for t, v in losses.items()).backward()
+sum(setup.loss_weights[t] * v for t, v in losses.items()).backward()  # UPerNet's weights (UPERNET_LOSS_WEIGHTS)
 print(pd.DataFrame({"labelled images": mask.sum(), "loss": {t: v.item() for t, v in losses.items()},
                     "|grad| of its classifier": {t: float(probe.heads[t].classifier.weight.grad.abs().sum())
                                                  for t in task_channels}}).round(4).to_string())
@@ -317,25 +309,13 @@ assert extra["ulsam-fused"] == 5 * 512 + 3 * 4 and extra["upernet+context"] == 5
 # Five models on the same images and steps, with the public code's loss weights: UPerNet, UPerNet with the context
 # head, and UPerNet with each ULSAM placement (without the context head, so that each comparison changes one
 # thing). The Trainer selects every run's best epoch on the validation split and evaluates it once on the test split.
-# `train_or_load` reuses a finished run in `OUT_DIR` with the same settings; delete the run's folder to retrain.
+# `course.run` reuses a finished run in `OUT_DIR` with the same settings; delete the run's folder to retrain.
 
 # %%
-def train_run(run_name: str, **options):
-    """Build UPerNet with ``options`` (seeded), train it (or load the finished run); (model, metrics)."""
-    seed_everything(SEED)
-    model = build("upernet", task_channels, **model_options, part_owners=part_owners, **options)
-    metrics = train_or_load(run_name, model, splits, out_dir,
-                            describe={"model": "upernet", "options": {**model_options, **options},
-                                      "parts": "per owning object" if part_owners else "plain"},
-                            **trainer_kwargs)
-    return model.eval(), metrics
-
-
 run_options = {"upernet": {}, "upernet+context": {"context_head": True},
                **{f"ulsam-{v}": {"ulsam": v} for v in ULSAM_VARIANTS}}
-models, metrics = {}, {}
-for run_name, options in run_options.items():
-    models[run_name], metrics[run_name] = train_run(run_name, **options)
+results = {name: course.run(setup, name, "upernet", **options) for name, options in run_options.items()}
+models, metrics = {name: r.model for name, r in results.items()}, {name: r.metrics for name, r in results.items()}
 
 # %% [markdown]
 # ## 5 · Evaluation: UPerNet and its ULSAM variants
@@ -350,18 +330,13 @@ columns = {"parameters_M": "params (M)", "scene/accuracy": "scene top-1", "semse
            "semseg/pixel_acc": "object PixAcc", "parts/miou": "part mIoU", "parts/pixel_acc": "part PixAcc",
            "material/miou": "material mIoU", "material/pixel_acc": "material PixAcc",
            "texture/accuracy": "texture top-1"}
-summary = pd.DataFrame({name: summarize(m) for name, m in metrics.items()}).T
+summary = pd.DataFrame({name: r.summary() for name, r in results.items()}).T
 table = summary[[c for c in columns if c in summary.columns]].rename(columns=columns)
 
 
-def delta_vs_upernet(name: str) -> float:
-    try:
-        return delta_m(test[name], test["upernet"], tasks=tasks)
-    except (ValueError, ZeroDivisionError):  # a metric of 0 in the baseline (possible after one smoke epoch)
-        return float("nan")
-
-
-table["Δm vs UPerNet (%)"] = [delta_vs_upernet(n) for n in table.index]
+# NaN, said why, where a metric of the baseline is 0 or NaN (possible after one smoke epoch)
+table["Δm vs UPerNet (%)"] = [delta_m_or_nan(test[n], test["upernet"], f"{n} Δm vs UPerNet", tasks=tasks)
+                              for n in table.index]
 table["train s"] = summary["train_seconds"]
 print(table.round(2).to_string(na_rep="-"))
 
@@ -373,7 +348,6 @@ print(table.round(2).to_string(na_rep="-"))
 
 # %%
 test_set = splits["test"]
-on = next(models["upernet"].parameters()).device  # where the Trainer left the models (a GPU in the paper preset)
 unowned = [c for c, o in enumerate(part_owners or [()]) if not o]  # "none" (class 0 when the names do not say)
 
 
@@ -385,7 +359,7 @@ def part_predictions(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, bool
         for start in range(0, len(test_set), 16):
             b = collate([test_set[i] for i in range(start, min(start + 16, len(test_set)))])
             y = tasks["parts"].target(b)
-            out = {t: v.cpu() for t, v in model(b["image"].to(on)).items()}
+            out = course.predict(model, b["image"])  # on the model's device (a GPU in the paper preset), to the CPU
             p = out["parts"].argmax(1)
             if model.part_allowed is not None:  # allowed [O, P]: the classes each object may show
                 shown = model.part_allowed.cpu()[out["semseg"].argmax(1)]               # [B, H, W, P]
@@ -447,8 +421,7 @@ print("with the context head minus without (points):", change.round(2).to_dict()
 show = [i for i in range(len(test_set)) if "semseg" in test_set[i]["meta"]["tasks"]][:N_SHOW]
 show += [i for i in range(len(test_set)) if "material" in test_set[i]["meta"]["tasks"]][:N_SHOW]
 batch = collate([test_set[i] for i in show])
-with torch.no_grad():
-    pred = {t: v.cpu() for t, v in models["upernet+context"](batch["image"].to(on)).items()}
+pred = course.predict(models["upernet+context"], batch["image"])
 
 
 def class_name(task: str, index: int) -> str:
@@ -497,7 +470,7 @@ def with_our_ulsam(model: nn.Module) -> nn.Module:
 
 ulsam_runs = [f"ulsam-{v}" for v in ULSAM_VARIANTS]
 ours_models = {n: with_our_ulsam(models[n]) for n in ulsam_runs}
-images = batch["image"][:N_SHOW].to(on)
+images = batch["image"][:N_SHOW].to(course.model_device(models[ulsam_runs[0]]))
 trained_errors = {}
 with torch.no_grad():
     for n in ulsam_runs:
@@ -565,15 +538,12 @@ print(reference.round(2).to_string())
 # This notebook's runs join the course table (every earlier notebook's `metrics.json` of the same preset).
 
 # %%
-runs = {name: {**summarize(m), "train_images": len(splits["train"]), "epochs": schedule["epochs"]}
-        for name, m in metrics.items()}
+runs = {name: {**r.summary(), "train_images": len(splits["train"]), "epochs": schedule["epochs"]}
+        for name, r in results.items()}
 write_notebook_results(out_dir, "08_upernet_ulsam", PRESET, runs,
                        extra={"parameters_full_size": {n: c["total"] for n, c in full_counts.items()},
                               "delta_m_vs_upernet": table["Δm vs UPerNet (%)"].to_dict(),
                               "ulsam_relative_error": ulsam_error,
                               "ulsam_trained_relative_error": trained_errors, "references": UPERNET_REFERENCE})
-course = course_table(out_dir, preset=PRESET)
-shown_cols = [c for c in columns if c in course.columns]
-print(f"course results, {PRESET} preset (notebook 08's rows):")
-print(course.loc[["08_upernet_ulsam"], shown_cols].round(2).to_string(na_rep="-"))
+print_course_table(out_dir, PRESET, list(columns), notebook="08_upernet_ulsam")
 print(f"wrote {OUT_DIR}/metrics.json")

@@ -48,13 +48,13 @@ CODE_DIM = 100  # d: 5 tasks x 20 ones, as in the paper
 TASK_SCHEDULE = None  # None: the preset's ("iteration" on CPU, "epoch" in the paper preset)
 SINGLE_TASK = None  # None: the preset's baselines (smoke, lesson, paper: all five tasks)
 CODE_GRID = None  # None: the preset's extra TSNs [(code, dim), ...] (smoke: gaussian 100 and orthogonal 10; lesson/paper: four)
+PRETRAINED = None  # ImageNet initialisation of the encoder; None -> the preset's (paper: True, needs the HF hub)
+MAX_STEPS = None  # a dry run: stop each training epoch and evaluation after this many batches (None: whole epochs)
 N_SHOW = 2  # test images in the prediction figure
 
 # %%
 import copy
 import math
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -64,37 +64,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlkit import viz
-from mtlkit.course import course_table, relative_error, summarize, train_or_load, write_notebook_results
-from mtlkit.course_pascal import PASCAL_TASK_CHANNELS, TSN_REFERENCE, pascal_splits, tsn_schedule
+from mtlkit import course
+from mtlkit.course import delta_m_or_nan, print_course_table, relative_error, write_notebook_results
+from mtlkit.course.pascal import PASCAL_TASK_CHANNELS, TSN_REFERENCE
 from mtlkit.data import collate
-from mtlkit.metrics import delta_m
 from mtlkit.models import build, count_parameters
-from mtlkit.models.tsn import TSN_LOSS_WEIGHTS, AdaINConv, task_codes
-from mtlkit.tasks import tasks_for
+from mtlkit.models.tsn import AdaINConv, task_codes
 from mtlkit.train import seed_everything
 
 sns.set_theme(style="whitegrid", context="notebook")
-out_dir = Path(OUT_DIR)
-out_dir.mkdir(parents=True, exist_ok=True)
 
-overrides = {k: v for k, v in {"epochs": EPOCHS, "train_images": TRAIN_IMAGES, "val_images": VAL_IMAGES,
-                               "task_schedule": TASK_SCHEDULE, "single_task": SINGLE_TASK,
-                               "code_grid": CODE_GRID}.items() if v is not None}
-if DATA != "auto":
-    overrides["data"] = DATA
-schedule = tsn_schedule(PRESET, **overrides)
-splits = pascal_splits(schedule, seed=SEED)  # the real dataset says how to prepare it when it is missing
-tasks = tasks_for(splits["train"].task_info)  # edge, semseg, parts, normals, saliency
-task_channels = {t: task.out_channels for t, task in tasks.items()}
-model_options = {k: schedule[k] for k in ("encoder", "pretrained", "decoder_channels")}
-trainer_kwargs = {k: schedule[k] for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay")}
-trainer_kwargs.update(device=DEVICE, seed=SEED, param_groups=schedule["param_groups"])
+# schedule, data (pascal-mt: held-out training images select the epoch, val is the test split), the five tasks,
+# model options, TSN's loss weights and Trainer options: one call
+setup = course.pascal.setup(PRESET, data=DATA, seed=SEED, device=DEVICE, out_dir=OUT_DIR, pretrained=PRETRAINED,
+                            max_steps=MAX_STEPS, epochs=EPOCHS, train_images=TRAIN_IMAGES, val_images=VAL_IMAGES,
+                            task_schedule=TASK_SCHEDULE, single_task=SINGLE_TASK, code_grid=CODE_GRID)
+out_dir = setup.out_dir  # OUT_DIR, created
+schedule, splits, model_options = setup.schedule, setup.splits, setup.model_options
+tasks, task_channels = setup.tasks, setup.task_channels  # edge, semseg, parts, normals, saliency
 single_task = [t for t in schedule["single_task"] if t in task_channels]
 code_grid = [tuple(c) for c in schedule["code_grid"] if tuple(c) != (CODE, CODE_DIM)]
 
 # What the preset decides (the smoke preset is tiny: 64 px, 96 training images, one epoch, a narrow decoder):
-print(f"data: {schedule['data']} ({schedule['data_preset']}), {len(splits['train'])} training / "
-      f"{len(splits['val'])} validation images of {splits['train'].image_size}, tasks {task_channels}")
+print(setup.describe().split("\nmodel options")[0])  # data, splits, tasks (and a note on any unlabelled split)
 print(f"model: {model_options['encoder']} (ImageNet: {model_options['pretrained']}), decoder widths "
       f"{model_options['decoder_channels']}; main TSN codes: {CODE}, d = {CODE_DIM}")
 print(f"schedule: {schedule['epochs']} epoch(s), batch {schedule['batch_size']}, {schedule['optimizer']} "
@@ -210,8 +202,10 @@ library_tsn = build("tsn", task_channels, code=CODE, code_dim=CODE_DIM, **model_
 ours = rebuild_with_our_modules(library_tsn).eval()
 ours.load_state_dict(library_tsn.state_dict())  # strict: the two networks have the same parameter names
 # in float64: an instance norm divides by small standard deviations, so float32 rounding of two equivalent
-# orderings of the same arithmetic grows through ten of them; float64 shows that the computation is the same
-x = torch.rand(2, 3, *splits["train"].image_size, dtype=torch.float64)
+# orderings of the same arithmetic grows through ten of them; float64 shows that the computation is the same.
+# A fixed 64x64 input: the data's size may vary per image (pascal-mt reports (None, None)), and the rounding grows
+# with the number of pixels each norm averages, so the tolerance below holds at one resolution.
+x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
 with torch.no_grad():
     expected, got = copy.deepcopy(library_tsn).double()(x), copy.deepcopy(ours).double()(x)
 tsn_error = max(relative_error(got[t], expected[t]) for t in task_channels)
@@ -325,32 +319,18 @@ plt.show()
 # * **single-task U-Nets**, the $\Delta_m$ baselines, for the tasks in `SINGLE_TASK`.
 #
 # Note what the schedule means for TSN: with switching, each task gets $1/T$ of the steps, while every decoder of the
-# multi-decoder model learns at every step. `train_or_load` reuses a finished run in `OUT_DIR` with the same settings;
+# multi-decoder model learns at every step. `course.run` reuses a finished run in `OUT_DIR` with the same settings;
 # delete the run's folder to retrain.
 
 # %%
-def train_run(run_name: str, model_name: str, run_tasks: list[str], **options):
-    """Build ``model_name`` for ``run_tasks`` (seeded), train it (or load the finished run); (model, metrics)."""
-    seed_everything(SEED)
-    model = build(model_name, {t: task_channels[t] for t in run_tasks}, **model_options, **options)
-    switching = model_name == "tsn"
-    metrics = train_or_load(
-        run_name, model, splits, out_dir, tasks=list(run_tasks), weighting="static",
-        weighting_options={"weights": {t: TSN_LOSS_WEIGHTS.get(t, 1.0) for t in run_tasks}},
-        task_schedule=schedule["task_schedule"] if switching else None,
-        describe={"model": model_name, "options": {**model_options, **options}, "tasks": list(run_tasks)},
-        **trainer_kwargs)
-    return model.eval(), metrics
-
-
-models, metrics = {}, {}
 all_tasks = list(task_channels)
 tsn_runs = {"tsn": (CODE, CODE_DIM), **{f"tsn-{kind}-{dim}": (kind, dim) for kind, dim in code_grid}}
-for run_name, (kind, dim) in tsn_runs.items():
-    models[run_name], metrics[run_name] = train_run(run_name, "tsn", all_tasks, code=kind, code_dim=dim)
-models["multi-decoder"], metrics["multi-decoder"] = train_run("multi-decoder", "unet", all_tasks)
-for task in single_task:
-    models[f"single-{task}"], metrics[f"single-{task}"] = train_run(f"single-{task}", "unet", [task])
+switching = {"task_schedule": schedule["task_schedule"]}  # TSN trains one task per step (or epoch)
+results = {name: course.run(setup, name, "tsn", all_tasks, code=kind, code_dim=dim, train=switching)
+           for name, (kind, dim) in tsn_runs.items()}
+results["multi-decoder"] = course.run(setup, "multi-decoder", "unet", all_tasks)
+results.update({f"single-{t}": course.run(setup, f"single-{t}", "unet", t) for t in single_task})
+models, metrics = {name: r.model for name, r in results.items()}, {name: r.metrics for name, r in results.items()}
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -367,7 +347,7 @@ print(f"single-task baselines (the tasks Δm covers): {', '.join(single_task)}")
 # %%
 test = {name: m["test"] for name, m in metrics.items()}
 main_metric = {t: f"{t}/{tasks[t].delta_metric}" for t in task_channels}
-summary = pd.DataFrame({name: summarize(m) for name, m in metrics.items()}).T
+summary = pd.DataFrame({name: r.summary() for name, r in results.items()}).T
 columns = [c for c in list(main_metric.values()) + ["parameters_M", "train_seconds"] if c in summary.columns]
 print(summary[columns].round(2).to_string(na_rep="-"))
 
@@ -376,7 +356,7 @@ single = {t: test[f"single-{t}"][t] for t in single_task}
 deltas = {}
 if single:
     for name in [*tsn_runs, "multi-decoder"]:
-        deltas[name] = delta_m(test[name], single, tasks={t: tasks[t] for t in single})
+        deltas[name] = delta_m_or_nan(test[name], single, f"{name} Δm", tasks={t: tasks[t] for t in single})
     print(f"Δm over the tasks with a single-task baseline ({', '.join(single)}"
           + (f"; not over {', '.join(t for t in task_channels if t not in single)}, which have no baseline in "
              f"the {PRESET} preset)" if len(single) < len(task_channels) else ")"))
@@ -419,8 +399,7 @@ if points:
 # %%
 test_set = splits["test"]
 batch = collate([test_set[i] for i in range(min(N_SHOW, len(test_set)))])
-with torch.no_grad():
-    pred = models["tsn"](batch["image"])  # task=None: every task, one encoder pass
+pred = course.predict(models["tsn"], batch["image"])  # task=None: every task, one encoder pass
 info = test_set.task_info
 
 
@@ -460,7 +439,7 @@ code_rows = [{"run": n, "code": k, "d": d, **{main_metric[t]: test[n][t][tasks[t
               "Δm (%)": deltas.get(n, np.nan)} for n, (k, d) in tsn_runs.items()]
 print(pd.DataFrame(code_rows).set_index("run").round(2).to_string())
 with torch.no_grad():
-    trained = {n: torch.cat([models[n].embedding(t) for t in task_channels]) for n in tsn_runs}
+    trained = {n: torch.cat([models[n].embedding(t) for t in task_channels]).cpu() for n in tsn_runs}
 fig, axes = plt.subplots(1, len(trained), figsize=(2.6 * len(trained), 2.6), dpi=70, squeeze=False)
 for ax, (n, w) in zip(axes[0], trained.items()):
     sns.heatmap(cosines(w), vmin=-1, vmax=1, cmap="vlag", annot=True, fmt=".1f", cbar=False, square=True,
@@ -496,8 +475,8 @@ print(reference[list(main_metric.values())].round(1).to_string(na_rep="-"))
 # This notebook's runs join the course table (every earlier notebook's `metrics.json` of the same preset).
 
 # %%
-runs = {name: {**summarize(m), "train_images": len(splits["train"]), "epochs": schedule["epochs"]}
-        for name, m in metrics.items()}
+runs = {name: {**r.summary(), "train_images": len(splits["train"]), "epochs": schedule["epochs"]}
+        for name, r in results.items()}
 for name, d in deltas.items():
     runs[name]["delta_m"] = d
 write_notebook_results(out_dir, "09_task_switching", PRESET, runs,
@@ -505,8 +484,5 @@ write_notebook_results(out_dir, "09_task_switching", PRESET, runs,
                                                        multi_counts, "single_task_by_tasks": single_counts},
                               "delta_m_tasks": list(single), "tsn_relative_error": tsn_error,
                               "references": TSN_REFERENCE})
-table = course_table(out_dir, preset=PRESET)
-shown_cols = [c for c in list(main_metric.values()) + ["delta_m", "parameters_M"] if c in table.columns]
-print(f"course results, {PRESET} preset (notebook 09's rows):")
-print(table.loc[["09_task_switching"], shown_cols].round(2).to_string(na_rep="-"))
+print_course_table(out_dir, PRESET, [*main_metric.values(), "delta_m", "parameters_M"], notebook="09_task_switching")
 print(f"wrote {OUT_DIR}/metrics.json")

@@ -52,23 +52,23 @@ def forbid_training(monkeypatch) -> None:
 # ---------------------------------------------------------------------------------------------- train_or_load
 def test_second_call_loads_identical_weights_without_training(tmp_path, splits, monkeypatch, capsys):
     trained = tiny()
-    first = train_or_load("run", trained, splits, tmp_path, describe={"model": "tiny"}, **FAST)
+    first = train_or_load("run", trained, splits, tmp_path, built={"model": "tiny"}, **FAST)
     assert first["finished"] and (tmp_path / "run" / "best.pt").exists()
 
     forbid_training(monkeypatch)
     fresh = tiny()
     fresh.load_state_dict({k: torch.zeros_like(v) for k, v in fresh.state_dict().items()})
-    second = train_or_load("run", fresh, splits, tmp_path, describe={"model": "tiny"}, **FAST)
+    second = train_or_load("run", fresh, splits, tmp_path, built={"model": "tiny"}, **FAST)
     assert "loaded the finished run" in capsys.readouterr().out
     assert second == json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert second["test"] == first["test"]
     assert same_weights(fresh, trained)  # trained holds the best epoch's weights after fit()
     # progress/device/resume do not change what is computed: still loaded, not retrained
-    train_or_load("run", tiny(), splits, tmp_path, describe={"model": "tiny"}, **{**FAST, "progress": True})
+    train_or_load("run", tiny(), splits, tmp_path, built={"model": "tiny"}, **{**FAST, "progress": True})
 
 
 def test_changed_description_or_schedule_retrains_from_scratch(tmp_path, splits):
-    base = train_or_load("run", tiny(), splits, tmp_path, describe={"model": "tiny", "width": 4}, **FAST)
+    base = train_or_load("run", tiny(), splits, tmp_path, built={"model": "tiny", "width": 4}, **FAST)
     calls = []
     original_fit = Trainer.fit
 
@@ -80,12 +80,12 @@ def test_changed_description_or_schedule_retrains_from_scratch(tmp_path, splits)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Trainer, "fit", counting_fit)
-        other = train_or_load("run", tiny(), splits, tmp_path, describe={"model": "tiny", "width": 5}, **FAST)
+        other = train_or_load("run", tiny(), splits, tmp_path, built={"model": "tiny", "width": 5}, **FAST)
         assert calls == [0, 0]
         assert other["config"]["fingerprint"] != base["config"]["fingerprint"]
         assert len(other["epochs"]) == 1
         # another schedule (lr) is another run too
-        train_or_load("run", tiny(), splits, tmp_path, describe={"model": "tiny", "width": 5},
+        train_or_load("run", tiny(), splits, tmp_path, built={"model": "tiny", "width": 5},
                       **{**FAST, "lr": 1e-2})
         assert calls == [0, 0, 0, 0]
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -252,8 +252,8 @@ def test_schedules_follow_the_course_recipe():
 
 def test_deeplab_setup_applies_the_study_schedule_and_the_overrides(tmp_path):
     # smoke: notebook 01 trains on the first 96 images for 3 epochs; the studies of 02-05 on 64 for 2; val 32
-    full = course.deeplab_setup("smoke", study=False)
-    study = course.deeplab_setup("smoke")
+    full = course.deeplab.setup("smoke", study=False, out_dir=tmp_path)
+    study = course.deeplab.setup("smoke", out_dir=tmp_path)
     assert (len(full.splits["train"]), full.trainer_options["epochs"]) == (96, 3)
     assert (len(study.splits["train"]), study.trainer_options["epochs"]) == (64, 2)
     assert len(study.splits["val"]) == 32 and len(study.splits["test"]) == 64  # test: the whole split
@@ -262,12 +262,13 @@ def test_deeplab_setup_applies_the_study_schedule_and_the_overrides(tmp_path):
     assert study.model_options == {"encoder": "resnet18", "aspp_channels": 64, "decoder_channels": 64,
                                    "skip_channels": 24, "pretrained": False}
     assert "momentum" not in study.trainer_options and study.trainer_options["optimizer"] == "adam"
-    mine = course.deeplab_setup("smoke", seed=3, device="cpu", epochs=1, train_images=16, optimizer="sgd")
+    mine = course.deeplab.setup("smoke", seed=3, device="cpu", epochs=1, train_images=16, optimizer="sgd",
+                                lr=None, out_dir=tmp_path)  # None keeps the preset's value
     assert (len(mine.splits["train"]), mine.trainer_options["epochs"]) == (16, 1)
-    assert mine.trainer_options["momentum"] == 0.9 and mine.trainer_options["seed"] == 3
+    assert mine.trainer_options["lr"] == deeplab_schedule("smoke")["lr"] and mine.trainer_options["seed"] == 3
     assert mine.trainer_options["device"] == "cpu" and mine.schedule["optimizer"] == "sgd"
     # unit: no study schedule and no subsets
-    unit = course.deeplab_setup("unit")
+    unit = course.deeplab.setup("unit", out_dir=tmp_path)
     assert len(unit.splits["train"]) == len(load_splits("synthetic-city", "unit")["train"])
     assert unit.trainer_options["epochs"] == deeplab_schedule("unit")["epochs"]
     # the trainer options are accepted by the Trainer as they are
@@ -337,10 +338,10 @@ def test_reference_table_collects_every_course_module_labelled_by_source():
     import importlib
     import pkgutil
 
-    import mtlkit
-
-    for info in pkgutil.iter_modules(mtlkit.__path__):  # every *_REFERENCE of a course_* module is included
-        if info.name.startswith("course_"):
-            module = importlib.import_module(f"mtlkit.{info.name}")
-            for attr in (a for a in vars(module) if a.endswith("_REFERENCE")):
-                assert (refs["source"] == f"mtlkit.{info.name}.{attr}").any(), attr
+    found = 0
+    for info in pkgutil.iter_modules(course.__path__):  # every *_REFERENCE of a course module is included
+        module = importlib.import_module(f"mtlkit.course.{info.name}")
+        for attr in (a for a in vars(module) if a.endswith("_REFERENCE")):
+            assert (refs["source"] == f"mtlkit.course.{info.name}.{attr}").any(), attr
+            found += 1
+    assert found >= 5  # pet, nyu (three), broden, pascal

@@ -1,9 +1,9 @@
-"""Notebook 07's presets, augmentation, models and references (mtlkit.course_nyu); unit preset only, no big models."""
+"""Notebook 07's presets, augmentation, models and references (mtlkit.course.nyu); unit preset only, no big models."""
 import pytest
 import torch
 
 from mtlkit import course
-from mtlkit.course_nyu import (AUGMENT_SCALES, LIBMTL_NYUV2_REFERENCE, MTAN_NYUV2_REFERENCE, NYU_SCHEDULES,
+from mtlkit.course.nyu import (AUGMENT_SCALES, LIBMTL_NYUV2_REFERENCE, MTAN_NYUV2_REFERENCE, NYU_SCHEDULES,
                                NYU_TASK_CHANNELS, nyu_augmentation, nyu_model, nyu_model_spec, nyu_references,
                                nyu_schedule, nyu_splits, nyu_trainer_kwargs)
 from mtlkit.data import RandomHorizontalFlip, RandomScaleCrop, collate
@@ -85,9 +85,9 @@ def test_references_are_reference_tables_in_the_kits_units():
         "mtan-equal": {"semseg/miou": 54.38, "semseg/pixel_acc": 75.84, "depth/abs_err": 0.3764,
                        "depth/rel_err": 0.1561, "normals/mean": 22.98}}
     refs = course.reference_table()  # the course-wide table picks them up, labelled by their source
-    mine = refs[refs["source"] == "mtlkit.course_nyu.LIBMTL_NYUV2_REFERENCE"]
+    mine = refs[refs["source"] == "mtlkit.course.nyu.LIBMTL_NYUV2_REFERENCE"]
     assert len(mine) == 10 and set(mine["model"]) == {"shared-equal", "mtan-equal"}
-    assert (refs["source"] == "mtlkit.course_nyu.MTAN_NYUV2_REFERENCE").sum() == 18
+    assert (refs["source"] == "mtlkit.course.nyu.MTAN_NYUV2_REFERENCE").sum() == 18
     both = nyu_references(columns=["semseg/miou", "normals/mean"])
     assert list(both.columns) == ["semseg/miou", "normals/mean"] and len(both) == 5
     assert all(s.startswith("paper (reference): ") for s in both.index.get_level_values("source"))
@@ -146,15 +146,15 @@ def test_unit_segnet_rows_and_faithful_cross_stitch_start():
 
 def test_unit_resnet_path_trains(tmp_path):
     """The resnet50 backbone's rows in the unit preset (ResNet-18, narrow heads): build, train one epoch, masks."""
-    schedule = nyu_schedule("unit", "resnet50", train_images=4)
-    splits = nyu_splits(schedule)
-    model = nyu_model("mtan", NYU_TASK_CHANNELS, schedule)
+    setup = course.nyu.setup("unit", "resnet50", device="cpu", out_dir=tmp_path, train_images=4)
+    assert len(setup.splits["train"]) == 4
+    name, options = course.nyu.run_options("mtan", setup.schedule)
+    result = course.run(setup, "resnet50-mtan-equal", name, weighting="equal", progress=False, **options)
+    model, metrics = result.model, result.metrics
     assert type(model).__name__ == "ResNetMTAN" and model.encoder.output_stride == 8
-    metrics = course.train_or_load("resnet50-mtan-equal", model, splits, tmp_path, weighting="equal",
-                                   describe={"row": "mtan"}, device="cpu", progress=False,
-                                   **nyu_trainer_kwargs(schedule))
     assert metrics["finished"] and set(metrics["test"]) == set(NYU_TASK_CHANNELS)
+    assert metrics["config"]["built"]["options"]["encoder"] == "resnet18"
     _, masks = model.eval().forward_with_masks(torch.rand(1, 3, 32, 32))
     assert set(masks) == set(NYU_TASK_CHANNELS) and len(masks["semseg"]) == 4
-    single = nyu_model("single", {"depth": 1}, schedule)
+    single = nyu_model("single", {"depth": 1}, setup.schedule)
     assert type(single).__name__ == "ResNetShared" and single.tasks == ("depth",)

@@ -7,6 +7,8 @@ import pytest
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 KNOBS = ("PRESET", "DEVICE", "SEED", "DATA", "OUT_DIR")
+TRAINING = [p for p in NOTEBOOKS if "01" <= p.name[:2] <= "09"]  # the notebooks that train models
+TRAINING_KNOBS = ("PRETRAINED", "MAX_STEPS")  # ImageNet weights off for offline runs; a dry run of the paper path
 
 
 def test_there_are_notebooks():
@@ -62,3 +64,30 @@ def test_papermill_sees_every_parameter(path, caplog):
         found = list(papermill.inspect_notebook(str(path)))
     assert not [r.getMessage() for r in caplog.records if "Unable to parse" in r.getMessage()]
     assert found == assigned
+
+
+def _code(path) -> str:
+    return "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=lambda p: p.stem)
+def test_training_notebooks_set_up_and_train_through_the_course_api(path):
+    """One setup call, one course.run call per model, no notebook-local training helper or hand-made fingerprint."""
+    code = _code(path)
+    params = "".join(next(c for c in json.loads(path.read_text())["cells"]
+                          if "parameters" in c["metadata"].get("tags", []))["source"])
+    for knob in TRAINING_KNOBS:
+        assert re.search(rf"^{knob}\s*=\s*None\b", params, re.M), f"parameters cell lacks {knob} = None"
+    setups = re.findall(r"\bcourse\.(\w+)\.setup\(", code)
+    assert len(setups) == 1, f"one course.<family>.setup(...) call, found {setups}"
+    assert "pretrained=PRETRAINED" in code and "max_steps=MAX_STEPS" in code
+    assert "course.run(" in code
+    for banned in ("train_or_load(", "describe=", "def train_run", "def run(", "def train_distill", "def train_single",
+                   "def train_stitched", "trainer_kwargs", "Trainer("):
+        assert banned not in code, f"{banned!r}: train through course.run"
+
+
+def test_09_builds_its_check_input_at_a_fixed_size():
+    """pascal-mt reports its image size as (None, None) (sizes vary per image): 09 must not build tensors from it."""
+    (path,) = [p for p in NOTEBOOKS if p.name.startswith("09_")]
+    assert "image_size" not in _code(path)

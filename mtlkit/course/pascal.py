@@ -8,11 +8,13 @@ one or a few epochs, switching per epoch would leave tasks untrained and let the
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from mtlkit.course import check_preset, first_images, load_splits, subset
+from mtlkit.course.common import (Setup, apply_overrides, first_images, knob_overrides, load_splits, make_setup,
+                                  subset)
 
-__all__ = ["TSN_SCHEDULES", "TSN_REFERENCE", "PASCAL_TASK_CHANNELS", "tsn_schedule", "pascal_splits"]
+__all__ = ["TSN_SCHEDULES", "TSN_REFERENCE", "PASCAL_TASK_CHANNELS", "tsn_schedule", "pascal_splits", "setup"]
 
 #: PASCAL-Context's five tasks with the paper's output channels (21 classes, 7 human parts incl. background).
 PASCAL_TASK_CHANNELS: dict[str, int] = {"edge": 1, "semseg": 21, "parts": 7, "normals": 3, "saliency": 1}
@@ -62,12 +64,7 @@ PASCAL_MT_HELD_OUT = 500
 
 def tsn_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
     """Notebook 09's schedule for ``preset`` (a copy), with ``overrides`` applied (unknown keys are an error)."""
-    schedule = dict(TSN_SCHEDULES[check_preset(preset)])
-    unknown = set(overrides) - set(schedule)
-    if unknown:
-        raise ValueError(f"unknown schedule key(s) {sorted(unknown)}; valid keys: {', '.join(schedule)}")
-    schedule.update(overrides)
-    return schedule
+    return apply_overrides(TSN_SCHEDULES, preset, overrides, "tsn_schedule")
 
 
 def pascal_splits(schedule: dict[str, Any], seed: int = 0) -> dict[str, Any]:
@@ -92,3 +89,23 @@ def pascal_splits(schedule: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     else:
         splits = load_splits(name, preset, seed=seed, **options)
     return first_images(splits, schedule.get("train_images"), schedule.get("val_images"))
+
+
+#: The schedule keys that are build() options of ``tsn`` and ``unet``.
+MODEL_KEYS = ("encoder", "pretrained", "decoder_channels")
+
+
+def setup(preset: str, *, data: str = "auto", seed: int = 0, device: str = "auto",
+          out_dir: str | Path = "runs/notebooks/pascal", pretrained: bool | None = None,
+          max_steps: int | None = None, **overrides: Any) -> Setup:
+    """The :class:`~mtlkit.course.common.Setup` of notebook 09: PASCAL-Context-like data, five tasks, TSN's loss
+    weights. The task switching (``task_schedule``) is a Trainer option of the TSN runs only."""
+    from mtlkit.models.tsn import TSN_LOSS_WEIGHTS
+    from mtlkit.tasks import tasks_for
+
+    schedule = tsn_schedule(preset, **knob_overrides(overrides, data, pretrained))
+    splits = pascal_splits(schedule, seed=seed)  # the real dataset says how to prepare it when it is missing
+    tasks = tasks_for(splits["train"].task_info)
+    return make_setup(preset, schedule["data"], schedule, splits, tasks, MODEL_KEYS, out_dir=out_dir,
+                      device=device, seed=seed, max_steps=max_steps, cut=False,
+                      loss_weights={t: TSN_LOSS_WEIGHTS.get(t, 1.0) for t in tasks})

@@ -26,16 +26,17 @@ beside the kit's paper-preset results, never results of this kit.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch.nn as nn
 
-from mtlkit.course import check_preset, first_images
+from mtlkit.course.common import Setup, check_preset, first_images, knob_overrides, make_setup
 
 __all__ = ["NYU_TASK_CHANNELS", "BACKBONES", "NYU_WEIGHTINGS", "AUGMENT_SCALES", "SEGNET_ROWS", "RESNET_ROWS",
            "SINGLE_TASK_ROWS", "NYU_SCHEDULES", "MTAN_NYUV2_REFERENCE", "LIBMTL_NYUV2_REFERENCE",
            "MTAN_PARAMETERS_REFERENCE", "REFERENCE_SOURCES", "nyu_schedule", "nyu_trainer_kwargs", "nyu_model_spec",
-           "nyu_model", "nyu_augmentation", "nyu_splits", "nyu_references"]
+           "nyu_model", "nyu_augmentation", "nyu_splits", "nyu_references", "run_options", "setup"]
 
 #: The three tasks of the MTAN paper's NYUv2 experiment and their output channels (13 classes).
 NYU_TASK_CHANNELS: dict[str, int] = {"semseg": 13, "depth": 1, "normals": 3}
@@ -218,6 +219,21 @@ def nyu_model_spec(row: str, schedule: Mapping[str, Any]) -> tuple[str, dict[str
     return name, options
 
 
+def run_options(row: str, schedule: Mapping[str, Any],
+                trained: Mapping[str, nn.Module] | None = None) -> tuple[str, dict[str, Any]]:
+    """``(registry name, course.run keyword arguments)`` of ``row``: its build options and, for Cross-stitch under
+    ``cross_stitch_init="single-task"``, ``init`` copying the trained ``trained["single-<task>"]`` networks into the
+    branches, and the units' own learning rate (``units_lr_mult``) as a Trainer parameter group."""
+    name, options = nyu_model_spec(row, schedule)
+    if row == "cross-stitch":
+        if schedule["cross_stitch_init"] == "single-task":
+            singles = dict(trained or {})
+            options["init"] = lambda m: m.load_single_task_branches({t: singles[f"single-{t}"] for t in m.tasks})
+        if schedule["units_lr_mult"] != 1:
+            options["train"] = {"param_groups": [("cross_stitch", schedule["units_lr_mult"])]}
+    return name, options
+
+
 def nyu_model(row: str, task_channels: Mapping[str, int], schedule: Mapping[str, Any]) -> nn.Module:
     """Build the model of ``row`` for ``task_channels`` (``{task: output channels}``) under ``schedule``."""
     from mtlkit.models import build
@@ -266,3 +282,22 @@ def nyu_references(columns: Any = None):
             rows.append({"source": f"paper (reference): {label}", "model": model, **values})
     frame = pd.DataFrame(rows).set_index(["source", "model"])
     return frame if columns is None else frame.reindex(columns=list(columns))
+
+
+#: Per backbone, the schedule keys that are build() options of every row's model.
+MODEL_KEYS = {"segnet": ("width_mult",), "resnet50": ("encoder", "output_stride", "pretrained", "aspp_channels")}
+
+
+def setup(preset: str, backbone: str = "segnet", *, data: str = "auto", seed: int = 0, device: str = "auto",
+          out_dir: str | Path = "runs/notebooks/nyu", pretrained: bool | None = None, max_steps: int | None = None,
+          **overrides: Any) -> Setup:
+    """The :class:`~mtlkit.course.common.Setup` of notebook 07 for ``backbone``; the model of a row and its options
+    come from :func:`nyu_model_spec`. ``overrides`` change schedule entries (None keeps the preset's)."""
+    from mtlkit.tasks import tasks_for
+
+    # the SegNet has no ImageNet weights to load: PRETRAINED applies to the ResNet backbone only
+    schedule = nyu_schedule(preset, backbone, **knob_overrides(overrides, data, pretrained, backbone != "segnet"))
+    splits = nyu_splits(schedule, seed=seed)  # nyuv2: val is the test split (what the papers report), no val split
+    return make_setup(preset, schedule["data"], schedule, splits, tasks_for(splits["train"].task_info),
+                      MODEL_KEYS[backbone], out_dir=out_dir, device=device, seed=seed, max_steps=max_steps,
+                      cut=False)

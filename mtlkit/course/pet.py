@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mtlkit.atomic import atomic_write_json
-from mtlkit.course import check_preset
+from mtlkit.course.common import Setup, apply_overrides, load_splits, make_setup
 
 __all__ = ["PET_TASKS", "PET_SCHEDULES", "PET_REFERENCE", "pet_schedule", "pet_tasks", "CrossStitchRecorder",
-           "load_alphas"]
+           "load_alphas", "setup"]
 
 #: The three tasks of the notebook, main task first (the sequential variant transfers the others into it).
 PET_TASKS = ("semseg", "boxes", "binary")
@@ -69,12 +69,7 @@ TRAINER_KEYS = ("batch_size", "optimizer", "lr", "weight_decay", "scheduler")
 
 def pet_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
     """Notebook 06's schedule for ``preset`` (a copy) with ``overrides`` applied (unknown keys are an error)."""
-    schedule = dict(PET_SCHEDULES[check_preset(preset)])
-    unknown = sorted(set(overrides) - set(schedule))
-    if unknown:
-        raise ValueError(f"pet_schedule: unknown keys {unknown}; valid keys: {', '.join(sorted(schedule))}")
-    schedule.update(overrides)
-    return schedule
+    return apply_overrides(PET_SCHEDULES, preset, overrides, "pet_schedule")
 
 
 def pet_tasks(task_info: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -144,3 +139,17 @@ def load_alphas(run_dir: str | Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) and "alphas" in data else None
+
+
+def setup(preset: str, *, data: str = "auto", seed: int = 0, device: str = "auto",
+          out_dir: str | Path = "runs/notebooks/pet", pretrained: bool | None = None, max_steps: int | None = None,
+          **overrides: Any) -> Setup:
+    """The :class:`~mtlkit.course.common.Setup` of notebook 06: pet data, :data:`PET_TASKS`, the schedule's first
+    images; ``overrides`` change schedule entries (None keeps the preset's)."""
+    schedule = pet_schedule(preset, **{k: v for k, v in overrides.items() if v is not None})
+    if pretrained is not None:
+        schedule["pretrained"] = bool(pretrained)
+    name = schedule["data"] if data == "auto" else data
+    splits = load_splits(name, schedule["data_preset"], seed=seed, **schedule["data_options"])
+    return make_setup(preset, name, schedule, splits, pet_tasks(splits["train"].task_info), MODEL_KEYS,
+                      out_dir=out_dir, device=device, seed=seed, max_steps=max_steps)

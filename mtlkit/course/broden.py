@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from mtlkit.course import check_preset, first_images, load_splits, subset
+from mtlkit.course.common import (Setup, apply_overrides, first_images, knob_overrides, load_splits, make_setup,
+                                  subset)
 from mtlkit.tasks import Task
 
 __all__ = ["UPERNET_SCHEDULES", "UPERNET_REFERENCE", "upernet_schedule", "broden_splits", "part_owners_for",
-           "OwnerPartsTask", "upernet_tasks"]
+           "OwnerPartsTask", "upernet_tasks", "setup"]
 
 # Per preset: data (dataset id, preset, options, training and validation images: None = all), model (encoder,
 # ImageNet, decoder widths, ULSAM groups) and optimiser. Every preset trains the same five models (UPerNet, + context
@@ -58,12 +60,7 @@ BRODEN_HELD_OUT = 1000
 
 def upernet_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
     """Notebook 08's schedule for ``preset`` (a copy), with ``overrides`` applied (unknown keys are an error)."""
-    schedule = dict(UPERNET_SCHEDULES[check_preset(preset)])
-    unknown = set(overrides) - set(schedule)
-    if unknown:
-        raise ValueError(f"unknown schedule key(s) {sorted(unknown)}; valid keys: {', '.join(schedule)}")
-    schedule.update(overrides)
-    return schedule
+    return apply_overrides(UPERNET_SCHEDULES, preset, overrides, "upernet_schedule")
 
 
 def broden_splits(schedule: Mapping[str, Any], seed: int = 0, held_out: int | None = None) -> dict[str, Any]:
@@ -177,3 +174,25 @@ def upernet_tasks(task_info: Mapping[str, Mapping[str, Any]]) -> dict[str, Task]
         tasks["parts"] = OwnerPartsTask(**{f.name: getattr(plain, f.name) for f in fields(plain)},
                                         objects=tasks["semseg"], part_owners=tuple(map(tuple, owners)))
     return tasks
+
+
+#: The schedule keys that are build() options of ``upernet`` (``part_owners`` comes from the data).
+MODEL_KEYS = ("encoder", "pretrained", "fpn_channels", "ppm_channels", "ulsam_groups")
+
+
+def setup(preset: str, *, data: str = "auto", seed: int = 0, device: str = "auto",
+          out_dir: str | Path = "runs/notebooks/broden", pretrained: bool | None = None,
+          max_steps: int | None = None, **overrides: Any) -> Setup:
+    """The :class:`~mtlkit.course.common.Setup` of notebook 08: Broden-like data, :func:`upernet_tasks`, UPerNet's
+    loss weights; ``model_options`` holds ``part_owners`` (None where the data does not say)."""
+    from mtlkit.models.upernet import UPERNET_LOSS_WEIGHTS
+
+    schedule = upernet_schedule(preset, **knob_overrides(overrides, data, pretrained))
+    splits = broden_splits(schedule, seed=seed)  # the real dataset says how to prepare it when it is missing
+    info = splits["train"].task_info
+    tasks = upernet_tasks(info)
+    result = make_setup(preset, schedule["data"], schedule, splits, tasks, MODEL_KEYS, out_dir=out_dir,
+                        device=device, seed=seed, max_steps=max_steps, cut=False,
+                        loss_weights={t: UPERNET_LOSS_WEIGHTS.get(t, 1.0) for t in tasks})
+    result.model_options["part_owners"] = part_owners_for(info)
+    return result

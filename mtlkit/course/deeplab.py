@@ -1,0 +1,93 @@
+"""The DeepLab notebooks (01-05, the DLAD course on street scenes): schedules per preset, setup, references."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mtlkit.course.common import Setup, apply_overrides, check_preset, load_splits, make_setup
+
+__all__ = ["DEEPLAB_SCHEDULES", "REFERENCE_RESULTS", "MODEL_KEYS", "deeplab_schedule", "print_references", "setup"]
+
+# Schedules per preset for the DeepLab notebooks (01-05). smoke/unit shrink the model (ResNet-18, narrow ASPP and
+# decoder) because a full-width DeepLabV3+ takes ~0.7 s per step at 64x128 on 2 cores; cells that check parameter
+# counts always build the full-size model. paper is the DLAD course recipe (docs/reference.md).
+# train_images / val_images: the first N images of those splits (None: all). Notebook 01 trains one model on that;
+# notebooks 02-05 compare several models each, and in smoke every one of those runs uses the shorter *study*
+# schedule (study_epochs on the first study_train_images), so the whole course stays within a few CPU minutes.
+DEEPLAB_SCHEDULES: dict[str, dict[str, Any]] = {
+    "unit": dict(data="synthetic-city", data_preset="unit", epochs=1, batch_size=4, optimizer="adam", lr=1e-3,
+                 weight_decay=0.0, scheduler=None, encoder="resnet18", aspp_channels=16, decoder_channels=16,
+                 skip_channels=8, loss_weights={"semseg": 0.5, "depth": 0.5}, train_images=None, val_images=None,
+                 study_epochs=None, study_train_images=None, pretrained=False),
+    "smoke": dict(data="synthetic-city", data_preset="smoke", epochs=3, batch_size=8, optimizer="adam", lr=1e-3,
+                  weight_decay=0.0, scheduler=None, encoder="resnet18", aspp_channels=64, decoder_channels=64,
+                  skip_channels=24, loss_weights={"semseg": 0.5, "depth": 0.5}, train_images=96, val_images=32,
+                  study_epochs=2, study_train_images=64, pretrained=False),
+    "lesson": dict(data="synthetic-city", data_preset="lesson", epochs=12, batch_size=8, optimizer="adam",
+                   lr=5e-4, weight_decay=1e-4, scheduler="poly", encoder="resnet34", aspp_channels=256,
+                   decoder_channels=256, skip_channels=48, loss_weights={"semseg": 0.5, "depth": 0.5},
+                   train_images=None, val_images=None, study_epochs=None, study_train_images=None, pretrained=False),
+    "paper": dict(data="miniscapes", data_preset="paper", epochs=16, batch_size=4, optimizer="sgd", lr=0.01,
+                  momentum=0.9, weight_decay=1e-4, scheduler="poly", power=0.9, encoder="resnet34",
+                  aspp_channels=256, decoder_channels=256, skip_channels=48, pretrained=True,
+                  loss_weights={"semseg": 0.5, "depth": 0.5}, train_images=None, val_images=None,
+                  study_epochs=None, study_train_images=None),
+}
+
+# Numbers from the papers and courses (docs/reference.md), always shown labelled as references, never as kit results.
+REFERENCE_RESULTS: dict[str, dict[str, Any]] = {
+    "DLAD course (MiniScapes, ResNet-34, paper preset): grader score": {
+        "template": 40.5, "joint + ImageNet + dilation + ASPP + skip": 62.3, "branched": 65.3,
+        "distillation": 67.3, "best staff solution": 78.8,
+    },
+    "DLAD course: parameters with ResNet-34, 19 classes + depth (millions)": {
+        "joint": 26.72, "branched": 32.14, "distillation": 36.87,
+    },
+}
+
+
+
+
+#: The schedule keys that are build() options of the deeplab-* models.
+MODEL_KEYS = ("encoder", "aspp_channels", "decoder_channels", "skip_channels", "pretrained")
+
+
+def deeplab_schedule(preset: str, **overrides: Any) -> dict[str, Any]:
+    """The DeepLab notebooks' schedule for ``preset`` (a copy), with ``overrides`` applied."""
+    return {**DEEPLAB_SCHEDULES[check_preset(preset)], **overrides}
+
+
+def setup(preset: str, *, data: str = "auto", seed: int = 0, device: str = "auto",
+          out_dir: str | Path = "runs/notebooks/deeplab", study: bool = True, epochs: int | None = None,
+          train_images: int | None = None, pretrained: bool | None = None, max_steps: int | None = None,
+          **overrides: Any) -> Setup:
+    """The :class:`~mtlkit.course.common.Setup` of a DeepLab notebook: MiniScapes-like data, semseg + depth.
+
+    ``study=True`` (02-05, which train several models) uses the preset's study schedule where it has one (smoke:
+    ``study_epochs`` on the first ``study_train_images``); ``study=False`` (01) the full one. ``epochs``,
+    ``train_images``, ``pretrained`` and ``overrides`` (schedule entries, e.g. ``optimizer="sgd"``; None keeps the
+    preset's) change it. Static loss weights: the schedule's ``loss_weights`` (the course's 0.5 / 0.5).
+    """
+    from mtlkit.tasks import tasks_for
+
+    schedule = apply_overrides(DEEPLAB_SCHEDULES, preset, overrides, "deeplab.setup")  # unknown keys: an error
+    if epochs is None:
+        epochs = (study and schedule.get("study_epochs")) or schedule["epochs"]
+    if train_images is None:
+        train_images = (study and schedule.get("study_train_images")) or schedule.get("train_images")
+    schedule["epochs"], schedule["train_images"] = int(epochs), train_images
+    if pretrained is not None:
+        schedule["pretrained"] = bool(pretrained)
+    name = schedule["data"] if data == "auto" else data
+    splits = load_splits(name, schedule["data_preset"], seed=seed)  # a real dataset says how to prepare it
+    return make_setup(preset, name, schedule, splits, tasks_for(splits["train"].task_info), MODEL_KEYS,
+                      out_dir=out_dir, device=device, seed=seed, max_steps=max_steps,
+                      loss_weights=schedule["loss_weights"])
+
+
+def print_references() -> None:
+    """The DLAD course's numbers (:data:`REFERENCE_RESULTS`), labelled as references: not results of this kit."""
+    for title, values in REFERENCE_RESULTS.items():
+        print(f"REFERENCE (DLAD course, not produced here): {title}")
+        for name, value in values.items():
+            print(f"    {name:<45} {value}")
