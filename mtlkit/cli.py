@@ -121,7 +121,7 @@ def _cmd_data_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mtlkit.train import run_from_args
+    from mtlkit.train_cli import run_from_args
 
     result = run_from_args(args)
     return result if isinstance(result, int) else 0
@@ -209,10 +209,21 @@ def _add_train(sub, full: bool) -> None:
     p = sub.add_parser("train", help="train a model on a dataset through the Trainer")
     if not full:
         return
-    from mtlkit.train import add_arguments
+    from mtlkit.train_cli import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=_cmd_train)
+
+
+def _add_pretrain(sub, full: bool) -> None:
+    """``mtlkit pretrain``: the kit's synthetic stand-in for pretrained encoder weights (imports torch when run)."""
+    p = sub.add_parser("pretrain", help="train (or reuse the cached) synthetic stand-in for pretrained encoder weights")
+    if not full:
+        return
+    from mtlkit import pretrain
+
+    pretrain.add_arguments(p)
+    p.set_defaults(func=pretrain.run_from_args)
 
 
 def build_parser(prog: str = "mtlkit", command: str | None = None) -> argparse.ArgumentParser:
@@ -282,6 +293,7 @@ def build_parser(prog: str = "mtlkit", command: str | None = None) -> argparse.A
     data.set_defaults(func=_usage(data))
 
     _add_train(sub, full=command == "train")
+    _add_pretrain(sub, full=command == "pretrain")
 
     p = sub.add_parser("reproduce", help="run the notebooks headlessly through papermill and collect results")
     if command == "reproduce":

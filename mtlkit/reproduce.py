@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-# The same tuple as mtlkit.course's PRESETS (tests/test_reproduce.py pins it): repeated here because importing the
-# course imports torch, and building the parser for `mtlkit --help` must not.
-PRESETS = ("unit", "smoke", "lesson", "paper")
+from mtlkit.presets import PRESETS
+
 STAMP = "reproduce.json"
 # Filled in by reproduce itself; a grid may not set them.
 RESERVED = ("PRESET", "OUT_DIR")

@@ -437,11 +437,3 @@ class Trainer:
         self.dist.barrier()
         self._progress.epoch_end(epoch, train["loss"]["total"], record["score"])
         self._call("on_epoch_end", epoch, record)
-
-
-def __getattr__(name: str) -> Any:  # the command line moved to mtlkit.train_cli; old imports keep working
-    if name in ("add_arguments", "run_from_args", "main", "train_single_task"):
-        from mtlkit import train_cli
-
-        return getattr(train_cli, name)
-    raise AttributeError(f"module 'mtlkit.train' has no attribute {name!r}")

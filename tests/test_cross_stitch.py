@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtlkit.course_pet import PET_SCHEDULES, CrossStitchRecorder, load_alphas, pet_schedule, pet_tasks
+from mtlkit.course.pet import PET_SCHEDULES, CrossStitchRecorder, load_alphas, pet_schedule, pet_tasks
 from mtlkit.data import get_dataset
 from mtlkit.models import build, count_parameters
 from mtlkit.models.cross_stitch import CROSS_STITCH_MODES, CrossStitchUnit
@@ -341,7 +341,7 @@ def test_pet_schedules_train_the_full_comparison_in_every_preset():
     for preset, schedule in PET_SCHEDULES.items():
         assert tuple(schedule["ablations"]) == ("boxes", "binary"), preset
         assert tuple(schedule["variants"]) == CROSS_STITCH_MODES and schedule["sequential"] is True, preset
-        # Adam everywhere, so the units' multiplier is 10x (not the paper's SGD 100x): see the comment in course_pet
+        # Adam everywhere, so the units' multiplier is 10x (not the paper's SGD 100x): see the comment in mtlkit.course.pet
         assert schedule["optimizer"] == "adam" and schedule["units_lr_mult"] == 10.0, preset
     smoke = pet_schedule("smoke")
     assert (smoke["train_images"], smoke["val_images"], smoke["epochs"], smoke["single_epochs"]) == (64, 16, 1, 1)

@@ -282,11 +282,12 @@ def test_outside_a_checkout_it_says_where_it_looked_and_how_to_point_at_the_note
     assert "no course notebooks found" in err and "--notebooks-dir" in err and len(err.strip().splitlines()) == 1
 
 
-def test_reproduce_presets_are_the_course_presets():
-    from mtlkit.data import PRESETS as DATA_PRESETS
-    from mtlkit.reproduce import PRESETS
+def test_presets_are_defined_once_and_everyone_uses_that_tuple():
+    from mtlkit import course, data, presets, reproduce
 
-    assert PRESETS == DATA_PRESETS
+    assert presets.PRESETS == ("unit", "smoke", "lesson", "paper")
+    assert reproduce.PRESETS is presets.PRESETS and data.PRESETS is presets.PRESETS
+    assert course.PRESETS is presets.PRESETS
 
 
 def test_an_interrupted_kernel_is_not_recorded_as_failed_and_is_redone(course, capsys):

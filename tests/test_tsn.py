@@ -176,7 +176,7 @@ def test_instance_norm_matches_torch_and_keeps_the_dtype():
 
 
 def test_notebook_09_schedules_and_references():
-    from mtlkit.course_pascal import PASCAL_TASK_CHANNELS, TSN_REFERENCE, pascal_splits, tsn_schedule
+    from mtlkit.course.pascal import PASCAL_TASK_CHANNELS, TSN_REFERENCE, pascal_splits, tsn_schedule
     from mtlkit.tasks import TASK_SPECS
 
     assert PASCAL_TASK_CHANNELS == PASCAL

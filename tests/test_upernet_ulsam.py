@@ -336,7 +336,7 @@ def test_upernet_bad_input_lists_valid_choices():
 def test_one_trainer_epoch_on_multi_source_broden(tmp_path):
     """Each batch labels only some tasks: unlabelled tasks give a zero loss (still in the graph) and no gradient.
     The Trainer runs notebook 08's setup: parts gated by their owner, trained with the per-object part loss."""
-    from mtlkit.course_broden import OwnerPartsTask, part_owners_for, upernet_tasks
+    from mtlkit.course.broden import OwnerPartsTask, part_owners_for, upernet_tasks
     from mtlkit.data import collate, get_dataset
     from mtlkit.train import Trainer
 
@@ -402,7 +402,7 @@ def test_float64_forward_stays_float64_with_part_gating():
 
 
 def test_notebook_08_schedules_references_and_splits():
-    from mtlkit.course_broden import (UPERNET_REFERENCE, UPERNET_SCHEDULES, OwnerPartsTask, broden_splits,
+    from mtlkit.course.broden import (UPERNET_REFERENCE, UPERNET_SCHEDULES, OwnerPartsTask, broden_splits,
                                       part_owners_for, upernet_schedule, upernet_tasks)
     from mtlkit.tasks import tasks_for
 
@@ -453,7 +453,7 @@ def test_part_owner_names_match_the_longest_object_name():
 
 
 def test_part_owners_for_uses_the_owners_the_data_lists():
-    from mtlkit.course_broden import part_owners_for
+    from mtlkit.course.broden import part_owners_for
 
     objects = ["chest", "chest of drawers", "wall"]
     # listed owners win over the names ("big lid" names no object class; the listed owners differ from the names)
@@ -470,7 +470,7 @@ def test_part_owners_for_uses_the_owners_the_data_lists():
 
 
 def test_part_owners_for_a_broden_plus_twin_are_the_loaders_owners(tmp_path):
-    from mtlkit.course_broden import OwnerPartsTask, part_owners_for, upernet_tasks
+    from mtlkit.course.broden import OwnerPartsTask, part_owners_for, upernet_tasks
     from mtlkit.data import get_dataset
     from mtlkit.data.real.twins import write_twin
 
@@ -488,7 +488,7 @@ def _sources(ds) -> list[str]:
 
 
 def test_broden_validation_split_is_a_seeded_random_subset_of_train(tmp_path):
-    from mtlkit.course_broden import broden_splits, upernet_schedule
+    from mtlkit.course.broden import broden_splits, upernet_schedule
     from mtlkit.data.real.twins import write_twin
 
     root = write_twin("broden", tmp_path / "twin", n=20)  # train records ordered by source: ade20k .. dtd
@@ -516,7 +516,7 @@ def test_broden_validation_split_is_a_seeded_random_subset_of_train(tmp_path):
 
 def test_broden_holds_out_1000_images_from_every_source_of_a_source_ordered_list(monkeypatch):
     import mtlkit.data
-    from mtlkit.course_broden import BRODEN_HELD_OUT, broden_splits, upernet_schedule
+    from mtlkit.course.broden import BRODEN_HELD_OUT, broden_splits, upernet_schedule
 
     class SourceOrdered:  # Broden+'s train list: ADE20K, PASCAL, OpenSurfaces, DTD records one after another
         def __init__(self, split):

@@ -11,7 +11,8 @@ from mtlkit.course.common import (PRESETS, TRAINER_KEYS, Run, Setup, TaskSubset,
                                   model_device, predict, relative_error, run, run_fingerprint, state_digest, subset,
                                   train_or_load)
 from mtlkit.course.deeplab import DEEPLAB_SCHEDULES, REFERENCE_RESULTS, deeplab_schedule
-from mtlkit.course.results import (course_table, delta_m_or_nan, find_results, print_course_table, reference_table,
+from mtlkit.course.references import reference_table
+from mtlkit.course.results import (course_table, delta_m_or_nan, find_results, print_course_table,
                                    relative_to_single, results_table, summarize, task_metric_columns,
                                    write_notebook_results)
 

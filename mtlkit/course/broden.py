@@ -12,13 +12,13 @@ Parts are trained with UPerNet's per-object part loss: :func:`upernet_tasks` giv
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from mtlkit.course.common import (Setup, apply_overrides, first_images, knob_overrides, load_splits, make_setup,
                                   subset)
-from mtlkit.tasks import Task
+from mtlkit.tasks import OwnerPartsTask, Task  # the per-object parts task lives with the tasks
 
 __all__ = ["UPERNET_SCHEDULES", "UPERNET_REFERENCE", "upernet_schedule", "broden_splits", "part_owners_for",
            "OwnerPartsTask", "upernet_tasks", "setup"]
@@ -130,36 +130,6 @@ def part_owners_for(task_info: Mapping[str, Mapping[str, Any]]) -> list[tuple[in
         return broden_part_owners(objects, parts)
     except ValueError:
         return None
-
-
-@dataclass(frozen=True)
-class OwnerPartsTask(Task):
-    """The ``parts`` task trained with UPerNet's per-object part loss (:func:`~mtlkit.models.upernet.owner_part_loss`).
-
-    Everything but the loss is the plain parts task's (targets, meter, metrics). The loss needs each pixel's
-    ground-truth object, taken from the batch through ``objects`` (the ``semseg`` task, so that images which do
-    not label objects are ignored); ``part_owners`` is what ``upernet(part_owners=...)`` gets.
-    """
-
-    objects: Task | None = field(default=None, compare=False, repr=False)
-    part_owners: tuple[tuple[int, ...], ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.objects is None or self.objects.num_classes is None:
-            raise ValueError("OwnerPartsTask needs objects=<the semseg Task> (a label task with num_classes)")
-        if len(self.part_owners) != self.out_channels:
-            raise ValueError(f"OwnerPartsTask: part_owners has {len(self.part_owners)} entries for "
-                             f"{self.out_channels} part classes")
-
-    def loss(self, pred, batch):
-        from mtlkit.models.upernet import owner_part_loss, part_allowed
-
-        if pred.dim() != 4 or pred.shape[1] != self.out_channels:
-            raise ValueError(f"Task {self.name!r}: prediction {tuple(pred.shape)} should be [B, {self.out_channels}, "
-                             "H, W]")
-        allowed = part_allowed(self.part_owners, self.objects.num_classes)
-        return owner_part_loss(pred, self.target(batch).to(pred.device), self.objects.target(batch).to(pred.device),
-                               allowed)
 
 
 def upernet_tasks(task_info: Mapping[str, Mapping[str, Any]]) -> dict[str, Task]:

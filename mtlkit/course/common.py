@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Subset
 
-from mtlkit.data.datasets import PRESETS  # defined once, where the data presets are
+from mtlkit.course.results import _read_metrics, summarize
+from mtlkit.presets import PRESETS  # defined once, torch-free
 
 
 def check_preset(preset: str) -> str:
@@ -102,15 +103,6 @@ def _describe_data(dataset: Any) -> list[Any]:
 # Trainer arguments that do not change what a run computes: left out of the fingerprint, so that e.g. a run trained
 # on a GPU, or with progress bars, is still loaded later.
 _NOT_FINGERPRINTED = ("resume", "progress", "callbacks", "num_workers", "device", "keep_last")
-
-
-def _read_metrics(path: Path) -> dict[str, Any] | None:
-    """A run's metrics.json, or None when it is missing, unreadable or not a JSON object."""
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return metrics if isinstance(metrics, dict) else None
 
 
 def _describe_tasks(tasks: Any) -> Any:
@@ -326,7 +318,6 @@ class Run:
         return self.metrics.get("test") or {}
 
     def summary(self, split: str = "test") -> dict[str, float]:
-        from mtlkit.course.results import summarize
 
         return summarize(self.metrics, split=split)
 

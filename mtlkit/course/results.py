@@ -7,12 +7,20 @@ with one printed sentence saying why; these helpers never raise on them.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mtlkit.course.common import _read_metrics
+
+def _read_metrics(path: Path) -> dict[str, Any] | None:
+    """A run's metrics.json, or None when it is missing, unreadable or not a JSON object."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return metrics if isinstance(metrics, dict) else None
 
 
 def _number(value: Any) -> float:
@@ -169,39 +177,6 @@ def relative_to_single(table):
             multi = rows[~rows["model"].astype(str).str.startswith("single-")]
             out.loc[multi.index, task] = 100.0 * sign * (multi[col] - float(base.iloc[0])) / float(base.iloc[0])
     return out
-
-
-def reference_table():
-    """The papers' and courses' numbers (REFERENCE.md) the kit knows, as rows ``source, model, metric, value``.
-
-    Collected from every ``*_REFERENCE`` dict (and the DeepLab ``REFERENCE_RESULTS``) of the ``mtlkit.course`` modules
-    (``{model: {metric: value}}``, or a flat ``{metric: value}`` for one model). For display beside the kit's results,
-    always labelled as references: they come from other datasets, resolutions and schedules.
-    """
-    import importlib
-    import pkgutil
-
-    import pandas as pd
-
-    import mtlkit.course as course
-    from mtlkit.course.deeplab import REFERENCE_RESULTS
-
-    rows = [{"source": "mtlkit.course", "model": model, "metric": title, "value": float(value)}
-            for title, models in REFERENCE_RESULTS.items() for model, value in models.items()]
-    for info in pkgutil.iter_modules(course.__path__):
-        module = importlib.import_module(f"mtlkit.course.{info.name}")
-        for attr in sorted(a for a in vars(module) if a.endswith("_REFERENCE")):
-            table = getattr(module, attr)
-            if not isinstance(table, Mapping):
-                continue
-            label = f"mtlkit.course.{info.name}.{attr}"
-            for key, value in table.items():
-                if isinstance(value, Mapping):  # {model: {metric: value}}
-                    rows += [{"source": label, "model": key, "metric": m, "value": float(v)} for m, v in value.items()]
-                else:  # {metric: value}: one model, named by the table
-                    rows.append({"source": label, "model": attr.removesuffix("_REFERENCE").lower() + " (paper)",
-                                 "metric": key, "value": float(value)})
-    return pd.DataFrame(rows, columns=["source", "model", "metric", "value"])
 
 
 def delta_m_or_nan(multi: Mapping[str, Any], single: Mapping[str, Any], label: str = "Δm", **options: Any) -> float:

@@ -18,9 +18,9 @@ from torch.utils.data import Dataset
 
 from mtlkit.data.cache import ShardedCache, build_caches, normalize_meta
 from mtlkit.paths import cache_dir
+from mtlkit.presets import PRESETS
 from mtlkit.tasks import TASKS
 
-PRESETS: tuple[str, ...] = ("unit", "smoke", "lesson", "paper")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SYNTHETIC_NAMES: tuple[str, ...] = ("synthetic-nyu", "synthetic-city", "synthetic-pet", "synthetic-pascal",
                                     "synthetic-broden")

@@ -206,7 +206,7 @@ def broden_part_owners(object_names: Sequence[str], part_names: Sequence[str],
     owners may be several words ("chest of drawers drawer" -> "chest of drawers", not "chest"). A group name stands
     for its members even where it is also an object class ("car"). Part classes without a space ("none",
     "background") have no owner: ``()``. Data that lists each part's owner (Broden+: ``task_info["parts"]
-    ["owners"]``) does not need this rule (:func:`mtlkit.course_broden.part_owners_for`).
+    ["owners"]``) does not need this rule (:func:`mtlkit.course.broden.part_owners_for`).
 
     Raises:
         ValueError: a part name with a space that no object class or group starts.
