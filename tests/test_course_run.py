@@ -54,7 +54,8 @@ def test_pretrained_and_overrides_reach_the_schedule(tmp_path):
 def test_run_trains_then_loads_and_fingerprints_what_was_built(unit_setup, monkeypatch, capsys):
     first = run(unit_setup, "tiny", "tiny", progress=False)
     assert first.metrics["finished"] and first.dir == unit_setup.out_dir / "tiny"
-    built = first.metrics["config"]["built"]
+    built = dict(first.metrics["config"]["built"])
+    assert built.pop("depth_bias") > 0  # the depth head started at the training mean (its own test below)
     assert built == {"model": "tiny", "task_channels": {"semseg": 19, "depth": 1}, "options": {"width": 4}}
     # static weights from the setup (deeplab: 0.5 / 0.5)
     assert first.metrics["config"]["weighting_options"] == {"weights": {"semseg": 0.5, "depth": 0.5}}
@@ -66,6 +67,23 @@ def test_run_trains_then_loads_and_fingerprints_what_was_built(unit_setup, monke
     assert again.test == first.test
     for a, b in zip(again.model.state_dict().values(), first.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_depth_heads_start_at_the_training_mean_depth(unit_setup):
+    from mtlkit.course import start_depth_at_train_mean
+    from mtlkit.models import build
+
+    train = unit_setup.splits["train"]
+    depths = [train[i]["depth"] for i in range(len(train))]
+    expected = float(sum(d[d > 0].double().sum() for d in depths) / sum(int((d > 0).sum()) for d in depths))
+    model = build("tiny", {"semseg": 19, "depth": 1}, width=4)
+    for p in model.parameters():  # zero weights: the depth output is then exactly the bias
+        nn.init.zeros_(p)
+    value = start_depth_at_train_mean(model, unit_setup)
+    assert value == pytest.approx(expected, rel=1e-3)
+    out = model(torch.rand(2, 3, 32, 64))["depth"]
+    torch.testing.assert_close(out, torch.full_like(out, value))
+    assert any("mean depth" in note for note in unit_setup.notes)
 
 
 def test_run_options_tasks_and_init_change_the_fingerprint(unit_setup):

@@ -8,8 +8,8 @@ build the summary rows, Δm and the course table.
 from mtlkit.course import broden, deeplab, nyu, pascal, pet
 from mtlkit.course.common import (PRESETS, TRAINER_KEYS, Run, Setup, TaskSubset, check_preset, draw_row, first_images,
                                   fingerprint, labelled_splits, labelled_tasks, load_splits, make_setup,
-                                  model_device, predict, relative_error, run, run_fingerprint, state_digest, subset,
-                                  train_or_load)
+                                  model_device, predict, relative_error, run, run_fingerprint,
+                                  start_depth_at_train_mean, state_digest, subset, train_or_load)
 from mtlkit.course.deeplab import DEEPLAB_SCHEDULES, REFERENCE_RESULTS, deeplab_schedule
 from mtlkit.course.references import reference_table
 from mtlkit.course.results import (course_table, delta_m_or_nan, find_results, print_course_table,
@@ -18,7 +18,8 @@ from mtlkit.course.results import (course_table, delta_m_or_nan, find_results, p
 
 __all__ = ["PRESETS", "TRAINER_KEYS", "Run", "Setup", "TaskSubset", "check_preset", "draw_row", "first_images",
            "fingerprint", "labelled_splits", "labelled_tasks", "load_splits", "make_setup", "model_device", "predict",
-           "relative_error", "run", "run_fingerprint", "state_digest", "subset", "train_or_load",
+           "relative_error", "run", "run_fingerprint", "start_depth_at_train_mean", "state_digest", "subset",
+           "train_or_load",
            "DEEPLAB_SCHEDULES", "REFERENCE_RESULTS", "deeplab_schedule", "course_table", "delta_m_or_nan",
            "find_results", "print_course_table", "reference_table", "relative_to_single", "results_table", "summarize",
            "task_metric_columns", "write_notebook_results", "broden", "deeplab", "nyu", "pascal", "pet"]

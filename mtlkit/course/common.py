@@ -13,7 +13,8 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -348,7 +349,7 @@ def run(setup: Setup, name: str, model: str, tasks: str | Iterable[str] | None =
         weighting: str | None = None, loss_weights: Mapping[str, float] | None = None,
         init: Callable[[nn.Module], Any] | None = None, splits: Mapping[str, Any] | None = None,
         train: Mapping[str, Any] | None = None, callbacks: Sequence[Any] = (), progress: bool | None = None,
-        **options: Any) -> Run:
+        depth_bias: bool = True, **options: Any) -> Run:
     """Train model ``model`` (a registry name) as run ``name`` of ``setup``, or load it when it already finished.
 
     Seeds, builds ``model`` for ``tasks`` (None: all of the setup's) with ``setup.model_options`` updated by
@@ -356,7 +357,8 @@ def run(setup: Setup, name: str, model: str, tasks: str | Iterable[str] | None =
     then :func:`train_or_load` into ``setup.out_dir / name``. Loss weighting: ``weighting`` if given; otherwise
     static weights (``loss_weights``, else the setup's, 1 for a task they do not name) where there are any, else the
     Trainer's default. ``train`` overrides Trainer arguments for this run (e.g. ``{"epochs": 1, "aux_weight": 0.1}``);
-    ``splits`` replaces the setup's data (e.g. a few images for a quick grid).
+    ``splits`` replaces the setup's data (e.g. a few images for a quick grid). With ``depth_bias`` (default) a depth
+    head starts at the training split's mean depth (:func:`start_depth_at_train_mean`), before ``init``.
     """
     from mtlkit.models import build
     from mtlkit.train import seed_everything
@@ -376,12 +378,40 @@ def run(setup: Setup, name: str, model: str, tasks: str | Iterable[str] | None =
     seed_everything(int(trainer.get("seed", 0)))
     net = build(model, channels, **build_options)
     built = {"model": model, "task_channels": channels, "options": _json_safe(build_options)}
+    if depth_bias and "depth" in channels:
+        built["depth_bias"] = start_depth_at_train_mean(net, setup)
     if init is not None:
         init(net)
         built["init"] = state_digest(net)
     metrics = train_or_load(name, net, dict(splits or setup.splits), setup.out_dir, built=built, tasks=chosen,
                             callbacks=list(callbacks), progress=progress, **trainer)
     return Run(name, net.eval(), metrics, Path(setup.out_dir) / name)
+
+
+#: Training images read to estimate the mean depth for the depth head's starting bias (a bias needs no more).
+DEPTH_BIAS_IMAGES = 256
+
+
+def start_depth_at_train_mean(model: nn.Module, setup: Setup) -> float:
+    """Set the bias of ``model``'s depth output layer to the mean valid depth of (the first
+    :data:`DEPTH_BIAS_IMAGES` of) the setup's training split, in metres, and return it.
+
+    A depth head that starts at 0 m has to climb to a mean of ~15 m at Adam's ~lr per step, which takes longer than
+    a lesson trains; starting at the mean is the usual remedy (docs/models.md, "Output bias"). The value is
+    computed once per setup and remembered in ``setup.notes``.
+    """
+    from mtlkit.baselines import fit_trivial
+    from mtlkit.models import set_output_bias
+
+    cache = setup.__dict__.setdefault("_depth_bias", {})
+    if "value" not in cache:
+        train = setup.splits["train"]
+        head = subset(train, min(len(train), DEPTH_BIAS_IMAGES))
+        cache["value"] = round(float(fit_trivial({"depth": setup.tasks["depth"]}, head)["depth"].value), 4)
+        setup.notes.append(f"depth heads start at the training split's mean depth, {cache['value']:.2f} m "
+                           f"(their output layer's bias; see course.start_depth_at_train_mean)")
+    set_output_bias(model, "depth", cache["value"])
+    return cache["value"]
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -27,7 +27,8 @@ beside the kit's paper-preset results, never results of this kit.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import torch.nn as nn
 

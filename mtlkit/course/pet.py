@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from mtlkit.atomic import atomic_write_json
 from mtlkit.course.common import Setup, apply_overrides, load_splits, make_setup

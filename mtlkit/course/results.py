@@ -11,7 +11,8 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 
 def _read_metrics(path: Path) -> dict[str, Any] | None:
