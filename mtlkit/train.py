@@ -152,6 +152,8 @@ class Trainer:
         self.tasks = resolve_tasks(train_set, self.model, c.tasks)
         self.task_names: tuple[str, ...] = tuple(self.tasks)
         self.weighting = make_task_weighting(c.weighting, c.weighting_options, self.task_names).to(self.device)
+        if getattr(self.weighting, "representation", None):  # MGDA-UB & co. read a module's output: hook this model
+            self.weighting.bind(self.model)
         self.amp = bool(cuda if c.amp is None else c.amp) and cuda and not self.weighting.owns_backward
         self.channels_last = bool(cuda if c.channels_last is None else c.channels_last) and cuda
         if self.channels_last:

@@ -449,9 +449,13 @@ def test_mgda_ub_trains_through_the_trainer_on_the_decoder_output(tmp_path):
     model = build("tiny", {"semseg": 13, "depth": 1, "normals": 3}, width=4)
     train = get_dataset("synthetic-nyu", "train", preset="unit")
     by_name = Trainer(model, train, out_dir=tmp_path / "name", epochs=1, batch_size=4, progress=False,
-                      weighting="mgda", weighting_options={"representation": "decoder"})
-    with pytest.raises(RuntimeError, match="bind"):  # by name it cannot see the model: the error says what to do
-        by_name.fit()
+                      weighting="mgda", weighting_options={"representation": "decoder"}, train_metrics=False)
+    named = by_name.fit()["step_weights"]["values"][-1]  # by name the Trainer binds it to its model
+    assert sum(named) == pytest.approx(1.0, abs=1e-5) and min(named) >= 0
+    unbound = MGDA(["semseg", "depth", "normals"], representation="decoder")
+    with pytest.raises(RuntimeError, match="bind"):  # used outside the Trainer unbound: the error says what to do
+        unbound.backward({t: model(torch.rand(2, 3, 32, 32))[t].mean() for t in ("semseg", "depth", "normals")},
+                         list(model.parameters()))
     mgda = MGDA(["semseg", "depth", "normals"], representation="decoder").bind(model)
     metrics = Trainer(model, train, out_dir=tmp_path / "ub", epochs=1, batch_size=4, progress=False,
                       weighting=mgda, train_metrics=False).fit()
