@@ -158,7 +158,7 @@ def fake_metrics(miou: float, si_log: float, best: int = 1) -> dict:
 
 
 def test_summarize_computes_the_grader_score_by_formula():
-    row = summarize(fake_metrics(90.9, 12.1))  # REFERENCE.md's check: 40.9 + 37.9
+    row = summarize(fake_metrics(90.9, 12.1))  # docs/reference.md#grader-score's check: 40.9 + 37.9
     assert row["grader_score"] == pytest.approx(78.8)
     assert row["semseg/miou"] == 90.9 and row["depth/abs_err"] == 2.5 and row["semseg/pixel_acc"] == 90.0
     assert row["parameters_M"] == pytest.approx(2.5)

@@ -430,7 +430,7 @@ def synthetic():
 
 
 def check_contract(item: dict, ds) -> None:
-    """Keys, dtypes, shapes and value ranges of DESIGN.md's sample contract."""
+    """Keys, dtypes, shapes and value ranges of the sample contract (docs/contracts.md#sample)."""
     h, w = ds.image_size
     expected = {"image", "meta", *ds.tasks} | ({"box_labels"} if "boxes" in ds.tasks else set())
     assert set(item) == expected

@@ -443,7 +443,7 @@ def test_meter_factory():
 
 # ----------------------------------------------------------------------------------- grader score, Δm
 def test_grader_score():
-    assert grader_score(90.9, 12.1) == pytest.approx(78.8)  # 40.9 + 37.9 (REFERENCE.md check)
+    assert grader_score(90.9, 12.1) == pytest.approx(78.8)  # 40.9 + 37.9 (docs/reference.md#grader-score check)
     assert grader_score(40.0, 60.0) == 0.0  # both terms clipped at zero
     assert grader_score(60.0, 55.0) == pytest.approx(10.0)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def reference_table():
-    """The papers' and courses' numbers (REFERENCE.md) the kit knows, as rows ``source, model, metric, value``.
+    """The papers' and courses' numbers (docs/reference.md#recipes-and-numbers-to-reproduce) the kit knows, as rows ``source, model, metric, value``.
 
     Collected from every ``*_REFERENCE`` dict (and the DeepLab ``REFERENCE_RESULTS``) of the ``mtlkit.course`` modules
     (``{model: {metric: value}}``, or a flat ``{metric: value}`` for one model). For display beside the kit's results,
