@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> common.Section:
                     print("  ".join(common._fmt(v) for v in row), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    cached = [r for r in section.rows if isinstance(r[-1], float) and not math.isnan(r[-1]) and r[1].startswith("cache")]
+    cached = [r for r in section.rows
+              if isinstance(r[-1], float) and not math.isnan(r[-1]) and r[1].startswith("cache")]
     default = [r for r in cached if r[3] == 0]  # the Trainer's default (num_workers=0), what every notebook uses
     if default:
         low = min(default, key=lambda r: r[-1])

@@ -12,7 +12,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -123,7 +124,7 @@ class PeakRSS:
             self.peak = max(self.peak, _rss_bytes())
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         release_freed_memory()
         self.base = self.peak = _rss_bytes()
         self._thread = threading.Thread(target=self._run, daemon=True)

@@ -272,7 +272,10 @@ def build_parser(prog: str = "mtlkit", command: str | None = None) -> argparse.A
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="nyuv2/cityscapes conversion from the official data: output size (default 288 384 / 128 256)")
     p.add_argument("--splits", default=None, help="nyuv2: splits.mat or splits.json")
-    p.add_argument("--mapping", default=None, help="nyuv2: class mapping(s) to 13 classes, comma-separated and applied in order (e.g. classMapping40.mat,class13Mapping.mat; or one 894-entry .npy/.txt); default: found in the raw folder")
+    p.add_argument("--mapping", default=None,
+                   help="nyuv2: class mapping(s) to 13 classes, comma-separated and applied in order (e.g. "
+                        "classMapping40.mat,class13Mapping.mat; or one 894-entry .npy/.txt); default: found in the "
+                        "raw folder")
     p.set_defaults(func=_cmd_data_prepare)
     p = dsub.add_parser("verify", help="check archive hashes and the contents (counts, shapes, dtypes, ranges)")
     p.add_argument("id")

@@ -2,7 +2,8 @@
 learning-rate schedulers (step, poly, cosine)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn

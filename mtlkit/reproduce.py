@@ -28,7 +28,8 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from mtlkit.presets import PRESETS
 
@@ -255,7 +256,7 @@ class LiveLogs:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> "LiveLogs":
+    def __enter__(self) -> LiveLogs:
         self.thread.start()
         return self
 
@@ -476,7 +477,7 @@ def dry_run_report(out_root: Path, runs: Sequence[Run]) -> str:
         info = info if isinstance(info, dict) else {}
         defaults = {k: v.get("default") for k, v in papermill.inspect_notebook(str(run.notebook)).items()}
 
-        def stated(key: str, param: str) -> str:
+        def stated(key: str, param: str, info: dict = info, run: Any = run, defaults: dict = defaults) -> str:
             if info.get(key):
                 return str(info[key])
             value = run.params.get(param, defaults.get(param))

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import platform
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch

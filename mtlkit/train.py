@@ -25,7 +25,8 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -55,16 +56,16 @@ class NonFiniteLossError(RuntimeError):
 class Callback:
     """Hooks the Trainer calls; override the ones you need. A plain callable is used as ``on_epoch_end``."""
 
-    def on_fit_start(self, trainer: "Trainer") -> None: ...
+    def on_fit_start(self, trainer: Trainer) -> None: ...
 
-    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None: ...
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
 
-    def on_step_end(self, trainer: "Trainer", step: int, info: dict[str, Any]) -> None: ...
+    def on_step_end(self, trainer: Trainer, step: int, info: dict[str, Any]) -> None: ...
 
-    def on_epoch_end(self, trainer: "Trainer", epoch: int, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
         """After the epoch's checkpoint and metrics.json were written."""
 
-    def on_fit_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None: ...
+    def on_fit_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
 
 
 def seed_everything(seed: int) -> None:

@@ -13,7 +13,8 @@ import os
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from mtlkit.train_config import OPTIMIZERS, SCHEDULERS
 
@@ -44,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--gamma", type=float, default=0.1)
     a("--power", type=float, default=0.9)
     a("--grad-clip", type=float, default=None)
-    a("--weighting", default="equal", help="equal | static | uncertainty | dwa | gradnorm | pcgrad | mgda | cagrad | imtlg | nashmtl")
+    a("--weighting", default="equal",
+      help="equal | static | uncertainty | dwa | gradnorm | pcgrad | mgda | cagrad | imtlg | nashmtl")
     a("--weighting-opt", action="append", metavar="KEY=VALUE",
       help="weighting option, e.g. 'weights={semseg: 0.5, depth: 0.5}' or alpha=1.5 (repeatable)")
     a("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -14,7 +14,8 @@ import numbers
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 __all__ = ["TrainConfig", "TrainConfigError", "OPTIMIZERS", "SCHEDULERS", "TASK_SCHEDULES", "PROGRESS_MODES"]
 
@@ -129,7 +130,7 @@ class TrainConfig:
         self.callbacks = list(self.callbacks)
 
     @classmethod
-    def from_options(cls, base: "TrainConfig | None" = None, **options: Any) -> "TrainConfig":
+    def from_options(cls, base: TrainConfig | None = None, **options: Any) -> TrainConfig:
         """``base`` (or the defaults) with ``options`` replaced; an unknown option name is a clear error."""
         names = [f.name for f in dataclasses.fields(cls)]
         for key in options:

@@ -13,7 +13,7 @@ Interface: docs/contracts.md#weighting. Formulas, options, sources: docs/weighti
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -530,7 +530,7 @@ class GradientCombination(Weighting):
     def task_weights(self) -> dict[str, torch.Tensor]:
         return {t: self.coeffs[i] for i, t in enumerate(self.tasks)}
 
-    def bind(self, model: nn.Module) -> "GradientCombination":
+    def bind(self, model: nn.Module) -> GradientCombination:
         """Capture the output of ``model.<representation>`` at every training forward (needed before training)."""
         if self.representation is None:
             raise ValueError(f"{type(self).__name__} has no representation= to bind; it uses the shared parameters")

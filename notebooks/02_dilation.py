@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from mtlkit import course, viz
 from mtlkit.course import print_course_table, relative_error, write_notebook_results
-from mtlkit.models import build, count_parameters
+from mtlkit.models import build
 from mtlkit.models.encoders import DILATION_TO_OUTPUT_STRIDE, create_encoder
 from mtlkit.train import seed_everything
 

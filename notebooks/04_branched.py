@@ -201,7 +201,7 @@ rows = [{"model": model, "component": comp, "kind": component_kind(comp), "M": n
 breakdown = pd.DataFrame(rows)
 fig, ax = plt.subplots(figsize=(7, 2.4), dpi=75)
 colours = {"encoder": "tab:gray", "ASPP": "tab:blue", "decoder": "tab:orange"}
-for y, (model, group) in enumerate(breakdown.groupby("model", sort=False)):
+for y, (_, group) in enumerate(breakdown.groupby("model", sort=False)):
     left = 0.0
     for _, r in group.iterrows():
         ax.barh(y, r["M"], left=left, color=colours[r["kind"]], edgecolor="white")

@@ -87,7 +87,7 @@ print(f"model: UPerNet on {model_options['encoder']} (ImageNet: {model_options['
       f"{model_options['ulsam_groups']}; parts per owning object: {part_owners is not None}")
 print(f"schedule: {schedule['epochs']} epoch(s), batch {schedule['batch_size']}, {schedule['optimizer']} lr "
       f"{schedule['lr']} ({schedule['scheduler'] or 'constant'}), loss weights {setup.loss_weights}")
-print(f"runs: upernet, upernet+context, " + ", ".join(f"ulsam-{v}" for v in ULSAM_VARIANTS))
+print("runs: upernet, upernet+context, " + ", ".join(f"ulsam-{v}" for v in ULSAM_VARIANTS))
 
 # %% [markdown]
 # ## 1 · Unified perceptual parsing

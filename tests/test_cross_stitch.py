@@ -341,7 +341,7 @@ def test_pet_schedules_train_the_full_comparison_in_every_preset():
     for preset, schedule in PET_SCHEDULES.items():
         assert tuple(schedule["ablations"]) == ("boxes", "binary"), preset
         assert tuple(schedule["variants"]) == CROSS_STITCH_MODES and schedule["sequential"] is True, preset
-        # Adam everywhere, so the units' multiplier is 10x (not the paper's SGD 100x): see the comment in mtlkit.course.pet
+        # Adam everywhere, so the units' multiplier is 10x (not the paper's SGD 100x): see mtlkit.course.pet
         assert schedule["optimizer"] == "adam" and schedule["units_lr_mult"] == 10.0, preset
     smoke = pet_schedule("smoke")
     assert (smoke["train_images"], smoke["val_images"], smoke["epochs"], smoke["single_epochs"]) == (64, 16, 1, 1)

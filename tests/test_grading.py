@@ -232,7 +232,7 @@ def test_corpus_covers_every_attack_of_the_issue():
 
 def test_nothing_a_submission_writes_to_tmp_stays(corpora):
     """The tmp_snoop submission wrote a file into /tmp: with a private /tmp it went away with the sandbox."""
-    for param, (written, rows, feedback, marker, left, output) in corpora.items():
+    for param, (_, rows, _, _, left, _) in corpora.items():
         if rows["tmp_snoop"]["sandbox"] != "rlimits":
             assert not Path(left).exists(), f"{param}: {left} stayed on the host"
 

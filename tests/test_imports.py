@@ -78,7 +78,7 @@ def imports_of(module: str, known: set[str]) -> tuple[set[str], set[str]]:
     return top, inner
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def import_graphs() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     known = set(MODULES)
     top, inner = {}, {}

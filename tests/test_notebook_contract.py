@@ -1,4 +1,4 @@
-"""Every course notebook follows the notebook contract (docs/contracts.md#notebook) (nbval itself runs them: see pyproject)."""
+"""Every course notebook follows the notebook contract (docs/contracts.md#notebook); nbval runs them (pyproject)."""
 import json
 import re
 from pathlib import Path

@@ -14,7 +14,6 @@ from mtlkit.data import collate, get_dataset, list_datasets
 from mtlkit.data.datasets import to_contract
 from mtlkit.data.real import CorruptFileError, DatasetLayoutError, DatasetNotFoundError
 from mtlkit.data.real.twins import LAYOUTS, write_twin
-from mtlkit.data.scenes import CREATURE_KINDS
 from mtlkit.data.synthetic import BRODEN_PARTS, CITY_19_TO_7, NYU_13_CLASSES, generate_sample, get_variant
 from mtlkit.data.transforms import Compose, RandomHorizontalFlip, RandomScaleCrop
 

@@ -45,9 +45,9 @@ UPERNET_SCHEDULES: dict[str, dict[str, Any]] = {
                   ulsam_groups=4),
 }
 
-#: Xiao et al. (ECCV 2018), UPerNet-50 trained and evaluated on ADE20K alone (docs/reference.md#recipes-and-numbers-to-reproduce), in the kit's metric
-#: names (percent). A reference for the paper preset, never a result of this kit (ADE20K's 150 classes are not
-#: Broden's object classes, so even the paper preset is only comparable in kind).
+#: Xiao et al. (ECCV 2018), UPerNet-50 trained and evaluated on ADE20K alone (docs/reference.md, "Recipes"), in the
+#: kit's metric names (percent). A reference for the paper preset, never a result of this kit (ADE20K's 150 classes
+#: are not Broden's object classes, so even the paper preset is only comparable in kind).
 UPERNET_REFERENCE: dict[str, dict[str, float]] = {
     "UPerNet-50, ADE20K (paper)": {"semseg/miou": 40.44, "semseg/pixel_acc": 79.80},
 }

@@ -48,8 +48,8 @@ TSN_SCHEDULES: dict[str, dict[str, Any]] = {
                   code_grid=(("gaussian", 100), ("orthogonal", 10), ("gaussian", 10), ("orthogonal", 500))),
 }
 
-#: Sun et al. (ICCV 2021), PASCAL-Context, ResNet-18 (docs/reference.md#recipes-and-numbers-to-reproduce), in the kit's metric names (percent, degrees).
-#: References for the paper preset, never results of this kit.
+#: Sun et al. (ICCV 2021), PASCAL-Context, ResNet-18 (docs/reference.md, "Recipes"), in the kit's metric names
+#: (percent, degrees). References for the paper preset, never results of this kit.
 TSN_REFERENCE: dict[str, dict[str, float]] = {
     "TSN (paper)": {"edge/ods_f": 70.6, "semseg/miou": 64.2, "parts/miou": 55.0, "normals/mean": 16.3,
                     "saliency/max_f": 63.3},

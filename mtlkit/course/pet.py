@@ -59,8 +59,9 @@ PET_SCHEDULES: dict[str, dict[str, Any]] = {
                   aspp_channels=256, decoder_channels=256, skip_channels=48, box_channels=256, **_FULL_GRID),
 }
 
-#: The indicative Oxford-IIIT Pet numbers of docs/reference.md#recipes-and-numbers-to-reproduce (one report's three-task cross-stitch model, test split),
-#: in the kit's units (percent). A reference to compare the paper preset with, never a result of this kit.
+#: The indicative Oxford-IIIT Pet numbers of docs/reference.md ("Recipes"): one report's three-task cross-stitch
+#: model, test split, in the kit's units (percent). A reference to compare the paper preset with, never a result of
+#: this kit.
 PET_REFERENCE: dict[str, float] = {"semseg/miou": 81.0, "boxes/mean_iou": 76.0, "binary/accuracy": 92.0}
 
 #: The model options a schedule holds (the rest are data and Trainer settings).

@@ -10,7 +10,8 @@ from pathlib import Path
 
 
 def reference_table():
-    """The papers' and courses' numbers (docs/reference.md#recipes-and-numbers-to-reproduce) the kit knows, as rows ``source, model, metric, value``.
+    """The papers' and courses' numbers the kit knows (docs/reference.md, "Recipes"), as rows ``source, model, metric,
+    value``.
 
     Collected from every ``*_REFERENCE`` dict (and the DeepLab ``REFERENCE_RESULTS``) of the ``mtlkit.course`` modules
     (``{model: {metric: value}}``, or a flat ``{metric: value}`` for one model). For display beside the kit's results,

@@ -24,7 +24,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -366,7 +367,7 @@ class ShardedCache:
         build_caches([self], jobs=jobs, progress=progress)
         return self.directory
 
-    def open(self, jobs: int = 1, progress: bool = False) -> "ShardedCache":
+    def open(self, jobs: int = 1, progress: bool = False) -> ShardedCache:
         """Use the cache as it is if complete, else build it (one warning line if the manifest was corrupt)."""
         m = self.read_manifest(warn=True)
         missing = [e["file"] for e in m["shards"] if not (self.directory / e["file"]).is_file()] if m else []

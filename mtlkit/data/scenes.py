@@ -569,7 +569,7 @@ def layout_tabletop(b: SceneBuilder) -> tuple[Camera, tuple, dict]:
     tf = Frame(0, 0, tz, b.u(-0.2, 0.2))
     top = add_table(b, tf, 2 * tw, 2 * td, b.u(0.72, 0.78), b.surface(b.choice(("wood", "stone", "ceramic"))))
     n = b.integers(3, 8)
-    for i in range(n):
+    for _ in range(n):
         add_small_object(b, tf.at(b.u(-tw + 0.12, tw - 0.12), top, b.u(-td + 0.1, td - 0.1)))
     if b.chance(0.5):
         add_chair(b, Frame(*tf.at(b.u(-0.3, 0.3), 0, td + 0.3), tf.yaw + math.pi), b.surface("wood"))
@@ -612,7 +612,7 @@ def layout_outdoor(b: SceneBuilder) -> tuple[Camera, tuple, dict]:
 
 
 def layout_street(b: SceneBuilder) -> tuple[Camera, tuple, dict]:
-    ex, ey, ez = (1, 0, 0), (0, 1, 0), (0, 0, 1)
+    ex, ez = (1, 0, 0), (0, 0, 1)
     wr = b.u(4.0, 7.0)  # road half width
     ws = b.u(2.0, 4.0)  # sidewalk width
     length = 100.0
@@ -732,7 +732,8 @@ def texture_pattern(tex: np.ndarray, u: np.ndarray, v: np.ndarray, present=None)
         elif name == "grid":
             m[sel] = np.minimum(us - np.floor(us), vs - np.floor(vs)) < 0.12
         else:  # marbled: warped sines
-            m[sel] = 0.5 + 0.5 * np.sin(1.3 * us + 2.2 * np.sin(0.9 * vs + 0.7 * np.sin(1.7 * us)) + 0.8 * np.sin(2.3 * vs))
+            warp = 2.2 * np.sin(0.9 * vs + 0.7 * np.sin(1.7 * us))
+            m[sel] = 0.5 + 0.5 * np.sin(1.3 * us + warp + 0.8 * np.sin(2.3 * vs))
     return m
 
 

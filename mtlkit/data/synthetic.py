@@ -25,8 +25,8 @@ from .scenes import (CREATURE_KINDS, KINDS, LAYOUTS, MATERIALS, PARTS, SPECIES, 
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
 
-NYU_13_CLASSES = ("bed", "books", "ceiling", "chair", "floor", "furniture", "objects", "painting", "sofa", "table", "tv",
-                  "wall", "window")
+NYU_13_CLASSES = ("bed", "books", "ceiling", "chair", "floor", "furniture", "objects", "painting", "sofa", "table",
+                  "tv", "wall", "window")
 CITY_19_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
                    "bicycle")
@@ -220,7 +220,7 @@ def make_scene(variant: str, rng: np.random.Generator) -> Scene:
 
 
 def render(scene: Scene, height: int, width: int, shading: bool = True) -> raycast.HitBuffer:
-    """Ray-cast ``scene`` at ``height`` x ``width``: the hit buffer with ``rgb`` filled in (unless ``shading=False``)."""
+    """Ray-cast ``scene`` at ``height`` x ``width``: the hit buffer, ``rgb`` filled in (unless ``shading=False``)."""
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     hit = raycast.cast(scene.prims, scene.camera, height, width, scene.light_dir if shading else None, far=scene.far)

@@ -9,7 +9,8 @@ None in training so that DataLoader workers, which torch seeds differently, draw
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -100,7 +100,7 @@ def _drop_privileges() -> bool:
     return os.geteuid() == 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def detect_mode() -> str:
     """``namespaces`` when a mount+net+pid namespace with a tmpfs mount works here (a user namespace too unless
     the grader is root, which needs none), else ``bwrap`` when bubblewrap can build its sandbox, else ``rlimits``."""
@@ -112,7 +112,7 @@ def detect_mode() -> str:
     return "bwrap" if bwrap_works() else "rlimits"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bwrap_works() -> bool:
     """Whether ``bwrap`` is installed and can build the sandbox :func:`run_child` asks of it."""
     exe = shutil.which("bwrap")
@@ -515,7 +515,7 @@ def _kill(proc: subprocess.Popen) -> None:
         pass
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _package_root() -> str:
     import mtlkit
 

@@ -9,7 +9,8 @@ contract test (tests/test_model_contract.py) and the benchmarks read with :func:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn as nn

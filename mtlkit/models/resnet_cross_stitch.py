@@ -176,7 +176,7 @@ class ResNetCrossStitch(nn.Module):
             self.branches[name].requires_grad_(False)
 
     # --------------------------------------------------------------------------------------------- forward
-    def train(self, mode: bool = True) -> "ResNetCrossStitch":
+    def train(self, mode: bool = True) -> ResNetCrossStitch:
         super().train(mode)
         for name in self.sources:  # frozen networks keep their BatchNorm statistics
             self.branches[name].eval()
@@ -243,7 +243,7 @@ class ResNetCrossStitch(nn.Module):
         return self.tasks + self.sources
 
     @torch.no_grad()
-    def init_from_single(self, singles: Mapping[str, nn.Module], heads: bool = True) -> "ResNetCrossStitch":
+    def init_from_single(self, singles: Mapping[str, nn.Module], heads: bool = True) -> ResNetCrossStitch:
         """Copy trained single-task networks into the branches (and, with ``heads``, the task heads).
 
         Args:

@@ -8,7 +8,8 @@ and fails there, naming the first missing folder or file; a file that cannot be 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -60,7 +61,8 @@ def resolve_root(dataset_id: str, root: str | Path | None) -> Path:
     if not path.is_dir():
         raise DatasetNotFoundError(
             f"dataset {dataset_id!r} not found at {path}. Get it with `mtlkit data download {dataset_id}` "
-            f"(or follow the manual steps it prints), then `mtlkit data prepare {dataset_id}`; or pass root= (`--root DIR` on the command line) "
+            f"(or follow the manual steps it prints), then `mtlkit data prepare {dataset_id}`; or pass root= "
+            f"(`--root DIR` on the command line) "
             f"pointing at an existing copy. `mtlkit data twin {dataset_id} --out DIR` writes a small fake copy in the "
             f"same format.")
     return path

@@ -15,7 +15,7 @@ import csv
 import json
 import re
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -11,7 +11,7 @@ Format and conversions: docs/data.md#pascal-mt
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch

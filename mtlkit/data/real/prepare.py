@@ -16,7 +16,7 @@ import shutil
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

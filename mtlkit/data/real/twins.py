@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from mtlkit.data.real import broden, cityscapes, nyuv2, oxford_pet, pascal_mt
 
