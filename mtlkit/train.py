@@ -344,6 +344,14 @@ class Trainer:
         metrics = d.from_main({t: m.compute() for t, m in meters.items()} if d.is_main else None)
         return metrics, {t: float(sums[i] / max(float(sums[-1]), 1.0)) for i, t in enumerate(self.task_names)}
 
+    def __getattr__(self, name: str) -> Any:
+        """The options read as attributes (``trainer.epochs``, ``trainer.task_schedule``), as callbacks did before
+        :class:`TrainConfig` held them."""
+        config = self.__dict__.get("config")
+        if config is not None and name in TrainConfig.__dataclass_fields__:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def evaluate(self, dataset: Dataset) -> dict[str, dict[str, float]]:
         """Metrics of the current model on ``dataset``: {task: {metric: value}}."""
         return self._evaluate(dataset)[0]

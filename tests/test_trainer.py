@@ -429,6 +429,10 @@ def test_config_and_keyword_forms_are_the_same_run(tmp_path):
     assert t.config.epochs == 3 and config.epochs == 1 and t.run_config["lr"] == 3e-3
     old = Trainer(tiny(), nyu("train"), out_dir=tmp_path / "d", config={"model": "tiny"}, progress=False)
     assert old.config.extra == {"model": "tiny"} and old.run_config["model"] == "tiny"
+    # callbacks read the options as attributes, as before TrainConfig held them; anything else is an AttributeError
+    assert (t.epochs, t.batch_size, t.task_schedule) == (3, 4, None)
+    with pytest.raises(AttributeError, match="no attribute 'not_an_option'"):
+        t.not_an_option
 
 
 # -------------------------------------------------------------------------------------- train_step
