@@ -80,7 +80,7 @@ def model_option_keys(name: str) -> dict[str, inspect.Parameter] | None:
     _load_families()
     if name not in _REGISTRY:
         return None
-    builder = _REGISTRY[name]
+    builder = _REGISTRY[name].fn
     keys: dict[str, inspect.Parameter] = {}
     chain: list[Any] = [builder]
     try:
