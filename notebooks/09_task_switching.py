@@ -117,8 +117,8 @@ print(f"extra TSNs (code, d): {code_grid or 'none'}")
 #   with $\mu_c, \sigma_c$ over the spatial positions of channel $c$ and $A$ an equalised-lr linear $d \to 2C$
 #   (biases start at $\gamma = 1, \beta = 0$). The task decides the statistics of every feature map in the decoder.
 # * **Shared output layer**: one 1×1 convolution to $C = \max_t C_t$ channels (21 for PASCAL-Context). Task $t$
-#   average-pools them into $C_t$ consecutive groups, as the authors' code does (`readout="pool"`, the default):
-#   semseg keeps all 21, parts averages groups of 3 (7 channels), normals groups of 7 (3 channels), edge and
+#   average-pools them into $C_t$ consecutive groups, as the authors' code does (`readout="pool"`, the default).
+#   On PASCAL-Context semseg keeps all 21, parts averages groups of 3 (7 channels), normals groups of 7, edge and
 #   saliency the mean of all 21. `readout="slice"` (task $t$ reads the first $C_t$ channels) is the simpler
 #   alternative; both have the same parameters.
 #
@@ -227,8 +227,8 @@ print("output shapes:", {t: tuple(v.shape) for t, v in got.items()})
 # %% [markdown]
 # Switching really is just the code: the same image, the same weights, five different embeddings — five different
 # outputs of the one shared output convolution (here untrained). Every task reads the *same* shared channels of that
-# convolution, only averaged differently (channel 0 of semseg is shared channel 0; of parts, the mean of shared
-# channels 0–2; of normals, of 0–6; edge and saliency are the mean of all of them), so a channel's meaning must come
+# convolution, only averaged differently (channel 0 of semseg is shared channel 0; of parts and normals, the mean
+# of the first few shared channels; edge and saliency are the mean of all of them), so a channel's meaning must come
 # from the decoder's task-dependent features.
 
 # %%
