@@ -42,15 +42,15 @@ SEED = 0
 DATA = "auto"  # "auto": synthetic-nyu (paper preset: the real nyuv2, as preprocessed by the MTAN authors)
 OUT_DIR = "../runs/notebooks/07_mtan"
 BACKBONE = "segnet"  # segnet: the MTAN paper's table; resnet50: LibMTL's dilated ResNet with per-task ASPP heads
-MODELS = None  # None: the preset's rows (paper: all six); e.g. ["mtan", "cross-stitch"]
+MODELS = None  # None: the preset's rows (paper: all seven; see the grid printed below); e.g. ["mtan", "cross-stitch"]
 WEIGHTINGS = None  # None: the preset's grid (mtlkit.course.nyu.NYU_SCHEDULES); e.g. ["equal", "dwa", "uncertainty"]
 EPOCHS = None  # None: the preset's schedule
 TRAIN_IMAGES = None  # None: the preset's choice (smoke: 64 of the 192 training images)
 VAL_IMAGES = None  # None: the preset's choice (smoke: the first 32 of 64 validation images)
 AUGMENT = None  # None: the preset's choice (lesson, paper: random scale-crop and flip; smoke: off)
 WIDTH_MULT = None  # SegNet only. None: the preset's width multiplier (1.0: full size, as in the paper)
-CROSS_STITCH = None  # SegNet only. None: channelwise (faithful); "shared": the MTAN code's form
-CROSS_STITCH_INIT = None  # SegNet only. None: "single-task" (faithful); "scratch": random weights
+CROSS_STITCH = None  # SegNet, row "cross-stitch" only. None: "shared" (MTAN's table); "channelwise" | "scalar"
+CROSS_STITCH_INIT = None  # SegNet, row "cross-stitch" only. None: "scratch" (MTAN's); "single-task": trained singles
 PRETRAINED = None  # ResNet only (SegNet has no ImageNet weights); None -> the preset's (paper: True, needs the HF hub)
 MAX_STEPS = None  # a dry run: stop each training epoch and evaluation after this many batches (None: whole epochs)
 
@@ -75,7 +75,7 @@ from mtlkit.train import seed_everything
 sns.set_theme(style="whitegrid", context="notebook")
 
 # Preset = data + schedule + model width, per backbone: see mtlkit.course.nyu (NYU_SCHEDULES). paper is the MTAN
-# NYUv2 recipe of REFERENCE.md for SegNet (Adam 1e-4, halved every 100 epochs, 200 epochs, batch 2, full-size
+# NYUv2 recipe of docs/reference.md for SegNet (Adam 1e-4, halved every 100 epochs, 200 epochs, batch 2, full-size
 # SegNet) and LibMTL's for ResNet-50 (the same optimiser and schedule, batch 8), both with augmentation. smoke trains a
 # SegNet 1/8 as wide on the first 64 training and 32 validation images for 3 epochs (DWA changes its weights from
 # the third epoch on), and only a reduced grid: MTAN under the three weightings, Split (standard) under Equal, and
@@ -246,13 +246,17 @@ for row, n in resnet_counts.items():
 # task (a one-task SegNet; with the ResNet backbone, `resnet-shared` with one head). `course.run` reuses a
 # finished run in `OUT_DIR` with the same settings; delete its folder to retrain.
 #
-# **Cross-stitch, faithfully.** Misra et al. start each task's branch from that task's trained single-task network
-# and train the units with their own, larger learning rate. The single-task SegNets are already trained here (they
-# are the Δm baselines), so the Cross-stitch run (full grid, `MODELS`) loads them with
-# `load_single_task_branches` and puts the units in their own optimiser group (`param_groups`, ×10 the network's
-# learning rate under Adam; see `mtlkit.course.nyu` for why not the paper's SGD-era ×100). The MTAN authors'
-# public baseline instead trains one shared mixture per stage from scratch: `CROSS_STITCH = "shared"`,
-# `CROSS_STITCH_INIT = "scratch"` gives that form.
+# **Two Cross-stitch rows.** The paper preset trains both (other presets: name them in `MODELS`):
+# * `cross-stitch` is the row of MTAN's table, in the form of the MTAN authors' code: one shared mixture per
+#   stage (`mode="shared"`), initialised to 1, trained from scratch with the network's learning rate. Its numbers
+#   are the ones to put beside MTAN's.
+# * `cross-stitch-channelwise` is Misra et al.'s own recipe: channel-wise units (0.9 on the own task, 0.1 across),
+#   each branch started from that task's trained single-task network, the units trained faster. The single-task
+#   SegNets are already trained here (they are the Δm baselines), so `course.nyu.run_options` loads them with
+#   `load_single_task_branches` and puts the units in their own optimiser group (`param_groups`, ×10 the network's
+#   learning rate under Adam; see `mtlkit.course.nyu` for why not the paper's SGD-era ×100).
+#
+# `CROSS_STITCH` and `CROSS_STITCH_INIT` change the form of the `cross-stitch` row only.
 
 # %%
 runs_by_name = {f"single-{t}": ("single", [t], "equal") for t in task_channels}  # the Δm baselines first
@@ -274,8 +278,16 @@ for run_name, (row, run_tasks, weighting) in runs_by_name.items():
 # Each run is evaluated once on the test split, with the weights of its best epoch on the validation split (on
 # NYUv2, which has no validation split, the last epoch — as the papers report it). For single-task models (One
 # Task, STAN) the three networks' test results form one row; a one-task network has a single loss, so for it a
-# weighting only rescales that loss (Uncertainty: learns its scale). Δm uses one metric per task (mIoU, abs. depth
-# error, mean angle; the survey form) and, in brackets, LibMTL's form (every metric of a task).
+# weighting only rescales that loss (Uncertainty: learns its scale). Δm uses one metric per task — mIoU, depth abs
+# error, normals mean angle, the metrics of MTAN's table (`delta_m(form="kit")`; the survey code's set,
+# `form="survey"`, would use depth RMSE instead) — and, in brackets, LibMTL's form (every metric of a task).
+#
+# **How the metrics are averaged.** In the `paper` preset of the SegNet backbone, whose numbers sit beside MTAN's,
+# depth and normals metrics are averaged per test batch as MTAN's code does (task options `depth_mode` /
+# `normals_mode` = `"per_batch"`, `schedule["task_options"]`); other presets and the ResNet backbone (compared with
+# LibMTL, which pools normals over pixels) pool every valid pixel of the split. The ResNet heads' image-pooling
+# branch uses the authors' BatchNorm in the paper preset (`aspp_pooling_norm="batch"`; GroupNorm on the CPU
+# presets, whose last batch can hold a single image).
 
 # %%
 test = {run: m["test"] for run, m in metrics.items()}
@@ -292,9 +304,13 @@ for row, weightings in grid.items():
 single = rows["single"]
 
 
+DM = "Δm % (mIoU, abs err, mean angle)"  # one metric per task, MTAN's table's: delta_m(form="kit")
+DM_COLUMNS = {DM: ("kit", "delta_m"), "Δm % (LibMTL)": ("libmtl", "delta_m_libmtl")}  # column -> (form, results key)
+
+
 def delta(res, form):
     """Δm in percent, or NaN (said why) where a baseline metric is 0 or NaN (e.g. no pixel within 11.25°)."""
-    return delta_m_or_nan(res, single, f"Δm ({form})", form=form, tasks=tasks if form == "survey" else list(tasks))
+    return delta_m_or_nan(res, single, f"Δm ({form})", form=form, tasks=tasks if form == "kit" else list(tasks))
 
 
 COLUMNS = {"semseg": ("miou", "pixel_acc"), "depth": ("abs_err", "rel_err"),
@@ -302,7 +318,7 @@ COLUMNS = {"semseg": ("miou", "pixel_acc"), "depth": ("abs_err", "rel_err"),
 table = pd.DataFrame({
     key: {"params (M)": params[key] / 1e6,
           **{f"{t}/{m}": res[t][m] for t in task_channels for m in COLUMNS.get(t, ()) if m in res[t]},
-          "Δm %": delta(res, "survey"), "Δm % (LibMTL)": delta(res, "libmtl")}
+          **{column: delta(res, form) for column, (form, _) in DM_COLUMNS.items()}}
     for key, res in rows.items()}).T
 table.index.name = f"model-weighting ({PRESET}, {BACKBONE})"
 pd.set_option("display.width", 160)
@@ -412,7 +428,7 @@ if weight_runs:
         ax.legend(fontsize=7)
     plt.tight_layout()
     plt.show()
-    for run, weighting in weight_runs:
+    for run, _ in weight_runs:
         last = metrics[run]["step_weights"]["values"][-1]
         print(f"{run}: last step's weights", dict(zip(metrics[run]["step_weights"]["tasks"], last)))
 
@@ -431,7 +447,7 @@ for task in task_channels:
     runs[f"single-{task}"] = {**{f"{task}/{m}": float(v) for m, v in test[f"single-{task}"][task].items()},
                               "parameters_M": metrics[f"single-{task}"]["parameters"]["total"] / 1e6, **common}
 for key in table.index.drop("single"):
-    values = {col.replace("Δm %", "delta_m").replace(" (LibMTL)", "_libmtl"): float(v)
+    values = {DM_COLUMNS[col][1] if col in DM_COLUMNS else col: float(v)
               for col, v in table.loc[key].items() if col != "params (M)"}
     runs[key] = {**values, "parameters_M": float(table.loc[key, "params (M)"]), **common}
 write_notebook_results(out_dir, "07_mtan", PRESET, runs,

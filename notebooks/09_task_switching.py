@@ -101,7 +101,8 @@ print(f"extra TSNs (code, d): {code_grid or 'none'}")
 #
 # An encoder $f_\theta$ (ResNet-18, not conditioned) computes features once. A single U-Net decoder $g_\phi$ and a
 # single 1×1 output convolution $W$ produce **the prediction of the task it is told to solve**:
-# $$\hat y_t = \big[W\, g_\phi\big(f_\theta(x);\ w_t\big)\big]_{1..C_t}, \qquad w_t = m_\psi(z_t).$$
+# $$\hat y_t = P_t\, W\, g_\phi\big(f_\theta(x);\ w_t\big), \qquad w_t = m_\psi(z_t),$$
+# where $P_t \in \mathbb R^{C_t \times C}$ averages the $C$ shared output channels down to task $t$'s $C_t$ (below).
 #
 # * **Task code** $z_t \in \mathbb R^d$: orthogonal block one-hot (task $t$ has ones on dimensions
 #   $[tk, (t+1)k)$, $k = d / T$: five tasks × 20 ones = 100-d) or Gaussian ($z_t \sim \mathcal N(0, I_d)$, fixed).
@@ -115,7 +116,11 @@ print(f"extra TSNs (code, d): {code_grid or 'none'}")
 #     \beta_c(w_t),\qquad (\gamma(w), \beta(w)) = A w + b,$$
 #   with $\mu_c, \sigma_c$ over the spatial positions of channel $c$ and $A$ an equalised-lr linear $d \to 2C$
 #   (biases start at $\gamma = 1, \beta = 0$). The task decides the statistics of every feature map in the decoder.
-# * **Shared output layer**: one 1×1 convolution to $\max_t C_t$ channels; task $t$ reads the first $C_t$.
+# * **Shared output layer**: one 1×1 convolution to $C = \max_t C_t$ channels (21 for PASCAL-Context). Task $t$
+#   average-pools them into $C_t$ consecutive groups, as the authors' code does (`readout="pool"`, the default).
+#   On PASCAL-Context semseg keeps all 21, parts averages groups of 3 (7 channels), normals groups of 7, edge and
+#   saliency the mean of all 21. `readout="slice"` (task $t$ reads the first $C_t$ channels) is the simpler
+#   alternative; both have the same parameters.
 #
 # Adding a task adds a code (a constant) and nothing else, so the **parameter count is constant in $T$**. The price:
 # one decoder pass per task (the encoder's features are reused), and tasks compete for the decoder's capacity.
@@ -221,13 +226,14 @@ print("output shapes:", {t: tuple(v.shape) for t, v in got.items()})
 
 # %% [markdown]
 # Switching really is just the code: the same image, the same weights, five different embeddings — five different
-# outputs of the one shared output convolution (here untrained). Every task uses the *same* first channels of that
-# convolution (edge, normals and saliency read channel 0, normals channels 0–2), so its meaning must come from the
-# decoder's task-dependent features.
+# outputs of the one shared output convolution (here untrained). Every task reads the *same* shared channels of that
+# convolution, only averaged differently (channel 0 of semseg is shared channel 0; of parts and normals, the mean
+# of the first few shared channels; edge and saliency are the mean of all of them), so a channel's meaning must come
+# from the decoder's task-dependent features.
 
 # %%
 with torch.no_grad():
-    outputs = {t: library_tsn(x[:1].float(), task=t)[t][0, 0] for t in task_channels}  # channel 0 of every task [H, W]
+    outputs = {t: library_tsn(x[:1].float(), task=t)[t][0, 0] for t in task_channels}  # each task's channel 0 [H, W]
 channel0 = torch.stack(list(outputs.values())).flatten(1)
 print("correlation of output channel 0 between tasks (untrained network):")
 print(pd.DataFrame(torch.corrcoef(channel0).numpy(), index=list(outputs), columns=list(outputs)).round(2))

@@ -303,9 +303,9 @@ else:
 # ## 6 · The papers' numbers
 #
 # The papers' and the course's published numbers (kept in `mtlkit.course.REFERENCE_RESULTS` and the `*_REFERENCE`
-# tables of the course modules; sources in `docs/reference.md`) come from real datasets at full resolution and
-# schedule. Only the **paper** preset trains on those datasets, so only there are they put beside the kit's numbers;
-# they are always labelled `reference`, and never enter the kit's tables or Δm.
+# tables of the `mtlkit.course.*` modules; sources in `docs/reference.md`) come from real datasets at full
+# resolution and schedule. Only the **paper** preset trains on those datasets, so only there are they put beside
+# the kit's numbers; they are always labelled `reference`, and never enter the kit's tables or Δm.
 
 # %%
 references = reference_table()

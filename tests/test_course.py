@@ -345,3 +345,23 @@ def test_reference_table_collects_every_course_module_labelled_by_source():
             assert (refs["source"] == f"mtlkit.course.{info.name}.{attr}").any(), attr
             found += 1
     assert found >= 5  # pet, nyu (three), broden, pascal
+
+
+def test_deeplab_paper_preset_scores_miou_with_dlads_absent_class_convention():
+    from mtlkit.course.deeplab import deeplab_tasks
+
+    info = {"semseg": {"num_classes": 19}, "depth": {}}
+    assert deeplab_tasks(info, deeplab_schedule("paper"))["semseg"].meter().absent == "zero"  # DLAD's grader
+    assert deeplab_tasks(info, deeplab_schedule("smoke"))["semseg"].meter().absent == "exclude"  # the kit's default
+
+
+def test_a_changed_meter_option_is_another_run_in_the_fingerprint(tmp_path):
+    from mtlkit.course.common import run_fingerprint
+    from mtlkit.course.deeplab import deeplab_tasks
+
+    info = {"semseg": {"num_classes": 19}, "depth": {}}
+    model = build("tiny", {"semseg": 19, "depth": 1}, width=4)
+    keys = {preset: run_fingerprint(model, {}, {"model": "tiny"},
+                                    tasks=deeplab_tasks(info, deeplab_schedule(preset)))
+            for preset in ("smoke", "paper")}
+    assert keys["smoke"] != keys["paper"]

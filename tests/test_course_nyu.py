@@ -5,7 +5,8 @@ import torch
 from mtlkit import course
 from mtlkit.course.nyu import (AUGMENT_SCALES, LIBMTL_NYUV2_REFERENCE, MTAN_NYUV2_REFERENCE, NYU_SCHEDULES,
                                NYU_TASK_CHANNELS, nyu_augmentation, nyu_model, nyu_model_spec, nyu_references,
-                               nyu_schedule, nyu_splits, nyu_trainer_kwargs)
+                               nyu_schedule, nyu_splits, nyu_tasks, nyu_trainer_kwargs,
+                               run_options)
 from mtlkit.data import RandomHorizontalFlip, RandomScaleCrop, collate
 
 ALL = ["equal", "dwa", "uncertainty"]
@@ -27,6 +28,39 @@ def test_paper_preset_is_the_mtan_nyuv2_recipe():
     assert nyu_model_spec("cross-stitch-channelwise", paper) == ("segnet-cross-stitch",
                                                                  {"mode": "channelwise", "width_mult": 1.0})
     assert paper["channelwise_init"] == "single-task" and paper["channelwise_units_lr_mult"] > 1
+    # compared with MTAN's table: depth and normals metrics averaged per test batch, as MTAN's code does
+    assert paper["task_options"] == {"depth": {"depth_mode": "per_batch"}, "normals": {"normals_mode": "per_batch"}}
+    assert nyu_schedule("smoke")["task_options"] == {}
+
+
+def test_task_options_reach_the_meters():
+    info = {"semseg": {"num_classes": 13}, "depth": {}, "normals": {}}
+    tasks = nyu_tasks(info, nyu_schedule("paper"))
+    assert tasks["normals"].meter().mode == "per_batch" and tasks["depth"].meter().mode == "per_batch"
+    assert nyu_tasks(info, nyu_schedule("smoke"))["normals"].meter().mode == "pixel"
+    with pytest.raises(ValueError, match="task_options name tasks \\['edge'\\]"):
+        nyu_tasks(info, nyu_schedule("smoke", task_options={"edge": {"tolerance": 1}}))
+
+
+@pytest.mark.parametrize("row, init_key, lr_key", [("cross-stitch-channelwise", "channelwise_init",
+                                                     "channelwise_units_lr_mult"),
+                                                    ("cross-stitch", "cross_stitch_init", "units_lr_mult")])
+def test_run_options_start_cross_stitch_from_the_single_task_networks(row, init_key, lr_key):
+    schedule = nyu_schedule("unit", **{init_key: "single-task", lr_key: 10.0})
+    singles = {f"single-{t}": nyu_model("single", {t: c}, schedule) for t, c in NYU_TASK_CHANNELS.items()}
+    name, options = run_options(row, schedule, trained=singles)
+    assert name == "segnet-cross-stitch" and options["train"] == {"param_groups": [("cross_stitch", 10.0)]}
+    model = nyu_model(row, NYU_TASK_CHANNELS, schedule)
+    options["init"](model)
+    for t in NYU_TASK_CHANNELS:  # each branch and head now holds its single-task network's weights
+        want = singles[f"single-{t}"].state_dict()
+        heads = {f"heads.{t}.{k}": v for k, v in model.heads[t].state_dict().items()}
+        got = {**model.branches[t].state_dict(), **heads}
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(ValueError, match="needs the trained single-task networks"):
+        run_options(row, schedule, trained={})
+    scratch = run_options(row, nyu_schedule("unit", **{init_key: "scratch", lr_key: 1.0}))[1]
+    assert "init" not in scratch and "train" not in scratch
 
 
 def test_paper_resnet50_is_libmtls_recipe():
@@ -37,7 +71,9 @@ def test_paper_resnet50_is_libmtls_recipe():
     # torchvision's ImageNet weights and LibMTL's final upsampling (align_corners=True), as LibMTL's code
     assert nyu_model_spec("mtan", paper) == ("resnet-mtan", dict(encoder="resnet50.tv_in1k", output_stride=8,
                                                                    pretrained=True, aspp_channels=256,
-                                                                   align_corners=True))
+                                                                   aspp_pooling_norm="batch", align_corners=True))
+    assert paper["task_options"] == {}  # LibMTL's metrics are the kit's default (pooled normals)
+    assert nyu_schedule("smoke", "resnet50")["aspp_pooling_norm"] == "group"  # CPU presets: a 1-image last batch
     assert nyu_model_spec("shared", paper)[0] == nyu_model_spec("single", paper)[0] == "resnet-shared"
     assert set(paper["grid"]) == {"shared", "mtan"} and all("equal" in w for w in paper["grid"].values())
 

@@ -107,10 +107,24 @@ _NOT_FINGERPRINTED = ("resume", "progress", "callbacks", "num_workers", "device"
 
 
 def _describe_tasks(tasks: Any) -> Any:
-    """Task names (with the Task class, e.g. OwnerPartsTask) for a fingerprint; Task objects are not JSON."""
+    """Task names with the Task class (e.g. OwnerPartsTask) and its loss and meter options, for a fingerprint (a
+    changed meter option, e.g. ``absent="zero"``, is another run); Task objects are not JSON."""
     if isinstance(tasks, Mapping):
-        return {name: type(task).__name__ for name, task in tasks.items()}
+        return {name: [type(task).__name__, _json_safe(getattr(task, "loss_options", {})),
+                       _json_safe(getattr(task, "meter_options", {}))] for name, task in tasks.items()}
     return list(tasks) if tasks is not None else None
+
+
+def tasks_with_options(task_info: Mapping[str, Mapping[str, Any]], schedule: Mapping[str, Any]) -> dict[str, Any]:
+    """``{task: Task}`` of a dataset's ``task_info`` with the schedule's ``task_options`` applied (e.g. a meter
+    convention of the paper being compared with); an option for a task the data lacks is an error."""
+    from mtlkit.tasks import tasks_for
+
+    options = dict(schedule.get("task_options") or {})
+    unknown = sorted(set(options) - set(task_info))
+    if unknown:
+        raise ValueError(f"task_options name tasks {unknown} that the data does not label ({', '.join(task_info)})")
+    return tasks_for({t: {**dict(info or {}), **options.get(t, {})} for t, info in task_info.items()})
 
 
 def run_fingerprint(model: nn.Module, splits: Mapping[str, Any], built: Mapping[str, Any] | None = None,

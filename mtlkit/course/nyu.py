@@ -4,13 +4,13 @@ Two backbones, chosen by the notebook's ``BACKBONE`` parameter:
 
 - ``"segnet"``: the MTAN paper's table (Liu, Johns & Davison, CVPR 2019) -- One Task, STAN, Split (standard, wide,
   deep), Dense, Cross-stitch and MTAN on the SegNet of :mod:`mtlkit.models.segnet`. The ``paper`` preset is the
-  recipe of the authors' code on NYUv2 (REFERENCE.md): Adam 1e-4, halved every 100 epochs, 200 epochs, batch 2,
+  recipe of the authors' code on NYUv2 (docs/reference.md): Adam 1e-4, halved every 100 epochs, 200 epochs, batch 2,
   full-size SegNet, trained with augmentation.
 - ``"resnet50"``: LibMTL's NYUv2 setting -- a dilated ResNet (output stride 8) shared by the tasks with one ASPP head
   per task (``resnet-shared``, LibMTL's HPS) and MTAN's attention over it (``resnet-mtan``). The ``paper`` preset is
   LibMTL's ``examples/nyu`` recipe: ResNet-50 from ImageNet, Adam 1e-4 (weight decay 1e-5), halved every 100 epochs,
   200 epochs, batch 8 (last incomplete batch dropped), with augmentation. The CPU presets use a ResNet-18 with narrow
-  heads (DESIGN.md, "Presets": a preset may shrink the model).
+  heads (docs/contracts.md, "Presets": a preset may shrink the model).
 
 Augmentation (paper and lesson presets, training split only) is the MTAN code's: scale the sample by s ~ U(1.0, 1.5)
 and crop back to the input size (the same as cropping 1/s of the image and resizing it up), depth divided by s
@@ -26,18 +26,19 @@ beside the kit's paper-preset results, never results of this kit.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
 
 import torch.nn as nn
 
-from mtlkit.course.common import Setup, check_preset, first_images, knob_overrides, make_setup
+from mtlkit.course.common import (Setup, check_preset, first_images, knob_overrides, make_setup,
+                                  tasks_with_options)
 
 __all__ = ["NYU_TASK_CHANNELS", "BACKBONES", "NYU_WEIGHTINGS", "AUGMENT_SCALES", "SEGNET_ROWS", "RESNET_ROWS",
            "SINGLE_TASK_ROWS", "NYU_SCHEDULES", "MTAN_NYUV2_REFERENCE", "LIBMTL_NYUV2_REFERENCE",
            "MTAN_PARAMETERS_REFERENCE", "REFERENCE_SOURCES", "nyu_schedule", "nyu_trainer_kwargs", "nyu_model_spec",
-           "nyu_model", "nyu_augmentation", "nyu_splits", "nyu_references", "run_options", "setup"]
+           "nyu_model", "nyu_augmentation", "nyu_splits", "nyu_references", "nyu_tasks", "run_options", "setup"]
 
 #: The three tasks of the MTAN paper's NYUv2 experiment and their output channels (13 classes).
 NYU_TASK_CHANNELS: dict[str, int] = {"semseg": 13, "depth": 1, "normals": 3}
@@ -94,49 +95,61 @@ _DATA_KEYS = ("data", "data_preset", "train_images", "val_images", "augment")
 # than the network (as notebook 06 does).
 _MTAN_CROSS_STITCH = dict(cross_stitch="shared", cross_stitch_init="scratch", units_lr_mult=1.0,
                           channelwise_init="single-task", channelwise_units_lr_mult=10.0)
+# task_options: task -> options of its row in mtlkit.tasks (they reach the meter). Where the paper preset is compared
+# with MTAN's table (segnet), depth and normals metrics are averaged per test batch as MTAN's code does; LibMTL's
+# (resnet50) pool normals over pixels and weight depth batches by size, i.e. the kit's default. aspp_pooling_norm:
+# the ResNet heads' image-pooling norm, the authors' BatchNorm in the paper preset (batch 8, last batch dropped);
+# GroupNorm on CPU presets, whose last batch may hold one image.
+_MTAN_METERS = {"depth": {"depth_mode": "per_batch"}, "normals": {"normals_mode": "per_batch"}}
 NYU_SCHEDULES: dict[str, dict[str, Any]] = {
     "unit": dict(
         data="synthetic-nyu", data_preset="unit", train_images=None, val_images=None, augment=False,
         segnet=dict(epochs=3, batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
                     step_size=None, gamma=None, drop_last=False, width_mult=0.125, **_MTAN_CROSS_STITCH,
-                    grid={"mtan": _ALL, "split": ["equal"]}),
+                    task_options={}, grid={"mtan": _ALL, "split": ["equal"]}),
         resnet50=dict(epochs=1, batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
                       step_size=None, gamma=None, drop_last=False, encoder="resnet18", output_stride=8,
-                      pretrained=False, aspp_channels=16, grid={"shared": ["equal"], "mtan": ["equal"]}),
+                      pretrained=False, aspp_channels=16, aspp_pooling_norm="group",
+                      task_options={}, grid={"shared": ["equal"], "mtan": ["equal"]}),
     ),
     "smoke": dict(
         data="synthetic-nyu", data_preset="smoke", train_images=64, val_images=32, augment=False,
         segnet=dict(epochs=3, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
                     step_size=None, gamma=None, drop_last=False, width_mult=0.125, **_MTAN_CROSS_STITCH,
-                    grid={"mtan": _ALL, "split": ["equal"]}),
+                    task_options={}, grid={"mtan": _ALL, "split": ["equal"]}),
         resnet50=dict(epochs=3, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
                       step_size=None, gamma=None, drop_last=False, encoder="resnet18", output_stride=8,
-                      pretrained=False, aspp_channels=32, grid={"shared": ["equal"], "mtan": _ALL}),
+                      pretrained=False, aspp_channels=32, aspp_pooling_norm="group",
+                      task_options={}, grid={"shared": ["equal"], "mtan": _ALL}),
     ),
     # lesson: CPU, tens of minutes: half-width SegNet, 20 epochs, augmentation, STAN/Split/MTAN under every weighting
     "lesson": dict(
         data="synthetic-nyu", data_preset="lesson", train_images=None, val_images=None, augment=True,
         segnet=dict(epochs=20, batch_size=8, optimizer="adam", lr=5e-4, weight_decay=0.0, scheduler=None,
                     step_size=None, gamma=None, drop_last=False, width_mult=0.5, **_MTAN_CROSS_STITCH,
-                    grid={m: _ALL for m in ("stan", "split", "mtan")}),
+                    task_options={}, grid={m: _ALL for m in ("stan", "split", "mtan")}),
         resnet50=dict(epochs=20, batch_size=8, optimizer="adam", lr=5e-4, weight_decay=0.0, scheduler=None,
                       step_size=None, gamma=None, drop_last=False, encoder="resnet18", output_stride=8,
-                      pretrained=False, aspp_channels=64, grid={"shared": _ALL, "mtan": _ALL}),
+                      pretrained=False, aspp_channels=64, aspp_pooling_norm="group",
+                      task_options={}, grid={"shared": _ALL, "mtan": _ALL}),
     ),
     # paper: the real NYUv2 (MTAN preprocessing, 288x384), both recipes with augmentation (docs/reference.md)
     "paper": dict(
         data="nyuv2", data_preset="paper", train_images=None, val_images=None, augment=True,
         segnet=dict(epochs=200, batch_size=2, optimizer="adam", lr=1e-4, weight_decay=0.0, scheduler="step",
                     step_size=100, gamma=0.5, drop_last=False, width_mult=1.0, **_MTAN_CROSS_STITCH,
+                    task_options=_MTAN_METERS,
                     grid={m: _ALL for m in ("stan", "split-wide", "split-deep", "dense", "cross-stitch",
-                                             "cross-stitch-channelwise", "mtan")}),
+                                            "cross-stitch-channelwise", "mtan")}),
         resnet50=dict(epochs=200, batch_size=8, optimizer="adam", lr=1e-4, weight_decay=1e-5, scheduler="step",
                       step_size=100, gamma=0.5, drop_last=True, encoder="resnet50.tv_in1k", output_stride=8,
-                      pretrained=True, aspp_channels=256, grid={"shared": ["equal"], "mtan": ["equal"]}),
+                      pretrained=True, aspp_channels=256, aspp_pooling_norm="batch",
+                      task_options={}, grid={"shared": ["equal"], "mtan": ["equal"]}),
     ),
 }
 
-#: MTAN paper, NYUv2 (MTAN preprocessing, 13 classes), SegNet-MTAN with augmentation, mean of 3 seeds (REFERENCE.md);
+#: MTAN paper, NYUv2 (MTAN preprocessing, 13 classes), SegNet-MTAN with augmentation, mean of 3 seeds
+#: (docs/reference.md);
 #: parameters_M: the full-size SegNet-MTAN, 1.77x one single-task SegNet.
 MTAN_NYUV2_REFERENCE: dict[str, dict[str, float]] = {
     "mtan-equal": {"parameters_M": 44.23, "semseg/miou": 40.89, "semseg/pixel_acc": 66.14, "depth/abs_err": 0.5524,
@@ -146,7 +159,7 @@ MTAN_NYUV2_REFERENCE: dict[str, dict[str, float]] = {
     "mtan-uncertainty": {"parameters_M": 44.23, "semseg/miou": 39.34, "semseg/pixel_acc": 64.88,
                          "depth/abs_err": 0.5294, "depth/rel_err": 0.2242, "normals/mean": 26.47},
 }
-#: LibMTL, NYUv2, ResNet-50 dilated + ASPP heads, Equal weighting (REFERENCE.md): shared encoder (HPS) and MTAN.
+#: LibMTL, NYUv2, ResNet-50 dilated + ASPP heads, Equal weighting (docs/reference.md): shared encoder (HPS) and MTAN.
 LIBMTL_NYUV2_REFERENCE: dict[str, dict[str, float]] = {
     "shared-equal": {"semseg/miou": 54.10, "semseg/pixel_acc": 75.78, "depth/abs_err": 0.3771,
                      "depth/rel_err": 0.1596, "normals/mean": 23.53},
@@ -178,6 +191,7 @@ def nyu_schedule(preset: str, backbone: str = "segnet", **overrides: Any) -> dic
     entry = NYU_SCHEDULES[check_preset(preset)]
     schedule = {**{k: entry[k] for k in _DATA_KEYS}, "backbone": backbone, **entry[backbone]}
     schedule["grid"] = {row: list(ws) for row, ws in schedule["grid"].items()}
+    schedule["task_options"] = {t: dict(o) for t, o in schedule["task_options"].items()}
     unknown = sorted(set(overrides) - set(schedule) - {"backbone"})
     if unknown:
         raise ValueError(f"nyu_schedule: unknown keys {unknown}; valid keys: {', '.join(sorted(schedule))}")
@@ -216,22 +230,30 @@ def nyu_model_spec(row: str, schedule: Mapping[str, Any]) -> tuple[str, dict[str
         if row == "cross-stitch":
             options["mode"] = schedule["cross_stitch"]  # the unit form (segnet-cross-stitch's mode=)
     else:
-        options.update({k: schedule[k] for k in ("encoder", "output_stride", "pretrained", "aspp_channels")})
+        options.update({k: schedule[k] for k in MODEL_KEYS["resnet50"]})
     return name, options
 
 
 def run_options(row: str, schedule: Mapping[str, Any],
                 trained: Mapping[str, nn.Module] | None = None) -> tuple[str, dict[str, Any]]:
-    """``(registry name, course.run keyword arguments)`` of ``row``: its build options and, for Cross-stitch under
-    ``cross_stitch_init="single-task"``, ``init`` copying the trained ``trained["single-<task>"]`` networks into the
-    branches, and the units' own learning rate (``units_lr_mult``) as a Trainer parameter group."""
+    """``(registry name, course.run keyword arguments)`` of ``row``: its build options and, for the two Cross-stitch
+    rows started from single-task networks (``cross-stitch``: ``cross_stitch_init``; ``cross-stitch-channelwise``:
+    ``channelwise_init``), ``init`` copying the trained ``trained["single-<task>"]`` networks into the branches,
+    and the units' own learning rate (``units_lr_mult`` / ``channelwise_units_lr_mult``) as a parameter group."""
     name, options = nyu_model_spec(row, schedule)
-    if row == "cross-stitch":
-        if schedule["cross_stitch_init"] == "single-task":
+    keys = {"cross-stitch": ("cross_stitch_init", "units_lr_mult"),
+            "cross-stitch-channelwise": ("channelwise_init", "channelwise_units_lr_mult")}
+    if row in keys:
+        init_key, lr_key = keys[row]
+        if schedule[init_key] == "single-task":
             singles = dict(trained or {})
+            missing = [f"single-{t}" for t in NYU_TASK_CHANNELS if f"single-{t}" not in singles]
+            if missing:
+                raise ValueError(f"run_options({row!r}): {init_key}='single-task' needs the trained single-task "
+                                 f"networks {missing} in trained=; train them first or set {init_key}='scratch'")
             options["init"] = lambda m: m.load_single_task_branches({t: singles[f"single-{t}"] for t in m.tasks})
-        if schedule["units_lr_mult"] != 1:
-            options["train"] = {"param_groups": [("cross_stitch", schedule["units_lr_mult"])]}
+        if schedule[lr_key] != 1:
+            options["train"] = {"param_groups": [("cross_stitch", schedule[lr_key])]}
     return name, options
 
 
@@ -286,19 +308,23 @@ def nyu_references(columns: Any = None):
 
 
 #: Per backbone, the schedule keys that are build() options of every row's model.
-MODEL_KEYS = {"segnet": ("width_mult",), "resnet50": ("encoder", "output_stride", "pretrained", "aspp_channels")}
+MODEL_KEYS = {"segnet": ("width_mult",),
+              "resnet50": ("encoder", "output_stride", "pretrained", "aspp_channels", "aspp_pooling_norm")}
 
+
+def nyu_tasks(task_info: Mapping[str, Mapping[str, Any]], schedule: Mapping[str, Any]) -> dict[str, Any]:
+    """``{task: Task}`` with the schedule's ``task_options`` (the paper preset: MTAN's per-batch depth and normals
+    metrics)."""
+    return tasks_with_options(task_info, schedule)
 
 def setup(preset: str, backbone: str = "segnet", *, data: str = "auto", seed: int = 0, device: str = "auto",
           out_dir: str | Path = "runs/notebooks/nyu", pretrained: bool | None = None, max_steps: int | None = None,
           **overrides: Any) -> Setup:
     """The :class:`~mtlkit.course.common.Setup` of notebook 07 for ``backbone``; the model of a row and its options
     come from :func:`nyu_model_spec`. ``overrides`` change schedule entries (None keeps the preset's)."""
-    from mtlkit.tasks import tasks_for
-
     # the SegNet has no ImageNet weights to load: PRETRAINED applies to the ResNet backbone only
     schedule = nyu_schedule(preset, backbone, **knob_overrides(overrides, data, pretrained, backbone != "segnet"))
     splits = nyu_splits(schedule, seed=seed)  # nyuv2: val is the test split (what the papers report), no val split
-    return make_setup(preset, schedule["data"], schedule, splits, tasks_for(splits["train"].task_info),
+    return make_setup(preset, schedule["data"], schedule, splits, nyu_tasks(splits["train"].task_info, schedule),
                       MODEL_KEYS[backbone], out_dir=out_dir, device=device, seed=seed, max_steps=max_steps,
                       cut=False)
