@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("mtlkit", "tests", "benchmarks", "notebooks")
@@ -72,8 +71,7 @@ def _problem(target: Path, anchor: str | None, section: str | None = None) -> st
 
 def _cited_paths():
     """(citing file:line, cited text, target path, anchor) for every path citation in the scanned folders."""
-    todo = ROOT / "docs" / "CITATIONS.todo"  # while it exists, the replacements it proposes must resolve too
-    for path in [p for folder in SCANNED for p in _files(folder)] + ([todo] if todo.exists() else []):
+    for path in [p for folder in SCANNED for p in _files(folder)]:
         if path == Path(__file__).resolve():
             continue
         for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
@@ -124,8 +122,6 @@ def test_every_markdown_link_resolves():
     assert not problems, "broken links in the documentation:\n" + "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=False, reason="the code still cites the team's private notes; docs/CITATIONS.todo lists "
-                                        "each citation and the docs/ section to cite instead")
 def test_no_file_cites_the_team_notes():
     suffixes = SOURCE_SUFFIXES | {".ipynb"}
     paths = [p for folder in (*SCANNED, "assignments", "docs") for p in sorted((ROOT / folder).rglob("*"))]
@@ -135,8 +131,8 @@ def test_no_file_cites_the_team_notes():
     for path in paths:
         if not path.is_file() or (path.suffix not in suffixes and path.name != "Makefile"):
             continue
-        if path == Path(__file__).resolve() or path.name == "CITATIONS.todo" or "__pycache__" in path.parts:
-            continue  # the to-do list quotes the old citations it replaces
+        if path == Path(__file__).resolve() or "__pycache__" in path.parts:
+            continue
         for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             if PRIVATE.search(line):
                 hits.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")

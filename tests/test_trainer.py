@@ -432,7 +432,7 @@ def test_config_and_keyword_forms_are_the_same_run(tmp_path):
     # callbacks read the options as attributes, as before TrainConfig held them; anything else is an AttributeError
     assert (t.epochs, t.batch_size, t.task_schedule) == (3, 4, None)
     with pytest.raises(AttributeError, match="no attribute 'not_an_option'"):
-        t.not_an_option
+        _ = t.not_an_option
 
 
 # -------------------------------------------------------------------------------------- train_step
