@@ -12,13 +12,9 @@ pytest.importorskip("jupytext")
 from mtlkit.notebook_format import kernelspec, main, normalise, saved_as_jupyterlab_would  # noqa: E402
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# Normalised by the lead when merging the notebooks' other changes (then this set is emptied): each goes through
-# `python -m mtlkit.notebook_format` after its last execution.
-PENDING = {"01_joint_baseline", "02_dilation", "03_aspp_skip", "04_branched", "05_distillation", "06_cross_stitch",
-           "07_mtan", "08_upernet_ulsam", "09_task_switching"}
 
 
-@pytest.mark.parametrize("notebook", [nb for nb in NOTEBOOKS if nb.stem not in PENDING], ids=lambda p: p.stem)
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_open_and_save_changes_neither_file(notebook):
     saved = saved_as_jupyterlab_would(notebook)
     for name, data in saved.items():
@@ -30,7 +26,7 @@ def test_open_and_save_changes_neither_file(notebook):
 
 def test_one_jupytext_version_in_the_headers():
     versions = {re.search(r"jupytext_version: (\S+)", nb.with_suffix(".py").read_text()).group(1)
-                for nb in NOTEBOOKS if nb.stem not in PENDING}
+                for nb in NOTEBOOKS}
     assert len(versions) == 1, versions
 
 
