@@ -1,28 +1,16 @@
 """Notebook 07 (MTAN on NYUv2-like data): schedules per preset and backbone, augmentation, models, references.
 
-Two backbones, chosen by the notebook's ``BACKBONE`` parameter:
+Two backbones, chosen by the notebook's ``BACKBONE`` parameter: ``"segnet"``, the MTAN paper's table (One Task,
+STAN, Split, Dense, Cross-stitch, MTAN on :mod:`mtlkit.models.segnet`), and ``"resnet50"``, LibMTL's NYUv2 setting
+(a dilated ResNet shared by the tasks with one ASPP head per task, and MTAN's attention over it). Each ``paper``
+preset is its authors' recipe; the CPU presets shrink the model (docs/contracts.md, "Presets").
 
-- ``"segnet"``: the MTAN paper's table (Liu, Johns & Davison, CVPR 2019) -- One Task, STAN, Split (standard, wide,
-  deep), Dense, Cross-stitch and MTAN on the SegNet of :mod:`mtlkit.models.segnet`. The ``paper`` preset is the
-  recipe of the authors' code on NYUv2 (docs/reference.md): Adam 1e-4, halved every 100 epochs, 200 epochs, batch 2,
-  full-size SegNet, trained with augmentation.
-- ``"resnet50"``: LibMTL's NYUv2 setting -- a dilated ResNet (output stride 8) shared by the tasks with one ASPP head
-  per task (``resnet-shared``, LibMTL's HPS) and MTAN's attention over it (``resnet-mtan``). The ``paper`` preset is
-  LibMTL's ``examples/nyu`` recipe: ResNet-50 from ImageNet, Adam 1e-4 (weight decay 1e-5), halved every 100 epochs,
-  200 epochs, batch 8 (last incomplete batch dropped), with augmentation. The CPU presets use a ResNet-18 with narrow
-  heads (docs/contracts.md, "Presets": a preset may shrink the model).
+Training augmentation (paper and lesson presets) is the MTAN code's random scale-and-crop with depth divided by the
+scale, then a horizontal flip. ``nyuv2`` has only train and val, and both papers report val: :func:`nyu_splits`
+makes val the test split and uses no validation split. The ``*_REFERENCE`` tables are the papers' numbers in the
+kit's units, references beside the paper preset's results, never results of this kit.
 
-Augmentation (paper and lesson presets, training split only) is the MTAN code's: scale the sample by s ~ U(1.0, 1.5)
-and crop back to the input size (the same as cropping 1/s of the image and resizing it up), depth divided by s
-(the scene looks s times closer), then a horizontal flip with probability 1/2 (normals' x negated). The authors'
-code draws s from {1.0, 1.2, 1.5}; the kit draws it from the interval.
-
-``nyuv2`` (the MTAN preprocessing) has only train (795) and val (654) images, and both papers report on val at the
-end of training: :func:`nyu_splits` makes val the test split and uses no validation split (the Trainer then takes
-the last epoch), so nothing is selected on the reported split.
-
-The ``*_REFERENCE`` tables are the papers' numbers in the kit's units (percent, metres, degrees): references to put
-beside the kit's paper-preset results, never results of this kit.
+The recipes, the augmentation and the splits in full: docs/course.md, "07 MTAN on NYUv2".
 """
 from __future__ import annotations
 
