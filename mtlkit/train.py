@@ -9,12 +9,10 @@ checkpoint/resume, progress, ``metrics.json``, AMP and DDP.
 >>> model = build("tiny", {"semseg": 13, "depth": 1, "normals": 3}, width=8)
 >>> metrics = Trainer(model, train, val, config=TrainConfig(out_dir="runs/demo", epochs=2)).fit()  # doctest: +SKIP
 
-A run leaves in ``out_dir``: ``last.pt`` / ``prev.pt`` (the full state of the last two epochs, loadable with
-``torch.load(weights_only=True)``), ``best.pt`` (the model of the best epoch on the VALIDATION set, see
-:mod:`mtlkit.run_record`; the test set is evaluated once, at the end, with it) and ``metrics.json``.
-Determinism: the same seed gives the same ``metrics.json`` on the CPU (apart from ``timings``); each epoch's shuffle
-and worker seeds come from generators seeded by ``seed`` and the epoch, so a resumed run sees the batches an
-uninterrupted one does. Options: :mod:`mtlkit.train_config`; DDP: :mod:`mtlkit.ddp`; CLI: :mod:`mtlkit.train_cli`.
+A run leaves ``last.pt`` / ``prev.pt`` (the last two epochs' full state), ``best.pt`` (the best epoch on the
+VALIDATION set; the test set is evaluated once, at the end, with it) and ``metrics.json`` in ``out_dir``; the same
+seed gives the same ``metrics.json`` on the CPU, resumed or not (docs/contracts.md, "Trainer").
+Options: :mod:`mtlkit.train_config`; DDP: :mod:`mtlkit.ddp`; CLI: :mod:`mtlkit.train_cli`.
 """
 from __future__ import annotations
 

@@ -23,26 +23,81 @@ from mtlkit.tasks import OwnerPartsTask, Task  # the per-object parts task lives
 __all__ = ["UPERNET_SCHEDULES", "UPERNET_REFERENCE", "upernet_schedule", "broden_splits", "part_owners_for",
            "OwnerPartsTask", "upernet_tasks", "setup"]
 
-# Per preset: data (dataset id, preset, options, training and validation images: None = all), model (encoder,
-# ImageNet, decoder widths, ULSAM groups) and optimiser. Every preset trains the same five models (UPerNet, + context
-# head, three ULSAM variants). smoke: 96 training images (12 steps of 8) and the first 32 validation images, one
-# epoch per model, so that the five trainings stay a small part of the whole smoke sequence on a 2-core CPU.
+# Per preset: data, model, optimiser. Every preset trains the same five models (UPerNet, + context head, three
+# ULSAM variants); train_images / val_images: the first N images (None: all).
 UPERNET_SCHEDULES: dict[str, dict[str, Any]] = {
-    "unit": dict(data="synthetic-broden", data_preset="unit", data_options={}, train_images=None, val_images=None,
-                 epochs=1, batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
-                 encoder="resnet18", pretrained=False, fpn_channels=16, ppm_channels=8, ulsam_groups=4),
-    "smoke": dict(data="synthetic-broden", data_preset="smoke", data_options={}, train_images=96, val_images=32,
-                  epochs=1, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
-                  encoder="resnet18", pretrained=False, fpn_channels=64, ppm_channels=32, ulsam_groups=4),
-    "lesson": dict(data="synthetic-broden", data_preset="lesson", data_options={}, train_images=None,
-                   val_images=None, epochs=8, batch_size=16, optimizer="adam", lr=5e-4, weight_decay=1e-4,
-                   scheduler="poly", encoder="resnet18", pretrained=False, fpn_channels=128, ppm_channels=64,
-                   ulsam_groups=4),
-    # UPerNet's recipe at Broden's 384 px release; the number of epochs is the kit's choice.
-    "paper": dict(data="broden", data_preset="paper", data_options={"size": (384, 384)}, train_images=None,
-                  val_images=None, epochs=20, batch_size=16, optimizer="sgd", lr=0.02, weight_decay=1e-4,
-                  scheduler="poly", encoder="resnet50", pretrained=True, fpn_channels=512, ppm_channels=512,
-                  ulsam_groups=4),
+    "unit": dict(
+        data="synthetic-broden",
+        data_preset="unit",
+        data_options={},
+        train_images=None,
+        val_images=None,
+        epochs=1,
+        batch_size=4,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        scheduler=None,
+        encoder="resnet18",
+        pretrained=False,
+        fpn_channels=16,
+        ppm_channels=8,
+        ulsam_groups=4,
+    ),
+    "smoke": dict(
+        data="synthetic-broden",
+        data_preset="smoke",
+        data_options={},
+        train_images=96,  # 12 steps of 8: the five trainings stay a small part
+        val_images=32,
+        epochs=1,  # of the whole smoke sequence on a 2-core CPU
+        batch_size=8,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        scheduler=None,
+        encoder="resnet18",
+        pretrained=False,
+        fpn_channels=64,
+        ppm_channels=32,
+        ulsam_groups=4,
+    ),
+    "lesson": dict(
+        data="synthetic-broden",
+        data_preset="lesson",
+        data_options={},
+        train_images=None,
+        val_images=None,
+        epochs=8,
+        batch_size=16,
+        optimizer="adam",
+        lr=5e-4,
+        weight_decay=1e-4,
+        scheduler="poly",
+        encoder="resnet18",
+        pretrained=False,
+        fpn_channels=128,
+        ppm_channels=64,
+        ulsam_groups=4,
+    ),
+    "paper": dict(
+        data="broden",
+        data_preset="paper",
+        data_options={"size": (384, 384)},  # Broden's 384 px release
+        train_images=None,
+        val_images=None,
+        epochs=20,  # the kit's choice; the rest is UPerNet's recipe
+        batch_size=16,
+        optimizer="sgd",
+        lr=0.02,
+        weight_decay=1e-4,
+        scheduler="poly",
+        encoder="resnet50",
+        pretrained=True,
+        fpn_channels=512,
+        ppm_channels=512,
+        ulsam_groups=4,
+    ),
 }
 
 #: Xiao et al. (ECCV 2018), UPerNet-50 trained and evaluated on ADE20K alone (docs/reference.md, "Recipes"), in the

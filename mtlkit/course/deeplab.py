@@ -11,34 +11,96 @@ from mtlkit.course.common import (Setup, apply_overrides, check_preset, load_spl
 __all__ = ["DEEPLAB_SCHEDULES", "REFERENCE_RESULTS", "MODEL_KEYS", "deeplab_schedule", "deeplab_tasks",
            "print_references", "setup"]
 
-# Schedules per preset for the DeepLab notebooks (01-05). smoke/unit shrink the model (ResNet-18, narrow ASPP and
-# decoder) because a full-width DeepLabV3+ takes ~0.7 s per step at 64x128 on 2 cores; cells that check parameter
-# counts always build the full-size model. paper is the DLAD course recipe (docs/reference.md).
-# train_images / val_images: the first N images of those splits (None: all). Notebook 01 trains one model on that;
-# notebooks 02-05 compare several models each, and in smoke every one of those runs uses the shorter *study*
-# schedule (study_epochs on the first study_train_images), so the whole course stays within a few CPU minutes.
-# task_options: task -> options of its row in mtlkit.tasks (they reach the meter). The paper preset, whose numbers
-# sit beside the DLAD course's, counts a class absent from the evaluated split as IoU 0 in the mIoU, as DLAD's
-# grader does (absent="zero"); the other presets leave it out of the mean (the kit's default, docs/reference.md).
+# Schedules per preset for the DeepLab notebooks (01-05); the reasons sit next to the keys.
+# task_options: task -> options of its row in mtlkit.tasks (they reach the meter); presets other than paper leave an
+# absent class out of the mean (the kit's default, docs/reference.md).
 DEEPLAB_SCHEDULES: dict[str, dict[str, Any]] = {
-    "unit": dict(data="synthetic-city", data_preset="unit", epochs=1, batch_size=4, optimizer="adam", lr=1e-3,
-                 weight_decay=0.0, scheduler=None, encoder="resnet18", aspp_channels=16, decoder_channels=16,
-                 skip_channels=8, loss_weights={"semseg": 0.5, "depth": 0.5}, train_images=None, val_images=None,
-                 study_epochs=None, study_train_images=None, pretrained=False, task_options={}),
-    "smoke": dict(data="synthetic-city", data_preset="smoke", epochs=3, batch_size=8, optimizer="adam", lr=1e-3,
-                  weight_decay=0.0, scheduler=None, encoder="resnet18", aspp_channels=64, decoder_channels=64,
-                  skip_channels=24, loss_weights={"semseg": 0.5, "depth": 0.5}, train_images=96, val_images=32,
-                  study_epochs=2, study_train_images=64, pretrained=False, task_options={}),
-    "lesson": dict(data="synthetic-city", data_preset="lesson", epochs=12, batch_size=8, optimizer="adam",
-                   lr=5e-4, weight_decay=1e-4, scheduler="poly", encoder="resnet34", aspp_channels=256,
-                   decoder_channels=256, skip_channels=48, loss_weights={"semseg": 0.5, "depth": 0.5},
-                   train_images=None, val_images=None, study_epochs=None, study_train_images=None, pretrained=False,
-                   task_options={}),
-    "paper": dict(data="miniscapes", data_preset="paper", epochs=16, batch_size=4, optimizer="sgd", lr=0.01,
-                  momentum=0.9, weight_decay=1e-4, scheduler="poly", power=0.9, encoder="resnet34",
-                  aspp_channels=256, decoder_channels=256, skip_channels=48, pretrained=True,
-                  loss_weights={"semseg": 0.5, "depth": 0.5}, train_images=None, val_images=None,
-                  study_epochs=None, study_train_images=None, task_options={"semseg": {"absent": "zero"}}),
+    "unit": dict(
+        data="synthetic-city",
+        data_preset="unit",
+        epochs=1,
+        batch_size=4,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        scheduler=None,
+        encoder="resnet18",  # full DeepLabV3+ is ~0.7 s/step at 64x128 on 2 cores
+        aspp_channels=16,  # narrow: parameter-count cells build the full model
+        decoder_channels=16,
+        skip_channels=8,
+        loss_weights={"semseg": 0.5, "depth": 0.5},
+        train_images=None,
+        val_images=None,
+        study_epochs=None,
+        study_train_images=None,
+        pretrained=False,
+        task_options={},
+    ),
+    "smoke": dict(
+        data="synthetic-city",
+        data_preset="smoke",
+        epochs=3,
+        batch_size=8,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        scheduler=None,
+        encoder="resnet18",  # full DeepLabV3+ is ~0.7 s/step at 64x128 on 2 cores
+        aspp_channels=64,  # narrow: parameter-count cells build the full model
+        decoder_channels=64,
+        skip_channels=24,
+        loss_weights={"semseg": 0.5, "depth": 0.5},
+        train_images=96,  # the first N images of the split (None: all)
+        val_images=32,
+        study_epochs=2,  # 02-05 train several models each: shorter study runs
+        study_train_images=64,  # keeps the course within a few CPU minutes
+        pretrained=False,
+        task_options={},
+    ),
+    "lesson": dict(
+        data="synthetic-city",
+        data_preset="lesson",
+        epochs=12,
+        batch_size=8,
+        optimizer="adam",
+        lr=5e-4,
+        weight_decay=1e-4,
+        scheduler="poly",
+        encoder="resnet34",
+        aspp_channels=256,
+        decoder_channels=256,
+        skip_channels=48,
+        loss_weights={"semseg": 0.5, "depth": 0.5},
+        train_images=None,
+        val_images=None,
+        study_epochs=None,
+        study_train_images=None,
+        pretrained=False,
+        task_options={},
+    ),
+    "paper": dict(
+        data="miniscapes",
+        data_preset="paper",
+        epochs=16,
+        batch_size=4,
+        optimizer="sgd",  # the DLAD course recipe (docs/reference.md)
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=1e-4,
+        scheduler="poly",
+        power=0.9,
+        encoder="resnet34",
+        aspp_channels=256,
+        decoder_channels=256,
+        skip_channels=48,
+        pretrained=True,
+        loss_weights={"semseg": 0.5, "depth": 0.5},
+        train_images=None,
+        val_images=None,
+        study_epochs=None,
+        study_train_images=None,
+        task_options={"semseg": {"absent": "zero"}},  # absent class = IoU 0, as DLAD's grader
+    ),
 }
 
 # Numbers from the papers and courses (docs/reference.md), always shown labelled as references, never as kit results.

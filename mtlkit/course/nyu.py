@@ -1,28 +1,16 @@
 """Notebook 07 (MTAN on NYUv2-like data): schedules per preset and backbone, augmentation, models, references.
 
-Two backbones, chosen by the notebook's ``BACKBONE`` parameter:
+Two backbones, chosen by the notebook's ``BACKBONE`` parameter: ``"segnet"``, the MTAN paper's table (One Task,
+STAN, Split, Dense, Cross-stitch, MTAN on :mod:`mtlkit.models.segnet`), and ``"resnet50"``, LibMTL's NYUv2 setting
+(a dilated ResNet shared by the tasks with one ASPP head per task, and MTAN's attention over it). Each ``paper``
+preset is its authors' recipe; the CPU presets shrink the model (docs/contracts.md, "Presets").
 
-- ``"segnet"``: the MTAN paper's table (Liu, Johns & Davison, CVPR 2019) -- One Task, STAN, Split (standard, wide,
-  deep), Dense, Cross-stitch and MTAN on the SegNet of :mod:`mtlkit.models.segnet`. The ``paper`` preset is the
-  recipe of the authors' code on NYUv2 (docs/reference.md): Adam 1e-4, halved every 100 epochs, 200 epochs, batch 2,
-  full-size SegNet, trained with augmentation.
-- ``"resnet50"``: LibMTL's NYUv2 setting -- a dilated ResNet (output stride 8) shared by the tasks with one ASPP head
-  per task (``resnet-shared``, LibMTL's HPS) and MTAN's attention over it (``resnet-mtan``). The ``paper`` preset is
-  LibMTL's ``examples/nyu`` recipe: ResNet-50 from ImageNet, Adam 1e-4 (weight decay 1e-5), halved every 100 epochs,
-  200 epochs, batch 8 (last incomplete batch dropped), with augmentation. The CPU presets use a ResNet-18 with narrow
-  heads (docs/contracts.md, "Presets": a preset may shrink the model).
+Training augmentation (paper and lesson presets) is the MTAN code's random scale-and-crop with depth divided by the
+scale, then a horizontal flip. ``nyuv2`` has only train and val, and both papers report val: :func:`nyu_splits`
+makes val the test split and uses no validation split. The ``*_REFERENCE`` tables are the papers' numbers in the
+kit's units, references beside the paper preset's results, never results of this kit.
 
-Augmentation (paper and lesson presets, training split only) is the MTAN code's: scale the sample by s ~ U(1.0, 1.5)
-and crop back to the input size (the same as cropping 1/s of the image and resizing it up), depth divided by s
-(the scene looks s times closer), then a horizontal flip with probability 1/2 (normals' x negated). The authors'
-code draws s from {1.0, 1.2, 1.5}; the kit draws it from the interval.
-
-``nyuv2`` (the MTAN preprocessing) has only train (795) and val (654) images, and both papers report on val at the
-end of training: :func:`nyu_splits` makes val the test split and uses no validation split (the Trainer then takes
-the last epoch), so nothing is selected on the reported split.
-
-The ``*_REFERENCE`` tables are the papers' numbers in the kit's units (percent, metres, degrees): references to put
-beside the kit's paper-preset results, never results of this kit.
+The recipes, the augmentation and the splits in full: docs/course.md, "07 MTAN on NYUv2".
 """
 from __future__ import annotations
 
@@ -80,71 +68,177 @@ _DATA_KEYS = ("data", "data_preset", "train_images", "val_images", "augment")
 
 # Per preset: the data (shared by both backbones), then per backbone the Trainer settings, the model options and the
 # grid {row: [weightings]} (the single-task baselines of Δm are always trained, once per task, under Equal).
-#
-# smoke (CPU, the whole course sequence in a few minutes): a SegNet 1/8 as wide (a full-size SegNet-MTAN takes ~3 s
-# per step on 2 cores) on the first 64 of 192 training images and the first 32 of 64 validation images, 3 epochs
-# (DWA changes its weights from the third epoch on), no augmentation, and a reduced grid: MTAN under the three
-# weightings, Split (standard) under Equal, plus one single-task SegNet per task.
-#
-# Cross-stitch (segnet), two rows. "cross-stitch" is MTAN's table row: "cross_stitch" "shared" (one mixture per
-# stage, init 1), "cross_stitch_init" "scratch", "units_lr_mult" 1 (one optimiser, as the MTAN code). The row
-# "cross-stitch-channelwise" is the faithful Misra et al. recipe: channel-wise units started from the trained
-# single-task SegNets ("channelwise_init" "single-task") with "channelwise_units_lr_mult" times the learning rate.
-# The paper's ~100x is for SGD; under Adam every parameter moves ~lr per step whatever its gradient, so 100x would
-# move α by 0.01 per step and wash out the single-task start within an epoch; 10x keeps the units clearly faster
-# than the network (as notebook 06 does).
+# _MTAN_CROSS_STITCH: "cross-stitch" is MTAN's row (one shared mixture per stage, init 1, from scratch, one optimiser,
+# as the MTAN code); "cross-stitch-channelwise" is Misra et al.'s recipe (channel-wise units started from the trained
+# single-task SegNets). Its units get 10x, not the paper's ~100x: that is for SGD, and under Adam every parameter
+# moves ~lr per step, so 100x would wash out the single-task start within an epoch (as notebook 06).
 _MTAN_CROSS_STITCH = dict(cross_stitch="shared", cross_stitch_init="scratch", units_lr_mult=1.0,
                           channelwise_init="single-task", channelwise_units_lr_mult=10.0)
-# task_options: task -> options of its row in mtlkit.tasks (they reach the meter). Where the paper preset is compared
-# with MTAN's table (segnet), depth and normals metrics are averaged per test batch as MTAN's code does; LibMTL's
-# (resnet50) pool normals over pixels and weight depth batches by size, i.e. the kit's default. aspp_pooling_norm:
-# the ResNet heads' image-pooling norm, the authors' BatchNorm in the paper preset (batch 8, last batch dropped);
-# GroupNorm on CPU presets, whose last batch may hold one image.
+# task_options: task -> options of its row in mtlkit.tasks (they reach the meter).
 _MTAN_METERS = {"depth": {"depth_mode": "per_batch"}, "normals": {"normals_mode": "per_batch"}}
 NYU_SCHEDULES: dict[str, dict[str, Any]] = {
     "unit": dict(
-        data="synthetic-nyu", data_preset="unit", train_images=None, val_images=None, augment=False,
-        segnet=dict(epochs=3, batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
-                    step_size=None, gamma=None, drop_last=False, width_mult=0.125, **_MTAN_CROSS_STITCH,
-                    task_options={}, grid={"mtan": _ALL, "split": ["equal"]}),
-        resnet50=dict(epochs=1, batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
-                      step_size=None, gamma=None, drop_last=False, encoder="resnet18", output_stride=8,
-                      pretrained=False, aspp_channels=16, aspp_pooling_norm="group",
-                      task_options={}, grid={"shared": ["equal"], "mtan": ["equal"]}),
+        data="synthetic-nyu",
+        data_preset="unit",
+        train_images=None,
+        val_images=None,
+        augment=False,
+        segnet=dict(
+            epochs=3,
+            batch_size=4,
+            optimizer="adam",
+            lr=1e-3,
+            weight_decay=0.0,
+            scheduler=None,
+            step_size=None,
+            gamma=None,
+            drop_last=False,
+            width_mult=0.125,
+            **_MTAN_CROSS_STITCH,
+            task_options={},
+            grid={"mtan": _ALL, "split": ["equal"]},
+        ),
+        resnet50=dict(
+            epochs=1,
+            batch_size=4,
+            optimizer="adam",
+            lr=1e-3,
+            weight_decay=0.0,
+            scheduler=None,
+            step_size=None,
+            gamma=None,
+            drop_last=False,
+            encoder="resnet18",  # a preset may shrink the model (docs/contracts.md)
+            output_stride=8,
+            pretrained=False,
+            aspp_channels=16,
+            aspp_pooling_norm="group",  # the last batch may hold one image
+            task_options={},
+            grid={"shared": ["equal"], "mtan": ["equal"]},
+        ),
     ),
     "smoke": dict(
-        data="synthetic-nyu", data_preset="smoke", train_images=64, val_images=32, augment=False,
-        segnet=dict(epochs=3, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
-                    step_size=None, gamma=None, drop_last=False, width_mult=0.125, **_MTAN_CROSS_STITCH,
-                    task_options={}, grid={"mtan": _ALL, "split": ["equal"]}),
-        resnet50=dict(epochs=3, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler=None,
-                      step_size=None, gamma=None, drop_last=False, encoder="resnet18", output_stride=8,
-                      pretrained=False, aspp_channels=32, aspp_pooling_norm="group",
-                      task_options={}, grid={"shared": ["equal"], "mtan": _ALL}),
+        data="synthetic-nyu",
+        data_preset="smoke",
+        train_images=64,  # the first 64 of 192 training images
+        val_images=32,
+        augment=False,
+        segnet=dict(
+            epochs=3,  # DWA changes its weights from the third epoch on
+            batch_size=8,
+            optimizer="adam",
+            lr=1e-3,
+            weight_decay=0.0,
+            scheduler=None,
+            step_size=None,
+            gamma=None,
+            drop_last=False,
+            width_mult=0.125,  # full SegNet-MTAN: ~3 s per step on 2 cores
+            **_MTAN_CROSS_STITCH,
+            task_options={},
+            grid={"mtan": _ALL, "split": ["equal"]},  # MTAN x 3 weightings, Split under Equal
+        ),
+        resnet50=dict(
+            epochs=3,
+            batch_size=8,
+            optimizer="adam",
+            lr=1e-3,
+            weight_decay=0.0,
+            scheduler=None,
+            step_size=None,
+            gamma=None,
+            drop_last=False,
+            encoder="resnet18",  # a preset may shrink the model (docs/contracts.md)
+            output_stride=8,
+            pretrained=False,
+            aspp_channels=32,
+            aspp_pooling_norm="group",  # the last batch may hold one image
+            task_options={},
+            grid={"shared": ["equal"], "mtan": _ALL},
+        ),
     ),
-    # lesson: CPU, tens of minutes: half-width SegNet, 20 epochs, augmentation, STAN/Split/MTAN under every weighting
+    # lesson: CPU, tens of minutes
     "lesson": dict(
-        data="synthetic-nyu", data_preset="lesson", train_images=None, val_images=None, augment=True,
-        segnet=dict(epochs=20, batch_size=8, optimizer="adam", lr=5e-4, weight_decay=0.0, scheduler=None,
-                    step_size=None, gamma=None, drop_last=False, width_mult=0.5, **_MTAN_CROSS_STITCH,
-                    task_options={}, grid={m: _ALL for m in ("stan", "split", "mtan")}),
-        resnet50=dict(epochs=20, batch_size=8, optimizer="adam", lr=5e-4, weight_decay=0.0, scheduler=None,
-                      step_size=None, gamma=None, drop_last=False, encoder="resnet18", output_stride=8,
-                      pretrained=False, aspp_channels=64, aspp_pooling_norm="group",
-                      task_options={}, grid={"shared": _ALL, "mtan": _ALL}),
+        data="synthetic-nyu",
+        data_preset="lesson",
+        train_images=None,
+        val_images=None,
+        augment=True,
+        segnet=dict(
+            epochs=20,
+            batch_size=8,
+            optimizer="adam",
+            lr=5e-4,
+            weight_decay=0.0,
+            scheduler=None,
+            step_size=None,
+            gamma=None,
+            drop_last=False,
+            width_mult=0.5,
+            **_MTAN_CROSS_STITCH,
+            task_options={},
+            grid={m: _ALL for m in ("stan", "split", "mtan")},
+        ),
+        resnet50=dict(
+            epochs=20,
+            batch_size=8,
+            optimizer="adam",
+            lr=5e-4,
+            weight_decay=0.0,
+            scheduler=None,
+            step_size=None,
+            gamma=None,
+            drop_last=False,
+            encoder="resnet18",  # a preset may shrink the model (docs/contracts.md)
+            output_stride=8,
+            pretrained=False,
+            aspp_channels=64,
+            aspp_pooling_norm="group",  # the last batch may hold one image
+            task_options={},
+            grid={"shared": _ALL, "mtan": _ALL},
+        ),
     ),
-    # paper: the real NYUv2 (MTAN preprocessing, 288x384), both recipes with augmentation (docs/reference.md)
+    # paper: the real NYUv2 (MTAN preprocessing, 288x384), both authors' recipes (docs/reference.md)
     "paper": dict(
-        data="nyuv2", data_preset="paper", train_images=None, val_images=None, augment=True,
-        segnet=dict(epochs=200, batch_size=2, optimizer="adam", lr=1e-4, weight_decay=0.0, scheduler="step",
-                    step_size=100, gamma=0.5, drop_last=False, width_mult=1.0, **_MTAN_CROSS_STITCH,
-                    task_options=_MTAN_METERS,
-                    grid={m: _ALL for m in ("stan", "split-wide", "split-deep", "dense", "cross-stitch",
-                                            "cross-stitch-channelwise", "mtan")}),
-        resnet50=dict(epochs=200, batch_size=8, optimizer="adam", lr=1e-4, weight_decay=1e-5, scheduler="step",
-                      step_size=100, gamma=0.5, drop_last=True, encoder="resnet50.tv_in1k", output_stride=8,
-                      pretrained=True, aspp_channels=256, aspp_pooling_norm="batch",
-                      task_options={}, grid={"shared": ["equal"], "mtan": ["equal"]}),
+        data="nyuv2",
+        data_preset="paper",
+        train_images=None,
+        val_images=None,
+        augment=True,
+        segnet=dict(
+            epochs=200,
+            batch_size=2,  # Adam 1e-4 halved every 100 epochs: the MTAN code
+            optimizer="adam",
+            lr=1e-4,
+            weight_decay=0.0,
+            scheduler="step",
+            step_size=100,
+            gamma=0.5,
+            drop_last=False,
+            width_mult=1.0,
+            **_MTAN_CROSS_STITCH,
+            task_options=_MTAN_METERS,  # per-batch depth/normals means, as MTAN's code
+            grid={m: _ALL for m in ("stan", "split-wide", "split-deep", "dense", "cross-stitch",
+                                    "cross-stitch-channelwise", "mtan")},
+        ),
+        resnet50=dict(
+            epochs=200,
+            batch_size=8,  # LibMTL's examples/nyu recipe
+            optimizer="adam",
+            lr=1e-4,
+            weight_decay=1e-5,
+            scheduler="step",
+            step_size=100,
+            gamma=0.5,
+            drop_last=True,  # LibMTL drops the last incomplete batch
+            encoder="resnet50.tv_in1k",
+            output_stride=8,
+            pretrained=True,
+            aspp_channels=256,
+            aspp_pooling_norm="batch",  # the authors' BatchNorm (batch 8, last dropped)
+            task_options={},  # LibMTL's means are the kit's default
+            grid={"shared": ["equal"], "mtan": ["equal"]},
+        ),
     ),
 }
 

@@ -19,33 +19,86 @@ __all__ = ["TSN_SCHEDULES", "TSN_REFERENCE", "PASCAL_TASK_CHANNELS", "tsn_schedu
 #: PASCAL-Context's five tasks with the paper's output channels (21 classes, 7 human parts incl. background).
 PASCAL_TASK_CHANNELS: dict[str, int] = {"edge": 1, "semseg": 21, "parts": 7, "normals": 3, "saliency": 1}
 
-# Per preset: data (dataset id, preset, options, training and validation images), model (encoder, ImageNet, decoder
-# widths), optimiser and switching, which single-task baselines to train and which task codes to compare.
+# Per preset: data, model, optimiser and switching, the single-task baselines to train and the task codes to
+# compare (code_grid: (kind, d) pairs beside the main run).
 TSN_SCHEDULES: dict[str, dict[str, Any]] = {
-    "unit": dict(data="synthetic-pascal", data_preset="unit", data_options={}, train_images=None, val_images=None,
-                 epochs=1, batch_size=4, optimizer="adam", lr=1e-3, weight_decay=0.0, param_groups=None,
-                 encoder="resnet18", pretrained=False, decoder_channels=(16, 8, 8, 8, 8), task_schedule="iteration",
-                 single_task=("semseg",), code_grid=()),
-    # smoke: the first 96 of the 192 training images and the first 32 validation images, one epoch (12 steps of 8);
-    # all five single-task baselines (so Δm covers every task), TSN with orthogonal codes (d = 100, the main run),
-    # Gaussian codes at the same d, and orthogonal codes at d = 10 (the code dimension).
-    "smoke": dict(data="synthetic-pascal", data_preset="smoke", data_options={}, train_images=96, val_images=32,
-                  epochs=1, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=0.0, param_groups=None,
-                  encoder="resnet18", pretrained=False, decoder_channels=(64, 32, 32, 32, 16),
-                  task_schedule="iteration", single_task=("edge", "semseg", "parts", "normals", "saliency"),
-                  code_grid=(("gaussian", 100), ("orthogonal", 10))),
-    "lesson": dict(data="synthetic-pascal", data_preset="lesson", data_options={}, train_images=None,
-                   val_images=None, epochs=10, batch_size=16, optimizer="adam", lr=5e-4, weight_decay=0.0,
-                   param_groups=None, encoder="resnet18", pretrained=False, decoder_channels=(512, 256, 256, 128, 64),
-                   task_schedule="iteration", single_task=("edge", "semseg", "parts", "normals", "saliency"),
-                   code_grid=(("gaussian", 100), ("orthogonal", 10), ("gaussian", 10), ("orthogonal", 500))),
-    # The paper's recipe; the number of epochs is the kit's choice (10 per task with per-epoch switching).
-    "paper": dict(data="pascal-mt", data_preset="paper", data_options={"size": (512, 512)}, train_images=None,
-                  val_images=None, epochs=50, batch_size=8, optimizer="adam", lr=1e-4, weight_decay=0.0,
-                  param_groups=[("encoder", 0.01)], encoder="resnet18", pretrained=True,
-                  decoder_channels=(512, 256, 256, 128, 64), task_schedule="epoch",
-                  single_task=("edge", "semseg", "parts", "normals", "saliency"),
-                  code_grid=(("gaussian", 100), ("orthogonal", 10), ("gaussian", 10), ("orthogonal", 500))),
+    "unit": dict(
+        data="synthetic-pascal",
+        data_preset="unit",
+        data_options={},
+        train_images=None,
+        val_images=None,
+        epochs=1,
+        batch_size=4,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        param_groups=None,
+        encoder="resnet18",
+        pretrained=False,
+        decoder_channels=(16, 8, 8, 8, 8),
+        task_schedule="iteration",
+        single_task=("semseg",),
+        code_grid=(),
+    ),
+    "smoke": dict(
+        data="synthetic-pascal",
+        data_preset="smoke",
+        data_options={},
+        train_images=96,  # the first 96 of 192: one epoch is 12 steps of 8
+        val_images=32,
+        epochs=1,
+        batch_size=8,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        param_groups=None,
+        encoder="resnet18",
+        pretrained=False,
+        decoder_channels=(64, 32, 32, 32, 16),
+        task_schedule="iteration",
+        single_task=("edge", "semseg", "parts", "normals", "saliency"),  # every baseline, so Δm covers every task
+        code_grid=(("gaussian", 100), ("orthogonal", 10)),  # beside orthogonal d=100 (the main run)
+    ),
+    "lesson": dict(
+        data="synthetic-pascal",
+        data_preset="lesson",
+        data_options={},
+        train_images=None,
+        val_images=None,
+        epochs=10,
+        batch_size=16,
+        optimizer="adam",
+        lr=5e-4,
+        weight_decay=0.0,
+        param_groups=None,
+        encoder="resnet18",
+        pretrained=False,
+        decoder_channels=(512, 256, 256, 128, 64),
+        task_schedule="iteration",
+        single_task=("edge", "semseg", "parts", "normals", "saliency"),
+        code_grid=(("gaussian", 100), ("orthogonal", 10), ("gaussian", 10), ("orthogonal", 500)),
+    ),
+    # The paper's recipe, but for the number of epochs.
+    "paper": dict(
+        data="pascal-mt",
+        data_preset="paper",
+        data_options={"size": (512, 512)},
+        train_images=None,
+        val_images=None,
+        epochs=50,  # the kit's choice: 10 per task, switching per epoch
+        batch_size=8,
+        optimizer="adam",
+        lr=1e-4,
+        weight_decay=0.0,
+        param_groups=[("encoder", 0.01)],
+        encoder="resnet18",
+        pretrained=True,
+        decoder_channels=(512, 256, 256, 128, 64),
+        task_schedule="epoch",
+        single_task=("edge", "semseg", "parts", "normals", "saliency"),
+        code_grid=(("gaussian", 100), ("orthogonal", 10), ("gaussian", 10), ("orthogonal", 500)),
+    ),
 }
 
 #: Sun et al. (ICCV 2021), PASCAL-Context, ResNet-18 (docs/reference.md, "Recipes"), in the kit's metric names

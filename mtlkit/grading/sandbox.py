@@ -2,35 +2,17 @@
 
 Modes (the strongest available is chosen per run and recorded in the gradebook and the feedback):
 
-``namespaces``  Linux mount + network + PID namespaces (``unshare -mnpf --mount-proc`` for a root grader; a non-root
-                grader adds a user namespace, ``-Urmnpf``, where unprivileged ones are enabled). No network (a down
-                loopback only); a private /tmp holding only this job (and Python or the checkout, read-only, where
-                they lie under /tmp: other jobs, gradebooks and checkouts there vanish); tmpfs over the instructor's
-                sources (and the kit's own), the submissions and feedback folders, the gradebook's folder and the
-                checkout's .git, so the child cannot read grading.py, the instructor's notebook, other students'
-                work or grades; its own /proc, so it cannot see the grader or read its
-                environment (where the leaderboard secret lives); every process it starts dies with it.
-``bwrap``       Bubblewrap (``bwrap``), where ``unshare`` is refused but bwrap works (e.g. unprivileged user namespaces
-                allowed only to a setuid or AppArmor-profiled bwrap, as on Ubuntu 24.04): the same isolation as
-                ``namespaces`` — new network (loopback only), PID, IPC and UTS namespaces, its own /proc, a read-only
-                view of the file system with a fresh /tmp, tmpfs over the same hidden folders, every process dies
-                with the sandbox — with the job folder bound read-write at its own path.
-``rlimits``     No namespaces: limits, a clean environment and a temporary working folder only (``mtlkit grade``
-                uses it only when asked for by name). The child can read whatever its user can read: keep the
-                instructor's sources and the submissions unreadable to it (a root grader gives the child a user of
-                its own), or grade where namespaces work.
+``namespaces``  Linux mount + network + PID namespaces (``unshare``): no network, a private /tmp, tmpfs over the
+                instructor's sources, the submissions, feedback and gradebook, its own /proc (the secret lives in
+                the grader's environment); every process it starts dies with it.
+``bwrap``       Bubblewrap, where ``unshare`` is refused but bwrap works (Ubuntu 24.04): the same isolation, on a
+                read-only view of the file system with the job folder bound read-write.
+``rlimits``     Limits, a clean environment and a temporary working folder only; used only when asked for by name.
 
-All modes: a wall-clock limit (the child's whole session is killed), and inside it a time budget for the notebook's
-cells and one per probe (SIGALRM in the child); RLIMIT_DATA (heap: RLIMIT_AS cannot be used, torch 2.x needs
-2-4 GiB of address space just to import, and RLIMIT_DATA 1 GiB to import it); RLIMIT_NPROC (fork bombs, runaway
-threads), RLIMIT_FSIZE and RLIMIT_CORE; an output cap (the parent keeps the first bytes and kills a flood); an
-environment holding only PATH/HOME/thread settings; a working folder holding only the job.
-
-Who the student code runs as: a root grader runs each child as an unnamed user of its own (it cannot write the
-checkout, and RLIMIT_NPROC, which root ignores, applies per child). In namespaces and bwrap modes root mounts first,
-makes the interpreter reachable if it sits under a folder others cannot enter (``/root/.pyenv``), and the child
-drops to its user (``child.py --uid``) before running anything; in rlimits mode such an interpreter means running as
-root (recorded as ``user: root``; RLIMIT_NPROC then does not apply). A non-root grader's child keeps its uid.
+All modes: a wall-clock limit, time budgets for the cells and each probe, RLIMIT_DATA / NPROC / FSIZE / CORE, an
+output cap, a clean environment and a working folder holding only the job. A root grader runs each child as a user
+of its own. The details, and what each mode does not hide: assignments/GRADING.md, "How the sandbox works" and
+"Sandbox modes".
 """
 from __future__ import annotations
 

@@ -1,29 +1,14 @@
 """What an assignment's parent-side grading spec (``assignments/source/<PS>/grading.py``) declares.
 
 The grader never runs hidden tests inside the student's process. For every hidden test the spec gives a
-:class:`Probe`: code that runs in the child *after* the student's notebook (it may only call the student's
-functions and classes on inputs the parent wrote, and hand back plain arrays with ``emit``), and a ``check`` that
-runs in the parent on those arrays — expected values come from mtlkit's own implementation, computed in the parent.
+:class:`Probe`: code that runs in the child *after* the student's notebook (it calls the student's functions on
+inputs the parent wrote and hands back plain arrays with ``emit``), and a ``check`` that runs in the parent on those
+arrays, with expected values from mtlkit's own implementation and the parent's weights.
 
-Child-side helpers available to probe code (injected by the grader, see :mod:`mtlkit.grading.child`)::
-
-    load_input(name) -> np.ndarray      # an array the parent wrote with Probe.inputs
-    load_weights(name) -> {key: array}  # weights (a state_dict) the parent wrote with Probe.inputs (safetensors)
-    emit(name, array_like)              # hand an array back (float/int/bool numpy or torch tensor; no objects)
-    emit_weights(name, module)          # hand a module's state_dict back as safetensors
-
-Weights that decide expected values come from the parent: a probe loads ``load_weights(...)`` into the student's
-module and the check computes the reference with the same weights. Weights the child emits are the submission's
-word only (it may override ``state_dict`` or zero its own layers so that the reference outputs zeros): use them for
-structure (names, shapes, initialisation), never as the reference's weights.
-
-An assignment's ``grading.py`` defines ``PROBES: list[Probe]`` and may define ``LEADERBOARD`` (a callable scoring
-submitted test-split predictions) and ``NEEDS_SECRET = True`` (its hidden inputs are generated from the instructor's
-``MTLKIT_GRADING_SECRET``; ``mtlkit grade`` then refuses to run without one) — see ``assignments/README.md``.
-
-``Probe.code`` and the hidden inputs are visible to the student's code (they run in the same process, and a
-submission can print them into its log, which its feedback shows): they must hold nothing secret. What is secret
-(``check``, the reference implementation, expected values, hidden labels) stays in the parent.
+A ``grading.py`` defines ``PROBES: list[Probe]`` and may define ``LEADERBOARD`` and ``NEEDS_SECRET = True``.
+``Probe.code`` and the hidden inputs are visible to the student's code: they must hold nothing secret.
+The child-side helpers, the weights rule and the secret: assignments/GRADING.md, "How the sandbox works";
+writing a spec: assignments/README.md.
 """
 from __future__ import annotations
 
