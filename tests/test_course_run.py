@@ -197,6 +197,17 @@ def test_an_unlabelled_test_split_is_replaced_by_the_validation_split_and_said()
     assert none == [] and same["test"].n == 5
 
 
+@pytest.mark.parametrize("n_train,held_out", [(4, 1), (2, 1), (1, 0)])
+def test_a_tiny_training_split_still_holds_out_an_image_where_it_can(n_train, held_out):
+    """A format twin has a handful of images: n // 5 would hold out none and leave an empty validation split."""
+    both = ("semseg", "depth")
+    splits = {"train": Withheld(n_train, both), "val": Withheld(3, both), "test": Withheld(3, ())}
+    out, notes = labelled_splits(splits)
+    assert out["test"] is splits["val"] and len(out["train"]) == n_train - held_out
+    assert (out["val"] is None) if held_out == 0 else len(out["val"]) == held_out
+    assert any("evaluated as the test split" in n for n in notes)
+
+
 def test_a_partly_labelled_split_is_reported():
     splits = {"train": Withheld(10, ("semseg", "depth")), "val": Withheld(4, ("semseg",)),
               "test": Withheld(4, ("semseg", "depth"))}

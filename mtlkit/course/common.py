@@ -262,11 +262,18 @@ def labelled_splits(splits: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
     test_labels = labelled_tasks(out["test"]) if out.get("test") is not None else None
     val_labels = labelled_tasks(out["val"]) if out.get("val") is not None else None
     if test_labels is not None and not test_labels and out.get("val") is not None and val_labels != ():
-        n, k = len(out["train"]), min(len(out["val"]), len(out["train"]) // 5)
-        notes.append(f"so the course's validation split ({len(out['val'])} images) is evaluated as the test split, "
-                     f"and the last {k} training images select the best epoch")
-        out = {"train": subset(out["train"], range(n - k)), "val": subset(out["train"], range(n - k, n)),
-               "test": out["val"]}
+        # at least one image is held out (a tiny split, e.g. a format twin, has fewer than five), none if only one
+        n = len(out["train"])
+        k = min(len(out["val"]), max(1, n // 5)) if n > 1 else 0
+        if k:
+            notes.append(f"so the course's validation split ({len(out['val'])} images) is evaluated as the test "
+                         f"split, and the last {k} training images select the best epoch")
+            out = {"train": subset(out["train"], range(n - k)), "val": subset(out["train"], range(n - k, n)),
+                   "test": out["val"]}
+        else:
+            notes.append(f"so the course's validation split ({len(out['val'])} images) is evaluated as the test "
+                         "split; with one training image none is left to select an epoch: the last one is reported")
+            out = {"train": out["train"], "val": None, "test": out["val"]}
     return out, notes
 
 
