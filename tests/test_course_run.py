@@ -272,3 +272,14 @@ def test_deeplab_setup_on_the_miniscapes_twin_scores_a_labelled_split(tmp_path, 
     assert "evaluated as the test split" in setup.describe()
     sample = setup.splits["test"][0]
     assert (sample["semseg"] >= 0).any()  # labels present where the metrics are computed
+
+
+def test_pascal_setup_on_the_pascal_mt_twin_holds_out_part_of_train(tmp_path, monkeypatch):
+    """pascal-mt has train and val only: val is the test split and the last fifth of train (at least one image,
+    500 on the real data) selects the epoch; a twin's 8 images must not ask for 500."""
+    from mtlkit.data.real.twins import write_twin
+
+    write_twin("pascal-mt", tmp_path / "prepared" / "pascal-mt", n=8)
+    monkeypatch.setenv("MTLKIT_DATA_DIR", str(tmp_path))
+    setup = course.pascal.setup("paper", device="cpu", out_dir=tmp_path / "runs", pretrained=False)
+    assert (len(setup.splits["train"]), len(setup.splits["val"]), len(setup.splits["test"])) == (7, 1, 8)

@@ -124,19 +124,19 @@ def pascal_splits(schedule: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     """``{"train", "val", "test"}`` for a schedule of :data:`TSN_SCHEDULES` (``train_images`` and ``val_images``:
     the first images of those splits; the test split is always whole).
 
-    Synthetic data has all three splits. ``pascal-mt`` has train and val: the last :data:`PASCAL_MT_HELD_OUT`
-    training images become the validation split and the official val split is the test split (the one the paper
-    reports).
+    Synthetic data has all three splits. ``pascal-mt`` has train and val: the last
+    ``min(PASCAL_MT_HELD_OUT, len(train) // 5)`` training images (at least one; 500 on the real data) become the
+    validation split and the official val split is the test split (the one the paper reports).
     """
     name, preset, options = schedule["data"], schedule["data_preset"], dict(schedule.get("data_options") or {})
     if name == "pascal-mt":
         from mtlkit.data import get_dataset
 
         train = get_dataset(name, "train", preset=preset, **options)
-        cut = len(train) - PASCAL_MT_HELD_OUT
+        cut = len(train) - min(PASCAL_MT_HELD_OUT, max(1, len(train) // 5))  # a format twin has a handful of images
         if cut < 1:
-            raise ValueError(f"pascal-mt train has {len(train)} images; holding out {PASCAL_MT_HELD_OUT} for "
-                             "validation needs more. Check the prepared data (mtlkit data verify pascal-mt)")
+            raise ValueError(f"pascal-mt train has {len(train)} image(s); holding one out for validation needs at "
+                             "least two. Check the prepared data (mtlkit data verify pascal-mt)")
         splits = {"train": subset(train, range(cut)), "val": subset(train, range(cut, len(train))),
                   "test": get_dataset(name, "val", preset=preset, **options)}
     else:
